@@ -1,1 +1,238 @@
-fn main() {}
+//! `bootstrap-server`: the webrtc-bootstrap signaling server.
+//!
+//! Run with `SECRET=s3cret bootstrap-server` or `bootstrap-server config.json`; flags and
+//! environment variables override the config file. See `--help`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use serde::Deserialize;
+use tracing_subscriber::EnvFilter;
+use webrtc_bootstrap_server::{Config, run};
+
+/// Exit code for bad configuration (BSD `EX_USAGE`).
+const EX_USAGE: u8 = 64;
+
+/// The webrtc-bootstrap signaling server (wire-compatible with webrtc-bootstrap 4.4.1).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// JSON config file with the same keys as the flags, in snake_case (see config.example.json).
+    config: Option<PathBuf>,
+    /// Secret of the root route /<secret>/webrtc-bootstrap-root (URL-safe characters only).
+    #[arg(long, env = "SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// TCP port to listen on [default: 5000].
+    #[arg(long, env = "PORT")]
+    port: Option<u16>,
+    /// Address to bind [default: 0.0.0.0].
+    #[arg(long, env = "HOST")]
+    host: Option<String>,
+    /// Lifetime of every /join socket, in milliseconds [default: 30000].
+    #[arg(long)]
+    timeout: Option<u64>,
+    /// Seed for deterministic ids (tests only) [default: seeded from the OS].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Directory served as static files at / [default: none].
+    #[arg(long)]
+    public: Option<PathBuf>,
+    /// Interval of the heartbeat and ping sent to the root, in milliseconds [default: 15000].
+    #[arg(long)]
+    heartbeat_interval: Option<u64>,
+    /// How long the root may leave a ping unanswered, in milliseconds [default: 30000].
+    #[arg(long)]
+    root_ping_timeout: Option<u64>,
+    /// Largest accepted WebSocket message in bytes [default: 65536].
+    #[arg(long)]
+    max_frame_bytes: Option<usize>,
+    /// Most /join sockets open at once; more get HTTP 503 [default: 20000].
+    #[arg(long)]
+    max_prospects: Option<usize>,
+    /// Sustained messages per second per socket [default: 50].
+    #[arg(long)]
+    rate_per_second: Option<u32>,
+    /// Burst of messages per socket above the sustained rate [default: 200].
+    #[arg(long)]
+    rate_burst: Option<u32>,
+    /// Bad messages after which a socket is closed [default: 10].
+    #[arg(long)]
+    max_bad_messages: Option<u32>,
+    /// Grace period for sockets to close on shutdown, in milliseconds [default: 5000].
+    #[arg(long)]
+    shutdown_grace: Option<u64>,
+    /// Log format [default: text]. Filter with RUST_LOG (default: info).
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The config file: the same settings as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    secret: Option<String>,
+    port: Option<u16>,
+    host: Option<String>,
+    timeout: Option<u64>,
+    seed: Option<u64>,
+    public: Option<PathBuf>,
+    heartbeat_interval: Option<u64>,
+    root_ping_timeout: Option<u64>,
+    max_frame_bytes: Option<usize>,
+    max_prospects: Option<usize>,
+    rate_per_second: Option<u32>,
+    rate_burst: Option<u32>,
+    max_bad_messages: Option<u32>,
+    shutdown_grace: Option<u64>,
+    log_format: Option<LogFormat>,
+}
+
+/// Everything `main` needs, resolved from flags, environment, file and defaults.
+struct Settings {
+    addr: SocketAddr,
+    config: Config,
+    log_format: LogFormat,
+}
+
+fn settings(cli: Cli) -> anyhow::Result<Settings> {
+    let file = match &cli.config {
+        Some(path) => read_config(path)?,
+        None => FileConfig::default(),
+    };
+    let mut config = Config::new(cli.secret.or(file.secret).unwrap_or_default());
+    let ms = Duration::from_millis;
+    if let Some(v) = cli.timeout.or(file.timeout) {
+        config.timeout = ms(v);
+    }
+    if let Some(v) = cli.heartbeat_interval.or(file.heartbeat_interval) {
+        config.heartbeat_interval = ms(v);
+    }
+    if let Some(v) = cli.root_ping_timeout.or(file.root_ping_timeout) {
+        config.root_ping_timeout = ms(v);
+    }
+    if let Some(v) = cli.shutdown_grace.or(file.shutdown_grace) {
+        config.shutdown_grace = ms(v);
+    }
+    config.seed = cli.seed.or(file.seed);
+    config.public = cli.public.or(file.public);
+    if let Some(v) = cli.max_frame_bytes.or(file.max_frame_bytes) {
+        config.max_frame_bytes = v;
+    }
+    if let Some(v) = cli.max_prospects.or(file.max_prospects) {
+        config.max_prospects = v;
+    }
+    if let Some(v) = cli.rate_per_second.or(file.rate_per_second) {
+        config.rate_per_second = v;
+    }
+    if let Some(v) = cli.rate_burst.or(file.rate_burst) {
+        config.rate_burst = v;
+    }
+    if let Some(v) = cli.max_bad_messages.or(file.max_bad_messages) {
+        config.max_bad_messages = v;
+    }
+    config.validate()?;
+    let host = cli.host.or(file.host).unwrap_or_else(|| "0.0.0.0".to_owned());
+    let port = cli.port.or(file.port).unwrap_or(5000);
+    let ip = host
+        .parse()
+        .with_context(|| format!("--host {host:?} is not an IP address"))?;
+    Ok(Settings {
+        addr: SocketAddr::new(ip, port),
+        config,
+        log_format: cli.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+    })
+}
+
+fn read_config(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown signal received");
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let code = if error.use_stderr() { EX_USAGE } else { 0 };
+            let _ = error.print();
+            return ExitCode::from(code);
+        }
+    };
+    let settings = match settings(cli) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("bootstrap-server: {error:#}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    init_logging(settings.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("bootstrap-server: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(settings.addr).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                eprintln!("bootstrap-server: cannot listen on {}: {error}", settings.addr);
+                return ExitCode::from(EX_USAGE);
+            }
+        };
+        tracing::info!(config = ?settings.config, "starting");
+        match run(listener, settings.config, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("bootstrap-server: {error}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

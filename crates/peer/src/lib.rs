@@ -1,0 +1,1 @@
+//! Peer library (work in progress).

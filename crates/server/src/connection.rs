@@ -1,0 +1,269 @@
+//! One WebSocket's task: reads frames and relays them, writes its outbound queue, and
+//! enforces the socket's lifetime, heartbeat and abuse limits.
+//!
+//! A single task per socket `select!`s over: shutdown, replacement (root), lifetime
+//! (`/join`), heartbeat and ping (root), the outbound queue, and inbound frames.
+//! Cleanup (leaving the registry) happens once, after the loop.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use bootstrap_protocol::{PeerId, close, paths::HEARTBEAT, relay};
+use futures_util::stream::{SplitSink, StreamExt};
+use futures_util::SinkExt;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep, timeout};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::policy::{Offence, Policy, Verdict};
+use crate::registry::{RootTicket, Undeliverable};
+use crate::state::Shared;
+use crate::stats::Stats;
+
+/// Which kind of socket this is.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Role {
+    /// A `/join` socket with its id.
+    Join(PeerId),
+    /// The root, with its registration ticket.
+    Root(RootTicket),
+}
+
+/// How the loop ended, and so how the socket is closed.
+#[derive(Debug)]
+enum End {
+    /// The peer closed or the connection broke: nothing more to send.
+    Gone,
+    /// Close with this code and reason.
+    Close(u16, &'static str),
+    /// Close without a status code, as the JS server does at the `/join` timeout.
+    CloseNoStatus,
+    /// The peer does not read: writes are stuck, so just drop the connection.
+    Abandon,
+}
+
+/// Most queued messages written before one flush.
+const WRITE_BATCH: usize = 64;
+
+type Sink = SplitSink<WebSocket, Message>;
+
+/// Runs one socket until it ends, then unregisters it.
+pub(crate) async fn serve(
+    socket: WebSocket,
+    role: Role,
+    mut rx: mpsc::Receiver<Utf8Bytes>,
+    replaced: CancellationToken,
+    shared: Arc<Shared>,
+) {
+    let config = &shared.config;
+    let (mut sink, mut stream) = socket.split();
+    let opened = Instant::now();
+    let mut policy = Policy::new(config.rate_per_second, config.rate_burst, config.max_bad_messages, opened);
+    let is_root = matches!(role, Role::Root(_));
+    let lifetime = sleep(config.timeout);
+    tokio::pin!(lifetime);
+    let mut heartbeat = interval_at(opened + config.heartbeat_interval, config.heartbeat_interval);
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut ping_sent: Option<Instant> = None;
+
+    let end = loop {
+        tokio::select! {
+            biased;
+            () = shared.shutdown.cancelled() => break End::Close(close::GOING_AWAY, close::REASON_SHUTDOWN),
+            () = replaced.cancelled() => break End::Close(close::ROOT_REPLACED, close::REASON_ROOT_REPLACED),
+            () = &mut lifetime, if !is_root => {
+                Stats::bump(&shared.stats.timeouts);
+                break End::CloseNoStatus;
+            }
+            _ = heartbeat.tick(), if is_root => {
+                let now = Instant::now();
+                if let Some(sent) = ping_sent {
+                    if now.duration_since(sent) >= config.root_ping_timeout {
+                        warn!("root did not answer ping in time; dropping it");
+                        break End::Close(close::ROOT_UNRESPONSIVE, "no pong");
+                    }
+                }
+                let mut frames = vec![Message::Text(Utf8Bytes::from_static(HEARTBEAT))];
+                if ping_sent.is_none() {
+                    frames.push(Message::Ping(Vec::new().into()));
+                    ping_sent = Some(now);
+                }
+                if let Some(end) = write_all(&mut sink, frames, &shared).await {
+                    break end;
+                }
+            }
+            queued = rx.recv() => {
+                let Some(first) = queued else { break End::Gone };
+                let mut frames = Vec::with_capacity(4);
+                frames.push(Message::Text(first));
+                while frames.len() < WRITE_BATCH {
+                    match rx.try_recv() {
+                        Ok(text) => frames.push(Message::Text(text)),
+                        Err(_) => break,
+                    }
+                }
+                if let Some(end) = write_all(&mut sink, frames, &shared).await {
+                    break end;
+                }
+            }
+            frame = stream.next() => {
+                ping_sent = None; // any frame shows the peer is alive
+                let outcome = match frame {
+                    None => Some(End::Gone),
+                    Some(Ok(message)) => on_message(message, role, &mut policy, &shared),
+                    Some(Err(error)) => Some(on_error(&error, role, &shared)),
+                };
+                if let Some(end) = outcome {
+                    break end;
+                }
+            }
+        }
+    };
+
+    match role {
+        Role::Join(id) => shared.registry().leave(&id),
+        Role::Root(ticket) => shared.registry().root_left(ticket),
+    }
+    debug!(?role, ?end, "socket ended");
+    let goodbye = match end {
+        End::Gone | End::Abandon => None,
+        End::Close(code, reason) => Some(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }))),
+        End::CloseNoStatus => Some(Message::Close(None)),
+    };
+    if let Some(goodbye) = goodbye {
+        // Best effort: a peer that is gone or stuck must not hold the task.
+        let _ = timeout(config.write_timeout, sink.send(goodbye)).await;
+    }
+}
+
+/// Writes frames and flushes, within the write timeout.
+async fn write_all(sink: &mut Sink, frames: Vec<Message>, shared: &Shared) -> Option<End> {
+    let write = async {
+        for frame in frames {
+            sink.feed(frame).await?;
+        }
+        sink.flush().await
+    };
+    match timeout(shared.config.write_timeout, write).await {
+        Ok(Ok(())) => None,
+        Ok(Err(error)) => {
+            debug!(%error, "write failed");
+            Some(End::Gone)
+        }
+        Err(_) => {
+            Stats::bump(&shared.stats.abusive_closes);
+            info!("socket does not read its messages; closing it");
+            Some(End::Abandon)
+        }
+    }
+}
+
+/// Handles one inbound message; `Some` ends the loop.
+fn on_message(message: Message, role: Role, policy: &mut Policy, shared: &Shared) -> Option<End> {
+    let text: &str = match &message {
+        Message::Text(text) => text.as_str(),
+        Message::Binary(bytes) => match std::str::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(_) => {
+                Stats::bump(&shared.stats.invalid_messages);
+                debug!(?role, "binary frame is not UTF-8; dropped");
+                return offend(policy, Offence::InvalidPayload, shared);
+            }
+        },
+        Message::Ping(_) | Message::Pong(_) => return None,
+        Message::Close(_) => return Some(End::Gone),
+    };
+    if !policy.admit(Instant::now()) {
+        Stats::bump(&shared.stats.flood_messages);
+        debug!(?role, "over the message rate; dropped");
+        return offend(policy, Offence::Flood, shared);
+    }
+    match role {
+        Role::Join(id) => on_join_text(text, &id, policy, shared),
+        Role::Root(_) => on_root_text(text, policy, shared),
+    }
+}
+
+fn on_join_text(text: &str, id: &PeerId, policy: &mut Policy, shared: &Shared) -> Option<End> {
+    let relayed = match relay(text, id) {
+        Ok(relayed) => relayed,
+        Err(error) => {
+            Stats::bump(&shared.stats.invalid_messages);
+            debug!(%id, %error, "invalid message dropped");
+            return offend(policy, Offence::InvalidPayload, shared);
+        }
+    };
+    let stats = &shared.stats;
+    let target = shared.registry().route(&relayed.destination);
+    match target {
+        Ok(handle) => match handle.tx.try_send(relayed.text.into()) {
+            Ok(()) => match relayed.destination {
+                bootstrap_protocol::Destination::Root => Stats::bump(&stats.relayed_to_root),
+                _ => Stats::bump(&stats.relayed_to_peer),
+            },
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                Stats::bump(&stats.dropped_queue_full);
+                debug!(%id, destination = ?relayed.destination, "destination queue full; dropped");
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Stats::bump(&stats.dropped_unknown_destination);
+                debug!(%id, destination = ?relayed.destination, "destination closing; dropped");
+            }
+        },
+        Err(Undeliverable::NoRoot) => {
+            Stats::bump(&stats.dropped_no_root);
+            debug!(%id, "no root is connected; dropped");
+        }
+        Err(Undeliverable::UnknownDestination) => {
+            Stats::bump(&stats.dropped_unknown_destination);
+            debug!(%id, destination = ?relayed.destination, "unknown destination; dropped");
+        }
+    }
+    None
+}
+
+fn on_root_text(text: &str, policy: &mut Policy, shared: &Shared) -> Option<End> {
+    if text == HEARTBEAT {
+        return None;
+    }
+    if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
+        debug!("unexpected message from root; ignored");
+        None
+    } else {
+        Stats::bump(&shared.stats.invalid_messages);
+        debug!("root sent invalid JSON; dropped");
+        offend(policy, Offence::InvalidPayload, shared)
+    }
+}
+
+fn offend(policy: &mut Policy, offence: Offence, shared: &Shared) -> Option<End> {
+    match policy.offend(offence) {
+        Verdict::Drop => None,
+        Verdict::Close(offence) => {
+            Stats::bump(&shared.stats.abusive_closes);
+            info!(?offence, "closing a socket after repeated bad messages");
+            Some(End::Close(offence.close_code(), offence.close_reason()))
+        }
+    }
+}
+
+/// Maps a read error to how the socket ends.
+fn on_error(error: &axum::Error, role: Role, shared: &Shared) -> End {
+    use tungstenite::Error as WsError;
+    let inner = std::error::Error::source(error).and_then(|e| e.downcast_ref::<WsError>());
+    let end = match inner {
+        Some(WsError::Capacity(_)) => End::Close(close::TOO_BIG, "message too big"),
+        Some(WsError::Utf8(_)) => End::Close(close::INVALID_PAYLOAD, "text frame is not UTF-8"),
+        Some(WsError::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake)) => End::Gone,
+        Some(WsError::Protocol(_)) => End::Close(close::PROTOCOL_ERROR, "WebSocket protocol error"),
+        _ => End::Gone,
+    };
+    if !matches!(end, End::Gone) {
+        Stats::bump(&shared.stats.abusive_closes);
+        info!(?role, %error, "closing a socket after a bad frame");
+    } else {
+        debug!(?role, %error, "socket read error");
+    }
+    end
+}

@@ -1,0 +1,63 @@
+//! Counters of what the relay did, reported by `/healthz`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// Monotonic counters, updated without locks.
+        #[derive(Debug, Default)]
+        pub struct Stats {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+        }
+
+        /// A copy of [`Stats`] at one moment.
+        #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+        pub struct StatsSnapshot {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        impl Stats {
+            /// Reads every counter.
+            #[must_use]
+            pub fn snapshot(&self) -> StatsSnapshot {
+                StatsSnapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// `/join` sockets opened.
+    joins,
+    /// `/join` upgrades refused with 503 because `max_prospects` were open.
+    joins_refused,
+    /// Root connections accepted.
+    roots,
+    /// Messages forwarded to the root.
+    relayed_to_root,
+    /// Messages forwarded to a `/join` socket.
+    relayed_to_peer,
+    /// Root-bound messages dropped because no root was connected.
+    dropped_no_root,
+    /// Messages dropped because their destination is not an open `/join` socket.
+    dropped_unknown_destination,
+    /// Messages dropped because the destination's outbound queue was full.
+    dropped_queue_full,
+    /// Messages dropped as invalid (malformed JSON, not an object, invalid UTF-8).
+    invalid_messages,
+    /// Messages dropped because their socket was over its rate.
+    flood_messages,
+    /// Sockets closed for abuse: bad messages, oversize frames, protocol errors, not reading.
+    abusive_closes,
+    /// `/join` sockets closed at the end of their lifetime (`timeout`).
+    timeouts,
+}
+
+impl Stats {
+    /// Adds one to a counter.
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
