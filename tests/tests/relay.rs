@@ -16,7 +16,9 @@ async fn full_handshake_routes_both_ways() -> anyhow::Result<()> {
     let mut root = server.root().await?;
     server.wait_health("root", |h| h.root_connected).await?;
     handshake(&server, &mut root).await?;
-    let health = server.wait_health("sockets closed", |h| h.prospects == 0).await?;
+    let health = server
+        .wait_health("sockets closed", |h| h.prospects == 0)
+        .await?;
     assert_eq!(health.stats.relayed_to_root, 3);
     assert_eq!(health.stats.relayed_to_peer, 3);
     Ok(())
@@ -36,7 +38,10 @@ async fn origin_is_overwritten_and_everything_else_kept_byte_for_byte() -> anyho
     assert_eq!(got, sent.replace("ffffffffffffffffffffffffffffffff", &id));
     // No origin key: appended last, as JS does.
     send(&mut peer, r#"{"signal":1,"rank":0}"#).await?;
-    assert_eq!(recv(&mut root).await?, format!(r#"{{"signal":1,"rank":0,"origin":"{id}"}}"#));
+    assert_eq!(
+        recv(&mut root).await?,
+        format!(r#"{{"signal":1,"rank":0,"origin":"{id}"}}"#)
+    );
     Ok(())
 }
 
@@ -47,18 +52,40 @@ async fn falsy_destinations_go_to_the_root_and_unknown_ones_are_dropped() -> any
     server.wait_health("root", |h| h.root_connected).await?;
     let mut peer = server.join().await?;
     for destination in ["null", "\"\"", "0", "-0", "0.0", "false"] {
-        send(&mut peer, &format!(r#"{{"origin":null,"destination":{destination},"signal":{{}},"rank":0}}"#)).await?;
+        send(
+            &mut peer,
+            &format!(r#"{{"origin":null,"destination":{destination},"signal":{{}},"rank":0}}"#),
+        )
+        .await?;
         let got = recv(&mut root).await?;
-        assert!(got.contains(&format!(r#""destination":{destination},"#)), "{got}");
+        assert!(
+            got.contains(&format!(r#""destination":{destination},"#)),
+            "{got}"
+        );
     }
     send(&mut peer, r#"{"signal":{}}"#).await?;
     recv(&mut root).await?;
-    let unknown = ["\"0123456789abcdef0123456789abcdef\"", "\"__proto__\"", "true", "1", "{}", "[]"];
+    let unknown = [
+        "\"0123456789abcdef0123456789abcdef\"",
+        "\"__proto__\"",
+        "true",
+        "1",
+        "{}",
+        "[]",
+    ];
     for destination in unknown {
-        send(&mut peer, &format!(r#"{{"origin":null,"destination":{destination},"signal":{{}},"rank":0}}"#)).await?;
+        send(
+            &mut peer,
+            &format!(r#"{{"origin":null,"destination":{destination},"signal":{{}},"rank":0}}"#),
+        )
+        .await?;
     }
     expect_silence(&mut root, Duration::from_millis(200)).await?;
-    let health = server.wait_health("drops counted", |h| h.stats.dropped_unknown_destination == 6).await?;
+    let health = server
+        .wait_health("drops counted", |h| {
+            h.stats.dropped_unknown_destination == 6
+        })
+        .await?;
     assert_eq!(health.stats.relayed_to_root, 7);
     Ok(())
 }
@@ -69,7 +96,8 @@ async fn binary_frames_are_relayed_as_text() -> anyhow::Result<()> {
     let mut root = server.root().await?;
     server.wait_health("root", |h| h.root_connected).await?;
     let mut peer = server.join().await?;
-    peer.send(Message::binary(envelope(None, "{}", 0).into_bytes())).await?;
+    peer.send(Message::binary(envelope(None, "{}", 0).into_bytes()))
+        .await?;
     let got = recv(&mut root).await?;
     assert_eq!(field(&got, "rank")?, 0);
     Ok(())
@@ -101,7 +129,10 @@ async fn ids_are_32_lowercase_hex_and_distinct() -> anyhow::Result<()> {
         let mut peer = server.join().await?;
         send(&mut peer, &envelope(None, "{}", 0)).await?;
         let id = origin(&recv(&mut root).await?)?;
-        assert!(id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')), "{id}");
+        assert!(
+            id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+            "{id}"
+        );
         assert!(ids.insert(id));
         peers.push(peer);
     }
@@ -116,7 +147,10 @@ async fn root_gets_heartbeats_and_may_send_them() -> anyhow::Result<()> {
     for _ in 0..3 {
         assert_eq!(recv_any(&mut root).await?, "\"heartbeat\"");
     }
-    assert!(started.elapsed() >= Duration::from_millis(280), "heartbeats too fast");
+    assert!(
+        started.elapsed() >= Duration::from_millis(280),
+        "heartbeats too fast"
+    );
     send(&mut root, "\"heartbeat\"").await?;
     send(&mut root, r#"{"unexpected":true}"#).await?;
     // Messages from the root are never relayed, even with a destination.
@@ -134,7 +168,9 @@ async fn root_gets_heartbeats_and_may_send_them() -> anyhow::Result<()> {
 async fn newest_root_replaces_the_old_one() -> anyhow::Result<()> {
     let server = TestServer::start().await?;
     let mut first = server.root().await?;
-    server.wait_health("first root", |h| h.stats.roots == 1).await?;
+    server
+        .wait_health("first root", |h| h.stats.roots == 1)
+        .await?;
     let mut second = server.root().await?;
     let frame = recv_close(&mut first).await?.expect("a close code");
     assert_eq!(u16::from(frame.code), close::ROOT_REPLACED);
@@ -157,13 +193,19 @@ async fn a_root_that_never_answers_pings_is_dropped() -> anyhow::Result<()> {
     })
     .await?;
     // A raw socket never reads, so never answers pings.
-    let _silent = RawClient::connect(server.addr, &format!("/{SECRET}/webrtc-bootstrap-root")).await?;
+    let _silent =
+        RawClient::connect(server.addr, &format!("/{SECRET}/webrtc-bootstrap-root")).await?;
     server.wait_health("root", |h| h.root_connected).await?;
-    server.wait_health("dead root dropped", |h| !h.root_connected).await?;
+    server
+        .wait_health("dead root dropped", |h| !h.root_connected)
+        .await?;
     // A root that reads (and so answers pings) stays.
     let mut live = server.root().await?;
-    server.wait_health("live root", |h| h.root_connected).await?;
-    let reader = tokio::spawn(async move { expect_silence(&mut live, Duration::from_millis(800)).await });
+    server
+        .wait_health("live root", |h| h.root_connected)
+        .await?;
+    let reader =
+        tokio::spawn(async move { expect_silence(&mut live, Duration::from_millis(800)).await });
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(server.health().root_connected);
     reader.await??;
@@ -177,8 +219,13 @@ async fn join_sockets_close_at_their_timeout_without_status() -> anyhow::Result<
     let mut peer = server.join().await?;
     assert_eq!(recv_close(&mut peer).await?, None);
     let lifetime = opened.elapsed();
-    assert!(lifetime >= Duration::from_millis(380), "closed early: {lifetime:?}");
-    let health = server.wait_health("prospect removed", |h| h.prospects == 0).await?;
+    assert!(
+        lifetime >= Duration::from_millis(380),
+        "closed early: {lifetime:?}"
+    );
+    let health = server
+        .wait_health("prospect removed", |h| h.prospects == 0)
+        .await?;
     assert_eq!(health.stats.timeouts, 1);
     Ok(())
 }
@@ -188,7 +235,9 @@ async fn messages_without_a_root_are_dropped_and_counted() -> anyhow::Result<()>
     let server = TestServer::start().await?;
     let mut peer = server.join().await?;
     send(&mut peer, &envelope(None, "{}", 0)).await?;
-    server.wait_health("drop counted", |h| h.stats.dropped_no_root == 1).await?;
+    server
+        .wait_health("drop counted", |h| h.stats.dropped_no_root == 1)
+        .await?;
     // A late root does not get old messages.
     let mut root = server.root().await?;
     server.wait_health("root", |h| h.root_connected).await?;
@@ -206,7 +255,14 @@ async fn routes_and_paths_match_the_js_server() -> anyhow::Result<()> {
     send(&mut peer, &envelope(None, "{}", 0)).await?;
     recv(&mut root).await?;
     // Wrong secret, unknown paths: no WebSocket, a plain 404.
-    for path in ["/wrong/webrtc-bootstrap-root", "/join/", "/", "/join/abc", &format!("/{SECRET}"), "/test-secreT/webrtc-bootstrap-root"] {
+    for path in [
+        "/wrong/webrtc-bootstrap-root",
+        "/join/",
+        "/",
+        "/join/abc",
+        &format!("/{SECRET}"),
+        "/test-secreT/webrtc-bootstrap-root",
+    ] {
         match connect(&server.url(path)).await {
             Err(error) => {
                 let text = format!("{error:#}");
@@ -224,10 +280,13 @@ async fn healthz_reports_status() -> anyhow::Result<()> {
     let _root = server.root().await?;
     let _a = server.join().await?;
     let _b = server.join().await?;
-    server.wait_health("sockets", |h| h.prospects == 2 && h.root_connected).await?;
+    server
+        .wait_health("sockets", |h| h.prospects == 2 && h.root_connected)
+        .await?;
     let body = http_get(server.addr, "/healthz").await?;
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
-    let json: serde_json::Value = serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap_or_default())?;
+    let json: serde_json::Value =
+        serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap_or_default())?;
     assert_eq!(json["status"], "ok");
     assert_eq!(json["root_connected"], true);
     assert_eq!(json["prospects"], 2);
@@ -243,10 +302,12 @@ async fn join_cap_answers_503_and_frees_slots() -> anyhow::Result<()> {
     server.wait_health("root", |h| h.root_connected).await?;
     let a = server.join().await?;
     let _b = server.join().await?;
-    let refused = format!("{:#}", server.join().await.err().expect("refused"));
+    let refused = format!("{:#}", server.join().await.expect_err("refused"));
     assert!(refused.contains("503"), "{refused}");
     drop(a);
-    server.wait_health("slot freed", |h| h.prospects == 1).await?;
+    server
+        .wait_health("slot freed", |h| h.prospects == 1)
+        .await?;
     let mut c = server.join().await?;
     send(&mut c, &envelope(None, "{}", 0)).await?;
     recv(&mut root).await?;
@@ -259,7 +320,9 @@ async fn shutdown_closes_every_socket_with_1001() -> anyhow::Result<()> {
     let server = TestServer::start().await?;
     let mut root = server.root().await?;
     let mut peer = server.join().await?;
-    server.wait_health("sockets", |h| h.root_connected && h.prospects == 1).await?;
+    server
+        .wait_health("sockets", |h| h.root_connected && h.prospects == 1)
+        .await?;
     let token = server.state.shutdown_token();
     let stopping = tokio::spawn(server.stop());
     for ws in [&mut root, &mut peer] {
@@ -268,7 +331,12 @@ async fn shutdown_closes_every_socket_with_1001() -> anyhow::Result<()> {
     }
     tokio::time::timeout(Duration::from_secs(5), stopping).await???;
     assert!(token.is_cancelled());
-    assert!(tokio::net::TcpStream::connect(root_addr(&root)).await.is_err(), "still accepting");
+    assert!(
+        tokio::net::TcpStream::connect(root_addr(&root))
+            .await
+            .is_err(),
+        "still accepting"
+    );
     Ok(())
 }
 
@@ -283,7 +351,9 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<Stri
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
         .await?;
     let mut body = String::new();
     tokio::time::timeout(WAIT, stream.read_to_string(&mut body)).await??;

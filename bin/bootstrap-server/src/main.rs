@@ -142,7 +142,10 @@ fn settings(cli: Cli) -> anyhow::Result<Settings> {
         config.max_bad_messages = v;
     }
     config.validate()?;
-    let host = cli.host.or(file.host).unwrap_or_else(|| "0.0.0.0".to_owned());
+    let host = cli
+        .host
+        .or(file.host)
+        .unwrap_or_else(|| "0.0.0.0".to_owned());
     let port = cli.port.or(file.port).unwrap_or(5000);
     let ip = host
         .parse()
@@ -150,7 +153,10 @@ fn settings(cli: Cli) -> anyhow::Result<Settings> {
     Ok(Settings {
         addr: SocketAddr::new(ip, port),
         config,
-        log_format: cli.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+        log_format: cli
+            .log_format
+            .or(file.log_format)
+            .unwrap_or(LogFormat::Text),
     })
 }
 
@@ -162,7 +168,9 @@ fn read_config(path: &Path) -> anyhow::Result<FileConfig> {
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -222,7 +230,10 @@ fn main() -> ExitCode {
         let listener = match tokio::net::TcpListener::bind(settings.addr).await {
             Ok(listener) => listener,
             Err(error) => {
-                eprintln!("bootstrap-server: cannot listen on {}: {error}", settings.addr);
+                eprintln!(
+                    "bootstrap-server: cannot listen on {}: {error}",
+                    settings.addr
+                );
                 return ExitCode::from(EX_USAGE);
             }
         };

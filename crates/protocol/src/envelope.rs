@@ -113,7 +113,7 @@ fn destination_of(raw: &RawValue) -> Destination {
             Err(_) => Destination::Unknown,
         },
         Some(b'-' | b'0'..=b'9') => match text.parse::<f64>() {
-            Ok(n) if n == 0.0 => Destination::Root,
+            Ok(0.0) => Destination::Root, // also matches -0.0
             _ => Destination::Unknown,
         },
         _ => Destination::Unknown, // true, objects, arrays

@@ -75,7 +75,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
         if self.secret.is_empty() {
-            problems.push("no secret given (set --secret, SECRET or \"secret\" in the config file)".to_owned());
+            problems.push(
+                "no secret given (set --secret, SECRET or \"secret\" in the config file)"
+                    .to_owned(),
+            );
         } else if !is_url_safe_secret(&self.secret) {
             problems.push("the secret must be URL-safe: only A-Z a-z 0-9 - . _ ~".to_owned());
         }
@@ -97,14 +100,18 @@ impl Config {
             }
         }
         if self.max_frame_bytes < MIN_FRAME_BYTES {
-            problems.push(format!("max_frame_bytes must be at least {MIN_FRAME_BYTES}"));
+            problems.push(format!(
+                "max_frame_bytes must be at least {MIN_FRAME_BYTES}"
+            ));
         }
-        if let Some(dir) = &self.public {
-            if !dir.is_dir() {
-                problems.push(format!("public directory {} does not exist", dir.display()));
-            }
+        if let Some(dir) = self.public.as_ref().filter(|dir| !dir.is_dir()) {
+            problems.push(format!("public directory {} does not exist", dir.display()));
         }
-        if problems.is_empty() { Ok(()) } else { Err(ConfigError(problems)) }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(problems))
+        }
     }
 }
 
@@ -154,7 +161,13 @@ mod tests {
         c.max_frame_bytes = 10;
         let err = c.validate().expect_err("invalid");
         assert_eq!(err.0.len(), 3, "{err}");
-        assert!(Config::new("").validate().expect_err("no secret").to_string().contains("no secret"));
+        assert!(
+            Config::new("")
+                .validate()
+                .expect_err("no secret")
+                .to_string()
+                .contains("no secret")
+        );
     }
 
     #[test]

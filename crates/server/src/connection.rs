@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bootstrap_protocol::{PeerId, close, paths::HEARTBEAT, relay};
-use futures_util::stream::{SplitSink, StreamExt};
 use futures_util::SinkExt;
+use futures_util::stream::{SplitSink, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep, timeout};
 use tokio_util::sync::CancellationToken;
@@ -59,11 +59,19 @@ pub(crate) async fn serve(
     let config = &shared.config;
     let (mut sink, mut stream) = socket.split();
     let opened = Instant::now();
-    let mut policy = Policy::new(config.rate_per_second, config.rate_burst, config.max_bad_messages, opened);
+    let mut policy = Policy::new(
+        config.rate_per_second,
+        config.rate_burst,
+        config.max_bad_messages,
+        opened,
+    );
     let is_root = matches!(role, Role::Root(_));
     let lifetime = sleep(config.timeout);
     tokio::pin!(lifetime);
-    let mut heartbeat = interval_at(opened + config.heartbeat_interval, config.heartbeat_interval);
+    let mut heartbeat = interval_at(
+        opened + config.heartbeat_interval,
+        config.heartbeat_interval,
+    );
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut ping_sent: Option<Instant> = None;
 
@@ -78,11 +86,9 @@ pub(crate) async fn serve(
             }
             _ = heartbeat.tick(), if is_root => {
                 let now = Instant::now();
-                if let Some(sent) = ping_sent {
-                    if now.duration_since(sent) >= config.root_ping_timeout {
-                        warn!("root did not answer ping in time; dropping it");
-                        break End::Close(close::ROOT_UNRESPONSIVE, "no pong");
-                    }
+                if ping_sent.is_some_and(|sent| now.duration_since(sent) >= config.root_ping_timeout) {
+                    warn!("root did not answer ping in time; dropping it");
+                    break End::Close(close::ROOT_UNRESPONSIVE, "no pong");
                 }
                 let mut frames = vec![Message::Text(Utf8Bytes::from_static(HEARTBEAT))];
                 if ping_sent.is_none() {
@@ -128,7 +134,10 @@ pub(crate) async fn serve(
     debug!(?role, ?end, "socket ended");
     let goodbye = match end {
         End::Gone | End::Abandon => None,
-        End::Close(code, reason) => Some(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }))),
+        End::Close(code, reason) => Some(Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        }))),
         End::CloseNoStatus => Some(Message::Close(None)),
     };
     if let Some(goodbye) = goodbye {
@@ -255,7 +264,9 @@ fn on_error(error: &axum::Error, role: Role, shared: &Shared) -> End {
     let end = match inner {
         Some(WsError::Capacity(_)) => End::Close(close::TOO_BIG, "message too big"),
         Some(WsError::Utf8(_)) => End::Close(close::INVALID_PAYLOAD, "text frame is not UTF-8"),
-        Some(WsError::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake)) => End::Gone,
+        Some(WsError::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        )) => End::Gone,
         Some(WsError::Protocol(_)) => End::Close(close::PROTOCOL_ERROR, "WebSocket protocol error"),
         _ => End::Gone,
     };

@@ -102,7 +102,10 @@ pub async fn serve(
         .await
         .is_err()
     {
-        warn!(open = shared.tracker.len(), "sockets still open after the shutdown grace period");
+        warn!(
+            open = shared.tracker.len(),
+            "sockets still open after the shutdown grace period"
+        );
     }
     info!("stopped");
     served.map_err(Error::Serve)

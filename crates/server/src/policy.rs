@@ -82,7 +82,11 @@ impl Policy {
     /// Records an offence.
     pub(crate) fn offend(&mut self, offence: Offence) -> Verdict {
         self.bad += 1;
-        if self.bad >= self.max_bad { Verdict::Close(offence) } else { Verdict::Drop }
+        if self.bad >= self.max_bad {
+            Verdict::Close(offence)
+        } else {
+            Verdict::Drop
+        }
     }
 
     /// Time until one more message would be admitted (for tests and logs).
@@ -121,7 +125,10 @@ mod tests {
         let mut p = Policy::new(10, 5, 3, Instant::now());
         assert_eq!(p.offend(Offence::InvalidPayload), Verdict::Drop);
         assert_eq!(p.offend(Offence::Flood), Verdict::Drop);
-        assert_eq!(p.offend(Offence::InvalidPayload), Verdict::Close(Offence::InvalidPayload));
+        assert_eq!(
+            p.offend(Offence::InvalidPayload),
+            Verdict::Close(Offence::InvalidPayload)
+        );
         assert_eq!(Offence::InvalidPayload.close_code(), 1007);
         assert_eq!(Offence::Flood.close_code(), 1008);
     }

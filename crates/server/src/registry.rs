@@ -82,8 +82,16 @@ impl<T: Clone> Registry<T> {
     /// The handle a message for `destination` goes to.
     pub(crate) fn route(&self, destination: &Destination) -> Result<T, Undeliverable> {
         match destination {
-            Destination::Root => self.root.as_ref().map(|(_, h)| h.clone()).ok_or(Undeliverable::NoRoot),
-            Destination::Peer(id) => self.prospects.get(id).cloned().ok_or(Undeliverable::UnknownDestination),
+            Destination::Root => self
+                .root
+                .as_ref()
+                .map(|(_, h)| h.clone())
+                .ok_or(Undeliverable::NoRoot),
+            Destination::Peer(id) => self
+                .prospects
+                .get(id)
+                .cloned()
+                .ok_or(Undeliverable::UnknownDestination),
             Destination::Unknown => Err(Undeliverable::UnknownDestination),
         }
     }
@@ -115,11 +123,17 @@ mod tests {
         let b = r.admit("b").expect("room");
         assert_ne!(a, b);
         assert_eq!(r.route(&Destination::Peer(b)), Ok("b"));
-        assert_eq!(r.route(&Destination::Unknown), Err(Undeliverable::UnknownDestination));
+        assert_eq!(
+            r.route(&Destination::Unknown),
+            Err(Undeliverable::UnknownDestination)
+        );
         r.set_root("root");
         assert_eq!(r.route(&Destination::Root), Ok("root"));
         r.leave(&b);
-        assert_eq!(r.route(&Destination::Peer(b)), Err(Undeliverable::UnknownDestination));
+        assert_eq!(
+            r.route(&Destination::Peer(b)),
+            Err(Undeliverable::UnknownDestination)
+        );
         assert_eq!(r.prospect_count(), 1);
     }
 

@@ -59,22 +59,36 @@ fn limited(ws: WebSocketUpgrade, config: &Config) -> WebSocketUpgrade {
 /// message needs and would dominate the memory of idle sockets.
 const READ_BUFFER: usize = 4096;
 
-async fn join(State(state): State<AppState>, ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>) -> Response {
+async fn join(
+    State(state): State<AppState>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
     let ws = match ws {
         Ok(ws) => ws,
         Err(rejection) => return rejection.into_response(),
     };
     let shared = Arc::clone(&state.0);
     let (tx, rx) = mpsc::channel(shared.config.join_queue);
-    let handle = SocketHandle { tx, replaced: CancellationToken::new() };
+    let handle = SocketHandle {
+        tx,
+        replaced: CancellationToken::new(),
+    };
     let admitted = shared.registry().admit(handle.clone());
     let Ok(id) = admitted else {
         Stats::bump(&shared.stats.joins_refused);
-        return (StatusCode::SERVICE_UNAVAILABLE, "too many open /join sockets\n").into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many open /join sockets\n",
+        )
+            .into_response();
     };
     Stats::bump(&shared.stats.joins);
     // If the upgrade never completes, the callback is dropped and the guard unregisters.
-    let guard = Registered { shared: Arc::clone(&shared), id, armed: true };
+    let guard = Registered {
+        shared: Arc::clone(&shared),
+        id,
+        armed: true,
+    };
     let task = shared.tracker.token();
     limited(ws, &shared.config).on_upgrade(move |socket| async move {
         let _task = task;
@@ -106,7 +120,11 @@ impl Drop for Registered {
     }
 }
 
-async fn root(State(state): State<AppState>, uri: Uri, ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>) -> Response {
+async fn root(
+    State(state): State<AppState>,
+    uri: Uri,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
     // Compare the raw (still percent-encoded) path segment, as the JS server does, in
     // constant time. Never log it.
     let given = uri
@@ -126,7 +144,10 @@ async fn root(State(state): State<AppState>, uri: Uri, ws: Result<WebSocketUpgra
     limited(ws, &shared.config).on_upgrade(move |socket| async move {
         let _task = task;
         let (tx, rx) = mpsc::channel(shared.config.root_queue);
-        let handle = SocketHandle { tx, replaced: CancellationToken::new() };
+        let handle = SocketHandle {
+            tx,
+            replaced: CancellationToken::new(),
+        };
         let replaced = handle.replaced.clone();
         let (ticket, old) = shared.registry().set_root(handle);
         Stats::bump(&shared.stats.roots);

@@ -41,10 +41,18 @@ impl TestServer {
         let addr = listener.local_addr()?;
         let state = AppState::new(config)?;
         let token = state.shutdown_token();
-        let task = tokio::spawn(webrtc_bootstrap_server::serve(listener, state.clone(), async move {
-            token.cancelled().await;
-        }));
-        Ok(Self { addr, state, task: Some(task) })
+        let task = tokio::spawn(webrtc_bootstrap_server::serve(
+            listener,
+            state.clone(),
+            async move {
+                token.cancelled().await;
+            },
+        ));
+        Ok(Self {
+            addr,
+            state,
+            task: Some(task),
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -67,13 +75,19 @@ impl TestServer {
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.state.shutdown_token().cancel();
         if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(10), task).await.context("shutdown timed out")???;
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .context("shutdown timed out")???;
         }
         Ok(())
     }
 
     /// Waits until `check` holds for the server's health.
-    pub async fn wait_health(&self, what: &str, check: impl Fn(&Health) -> bool) -> anyhow::Result<Health> {
+    pub async fn wait_health(
+        &self,
+        what: &str,
+        check: impl Fn(&Health) -> bool,
+    ) -> anyhow::Result<Health> {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let health = self.health();
@@ -115,11 +129,23 @@ pub async fn recv(ws: &mut Ws) -> anyhow::Result<String> {
 pub async fn recv_any(ws: &mut Ws) -> anyhow::Result<String> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let next = tokio::time::timeout_at(deadline, ws.next()).await.context("no message in time")?;
+        let next = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .context("no message in time")?;
         match next {
             Some(Ok(Message::Text(text))) => return Ok(text.to_string()),
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
             other => bail!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// Next text frame that satisfies `wanted`, skipping others.
+pub async fn recv_matching(ws: &mut Ws, wanted: impl Fn(&str) -> bool) -> anyhow::Result<String> {
+    loop {
+        let text = recv(ws).await?;
+        if wanted(&text) {
+            return Ok(text);
         }
     }
 }
@@ -142,7 +168,10 @@ pub async fn expect_silence(ws: &mut Ws, quiet: Duration) -> anyhow::Result<()> 
 pub async fn recv_close(ws: &mut Ws) -> anyhow::Result<Option<CloseFrame>> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        match tokio::time::timeout_at(deadline, ws.next()).await.context("no close in time")? {
+        match tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .context("no close in time")?
+        {
             Some(Ok(Message::Close(frame))) => return Ok(frame),
             Some(Ok(_)) => {}
             other => bail!("expected a close frame, got {other:?}"),
@@ -162,46 +191,92 @@ pub fn envelope(destination: Option<&str>, signal: &str, rank: u32) -> String {
 }
 
 pub fn field(text: &str, key: &str) -> anyhow::Result<serde_json::Value> {
-    let value: serde_json::Value = serde_json::from_str(text).with_context(|| format!("not JSON: {text}"))?;
+    let value: serde_json::Value =
+        serde_json::from_str(text).with_context(|| format!("not JSON: {text}"))?;
     Ok(value.get(key).cloned().unwrap_or(serde_json::Value::Null))
 }
 
 pub fn origin(text: &str) -> anyhow::Result<String> {
-    field(text, "origin")?.as_str().map(str::to_owned).context("origin is not a string")
+    field(text, "origin")?
+        .as_str()
+        .map(str::to_owned)
+        .context("origin is not a string")
 }
 
 /// A whole well-behaved handshake through the server: newcomer offer and two candidates
 /// to the root, an answerer's answer and candidate to the newcomer, and one direct
 /// candidate back. Checks every message's content and origin.
 pub async fn handshake(server: &TestServer, root: &mut Ws) -> anyhow::Result<()> {
+    static NONCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nonce = NONCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut newcomer = server.join().await?;
-    let offer = envelope(None, r#"{"type":"offer","sdp":"v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n"}"#, 0);
+    let offer = envelope(
+        None,
+        &format!(r#"{{"type":"offer","sdp":"v=0\r\no=- {nonce} 2 IN IP4 127.0.0.1\r\n"}}"#),
+        0,
+    );
     send(&mut newcomer, &offer).await?;
     for rank in 1..=2 {
         send(&mut newcomer, &envelope(None, &candidate(rank), rank)).await?;
     }
-    let got = recv(root).await?;
+    // The root may also hear from other peers: pick this newcomer's messages out.
+    let marker = format!("o=- {nonce} 2");
+    let got = recv_matching(root, |m| m.contains(&marker)).await?;
     let newcomer_id = origin(&got)?;
-    let expected = offer.replacen("\"origin\":null", &format!("\"origin\":\"{newcomer_id}\""), 1);
+    let expected = offer.replacen(
+        "\"origin\":null",
+        &format!("\"origin\":\"{newcomer_id}\""),
+        1,
+    );
     anyhow::ensure!(got == expected, "offer changed in transit: {got}");
     for rank in 1..=2 {
-        let got = recv(root).await?;
-        anyhow::ensure!(origin(&got)? == newcomer_id, "candidate from another origin: {got}");
-        anyhow::ensure!(field(&got, "rank")? == rank, "candidates out of order: {got}");
+        let got = recv_matching(root, |m| origin(m).is_ok_and(|o| o == newcomer_id)).await?;
+        anyhow::ensure!(
+            field(&got, "rank")? == rank,
+            "candidates out of order: {got}"
+        );
     }
     let mut answerer = server.join().await?;
-    send(&mut answerer, &envelope(Some(&newcomer_id), r#"{"type":"answer","sdp":"v=0\r\n"}"#, 0)).await?;
-    send(&mut answerer, &envelope(Some(&newcomer_id), &candidate(1), 1)).await?;
+    send(
+        &mut answerer,
+        &envelope(
+            Some(&newcomer_id),
+            r#"{"type":"answer","sdp":"v=0\r\n"}"#,
+            0,
+        ),
+    )
+    .await?;
+    send(
+        &mut answerer,
+        &envelope(Some(&newcomer_id), &candidate(1), 1),
+    )
+    .await?;
     let answer = recv(&mut newcomer).await?;
     let answerer_id = origin(&answer)?;
     anyhow::ensure!(answerer_id != newcomer_id, "answerer got the newcomer's id");
-    anyhow::ensure!(field(&answer, "signal")?["type"] == "answer", "not the answer: {answer}");
-    anyhow::ensure!(field(&answer, "destination")? == newcomer_id.as_str(), "destination changed: {answer}");
+    anyhow::ensure!(
+        field(&answer, "signal")?["type"] == "answer",
+        "not the answer: {answer}"
+    );
+    anyhow::ensure!(
+        field(&answer, "destination")? == newcomer_id.as_str(),
+        "destination changed: {answer}"
+    );
     let cand = recv(&mut newcomer).await?;
-    anyhow::ensure!(field(&cand, "rank")? == 1 && origin(&cand)? == answerer_id, "bad candidate: {cand}");
-    send(&mut newcomer, &envelope(Some(&answerer_id), &candidate(3), 3)).await?;
+    anyhow::ensure!(
+        field(&cand, "rank")? == 1 && origin(&cand)? == answerer_id,
+        "bad candidate: {cand}"
+    );
+    send(
+        &mut newcomer,
+        &envelope(Some(&answerer_id), &candidate(3), 3),
+    )
+    .await?;
     let direct = recv(&mut answerer).await?;
-    anyhow::ensure!(origin(&direct)? == newcomer_id && field(&direct, "rank")? == 3, "bad direct candidate: {direct}");
+    anyhow::ensure!(
+        origin(&direct)? == newcomer_id && field(&direct, "rank")? == 3,
+        "bad direct candidate: {direct}"
+    );
     newcomer.close(None).await?;
     answerer.close(None).await?;
     Ok(())
@@ -230,7 +305,9 @@ impl RawClient {
         let mut head = Vec::new();
         let mut byte = [0u8; 1];
         while !head.ends_with(b"\r\n\r\n") {
-            let n = tokio::time::timeout(WAIT, stream.read(&mut byte)).await.context("no upgrade response")??;
+            let n = tokio::time::timeout(WAIT, stream.read(&mut byte))
+                .await
+                .context("no upgrade response")??;
             anyhow::ensure!(n == 1, "connection closed during upgrade");
             head.push(byte[0]);
         }
@@ -283,7 +360,9 @@ impl RawClient {
                 buf.drain(..start + len);
             }
             let mut chunk = [0u8; 4096];
-            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await.context("no close in time")??;
+            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk))
+                .await
+                .context("no close in time")??;
             if n == 0 {
                 return Ok(None);
             }

@@ -1,0 +1,260 @@
+//! The `bootstrap-server` binary as a user runs it: configuration errors, config file
+//! and overrides, `/healthz`, static files, and SIGTERM.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::Message;
+
+const BIN: &str = env!("CARGO_BIN_EXE_bootstrap-server");
+
+fn run_to_end(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Output> {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("SECRET")
+        .env_remove("PORT")
+        .env_remove("HOST");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            child.kill()?;
+            bail!("bootstrap-server {args:?} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child.wait_with_output()?)
+}
+
+fn assert_usage_error(output: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "stderr: {stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "not one line: {stderr}"
+    );
+    assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A running server process, killed on drop.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn spawn(args: &[&str], port: u16) -> anyhow::Result<Self> {
+        let child = Command::new(BIN)
+            .args(args)
+            .env_remove("SECRET")
+            .env_remove("PORT")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            if Instant::now() > deadline {
+                bail!("server did not start on {addr}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Self { child, addr })
+    }
+
+    fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill failed");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("server did not exit after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response)
+}
+
+#[test]
+fn missing_secret_is_a_usage_error() -> anyhow::Result<()> {
+    assert_usage_error(&run_to_end(&[], &[])?, "no secret");
+    Ok(())
+}
+
+#[test]
+fn unsafe_secret_is_a_usage_error() -> anyhow::Result<()> {
+    assert_usage_error(&run_to_end(&["--secret", "a/b"], &[])?, "URL-safe");
+    assert_usage_error(&run_to_end(&[], &[("SECRET", "with space")])?, "URL-safe");
+    Ok(())
+}
+
+#[test]
+fn port_in_use_is_a_usage_error() -> anyhow::Result<()> {
+    let taken = TcpListener::bind("127.0.0.1:0")?;
+    let port = taken.local_addr()?.port().to_string();
+    let output = run_to_end(
+        &["--secret", "s", "--host", "127.0.0.1", "--port", &port],
+        &[],
+    )?;
+    assert_usage_error(&output, "cannot listen");
+    Ok(())
+}
+
+#[test]
+fn bad_flags_and_bad_config_files_are_usage_errors() -> anyhow::Result<()> {
+    let dir = tempdir()?;
+    let file = dir.join("bad.json");
+    std::fs::write(&file, r#"{"secret":"s","sekret":"typo"}"#)?;
+    assert_usage_error(
+        &run_to_end(&[file.to_str().context("path")?], &[])?,
+        "invalid config file",
+    );
+    assert_usage_error(
+        &run_to_end(&["/nonexistent/config.json"], &[])?,
+        "cannot read config file",
+    );
+    assert_usage_error(
+        &run_to_end(&["--secret", "s", "--timeout", "0"], &[])?,
+        "timeout must be greater than 0",
+    );
+    let output = run_to_end(&["--no-such-flag"], &[])?;
+    assert_eq!(output.status.code(), Some(64));
+    let help = run_to_end(&["--help"], &[])?;
+    assert_eq!(help.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--max-prospects"));
+    Ok(())
+}
+
+#[test]
+fn the_example_config_is_valid() -> anyhow::Result<()> {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config.example.json");
+    let port = free_port()?;
+    let mut server = Server::spawn(
+        &[
+            example.to_str().context("path")?,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ],
+        port,
+    )?;
+    assert!(http_get(server.addr, "/healthz")?.contains("\"status\":\"ok\""));
+    assert!(server.terminate()?.success());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn config_file_flags_override_and_sigterm_closes_sockets_with_1001() -> anyhow::Result<()> {
+    let dir = tempdir()?;
+    let public = dir.join("public");
+    std::fs::create_dir_all(&public)?;
+    std::fs::write(public.join("index.html"), "<h1>hello</h1>")?;
+    let file_port = free_port()?;
+    let port = free_port()?;
+    let config = dir.join("config.json");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"secret":"fromfile","port":{file_port},"host":"127.0.0.1","public":{:?},"log_format":"json"}}"#,
+            public.to_str().context("path")?
+        ),
+    )?;
+    // The flag overrides the file's port; the secret comes from the file.
+    let mut server = Server::spawn(
+        &[
+            config.to_str().context("path")?,
+            "--port",
+            &port.to_string(),
+        ],
+        port,
+    )?;
+    let health = http_get(server.addr, "/healthz")?;
+    assert!(health.contains("\"root_connected\":false"), "{health}");
+    assert!(http_get(server.addr, "/index.html")?.contains("<h1>hello</h1>"));
+    assert!(http_get(server.addr, "/")?.contains("<h1>hello</h1>"));
+    let url = format!("ws://{}/fromfile/webrtc-bootstrap-root", server.addr);
+    let (mut root, _) = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::connect_async(url),
+    )
+    .await??;
+    let (mut join, _) = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::connect_async(format!("ws://{}/join", server.addr)),
+    )
+    .await??;
+    let health = http_get(server.addr, "/healthz")?;
+    assert!(
+        health.contains("\"root_connected\":true") && health.contains("\"prospects\":1"),
+        "{health}"
+    );
+
+    let status = tokio::task::spawn_blocking(move || server.terminate()).await??;
+    assert!(status.success(), "{status:?}");
+    for ws in [&mut root, &mut join] {
+        let close = loop {
+            match tokio::time::timeout(Duration::from_secs(5), ws.next()).await? {
+                Some(Ok(Message::Close(frame))) => break frame,
+                Some(Ok(_)) => {}
+                other => bail!("expected a close frame, got {other:?}"),
+            }
+        };
+        assert_eq!(close.map(|f| u16::from(f.code)), Some(1001));
+    }
+    Ok(())
+}
+
+fn tempdir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "bootstrap-server-cli-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
