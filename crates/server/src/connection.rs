@@ -74,6 +74,9 @@ pub(crate) async fn serve(
     );
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut ping_sent: Option<Instant> = None;
+    // Since when the outbound queue has been full after every write: a peer that reads
+    // too slowly to ever drain it is closed after `write_timeout`.
+    let mut full_since: Option<Instant> = None;
 
     let end = loop {
         tokio::select! {
@@ -111,6 +114,17 @@ pub(crate) async fn serve(
                 }
                 if let Some(end) = write_all(&mut sink, frames, &shared).await {
                     break end;
+                }
+                if rx.capacity() == 0 {
+                    let now = Instant::now();
+                    let since = *full_since.get_or_insert(now);
+                    if now.duration_since(since) >= config.write_timeout {
+                        Stats::bump(&shared.stats.abusive_closes);
+                        info!(?role, "outbound queue stayed full; closing the socket");
+                        break End::Close(close::POLICY, "not reading fast enough");
+                    }
+                } else {
+                    full_since = None;
                 }
             }
             frame = stream.next() => {
