@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bootstrap_protocol::close::ROOT_REPLACED;
 use bootstrap_protocol::paths::HEARTBEAT;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
