@@ -23,7 +23,7 @@ const EX_USAGE: u8 = 64;
 struct Cli {
     /// JSON config file with the same keys as the flags, in snake_case (see config.example.json).
     config: Option<PathBuf>,
-    /// Secret of the root route /<secret>/webrtc-bootstrap-root (URL-safe characters only).
+    /// Secret of the root route /SECRET/webrtc-bootstrap-root (URL-safe characters only).
     #[arg(long, env = "SECRET", hide_env_values = true)]
     secret: Option<String>,
     /// TCP port to listen on [default: 5000].

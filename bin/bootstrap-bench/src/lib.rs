@@ -1,0 +1,29 @@
+//! Benchmarks of the signaling server, side by side with the JS webrtc-bootstrap 4.4.1
+//! server.
+//!
+//! # Layout
+//! - [`load`]: the load generator: whole handshakes over the wire protocol only, every
+//!   message verified, figures for one load point.
+//! - [`idle`]: memory per idle `/join` socket, and the most sockets within an RSS budget.
+//! - [`servers`]: starting our server binary and the JS server on free loopback ports.
+//! - [`compare`]: runs the same points against both servers and writes the results.
+//! - [`report`]: the results file and the table; `chart` draws the SVG.
+//! - [`procfs`]: CPU time and memory of a process from `/proc`.
+//! - `ws`, `script`, `root`, `handshake`, `verify`: the generator's WebSocket client,
+//!   message content, root task, handshake task and failure bookkeeping.
+
+mod chart;
+pub mod compare;
+mod handshake;
+pub mod idle;
+pub mod load;
+pub mod procfs;
+pub mod report;
+mod root;
+mod script;
+pub mod servers;
+pub mod stats;
+mod verify;
+mod ws;
+
+pub use verify::{Failure, FailureKind};

@@ -1,0 +1,381 @@
+//! A minimal WebSocket client: just enough of RFC 6455 for the load generator.
+//!
+//! It opens a connection (optionally from a chosen source address, to spread many
+//! sockets over several loopback addresses), sends masked text frames and reads the
+//! server's unfragmented frames into `BytesMut` slices without copying. A general
+//! client (tokio-tungstenite) costs several times more CPU per message; on 2 cores the
+//! generator competes with the server, so it has to be cheap.
+//!
+//! Not supported, and reported as errors: fragmented messages, masked server frames,
+//! extensions. Neither server under test sends those. The `Sec-WebSocket-Accept` answer
+//! is not checked: both servers are known-good WebSocket implementations, and the check
+//! would only add generator CPU.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Largest frame accepted from a server.
+const MAX_FRAME: usize = 16 * 1024 * 1024;
+/// Largest HTTP response head accepted during the upgrade.
+const MAX_HEAD: usize = 16 * 1024;
+/// Read buffer reserved before each read.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Why a WebSocket operation failed.
+#[derive(Debug)]
+pub(crate) enum WsError {
+    /// The TCP connection failed.
+    Io(io::Error),
+    /// The server refused the upgrade; the HTTP status line.
+    Refused(String),
+    /// The server closed the connection.
+    Closed,
+    /// The server sent something this client does not support.
+    Protocol(&'static str),
+}
+
+impl std::error::Error for WsError {}
+
+impl std::fmt::Display for WsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Io(e) => write!(f, "I/O error: {e}"),
+            Self::Refused(status) => write!(f, "upgrade refused: {status}"),
+            Self::Closed => f.write_str("connection closed by the server"),
+            Self::Protocol(what) => write!(f, "unsupported WebSocket frame: {what}"),
+        }
+    }
+}
+
+impl From<io::Error> for WsError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+/// A frame received from the server.
+#[derive(Debug)]
+pub(crate) enum Frame {
+    /// A text message.
+    Text(BytesMut),
+    /// A binary message.
+    Binary(BytesMut),
+    /// A ping, to be answered with a pong.
+    Ping(BytesMut),
+    /// A pong.
+    Pong,
+    /// A close frame.
+    Close,
+}
+
+/// One client WebSocket connection.
+#[derive(Debug)]
+pub(crate) struct WsClient {
+    stream: TcpStream,
+    read: BytesMut,
+    write: Vec<u8>,
+    /// State of the xorshift generator for masking keys.
+    mask_state: u32,
+}
+
+impl WsClient {
+    /// Connects to `server`, optionally from `local`, and upgrades `path`.
+    pub(crate) async fn connect(
+        server: SocketAddr,
+        path: &str,
+        local: Option<IpAddr>,
+        seed: u32,
+    ) -> Result<Self, WsError> {
+        let socket = if server.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if let Some(ip) = local {
+            socket.bind(SocketAddr::new(ip, 0))?;
+        }
+        let stream = socket.connect(server).await?;
+        stream.set_nodelay(true)?;
+        let mut client = Self {
+            stream,
+            read: BytesMut::new(),
+            write: Vec::with_capacity(256),
+            mask_state: seed | 1,
+        };
+        client.upgrade(server, path).await?;
+        Ok(client)
+    }
+
+    async fn upgrade(&mut self, server: SocketAddr, path: &str) -> Result<(), WsError> {
+        let key = websocket_key(self.next_mask());
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {server}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        self.stream.write_all(request.as_bytes()).await?;
+        loop {
+            if let Some(end) = find(&self.read, b"\r\n\r\n") {
+                let head = self.read.split_to(end + 4);
+                if head.starts_with(b"HTTP/1.1 101") {
+                    // Keep the read buffer small for idle sockets; frames reserve more.
+                    if self.read.is_empty() {
+                        self.read = BytesMut::new();
+                    }
+                    return Ok(());
+                }
+                let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+                return Err(WsError::Refused(String::from_utf8_lossy(line).into_owned()));
+            }
+            if self.read.len() > MAX_HEAD {
+                return Err(WsError::Protocol("oversized HTTP response head"));
+            }
+            self.read.reserve(1024);
+            if self.stream.read_buf(&mut self.read).await? == 0 {
+                return Err(WsError::Closed);
+            }
+        }
+    }
+
+    /// Sends one text message.
+    pub(crate) async fn send_text(&mut self, payload: &[u8]) -> Result<(), WsError> {
+        self.queue(OP_TEXT, payload);
+        self.flush().await
+    }
+
+    /// Appends a frame to the write buffer without sending it.
+    fn queue(&mut self, opcode: u8, payload: &[u8]) {
+        let mask = self.next_mask().to_ne_bytes();
+        encode_frame(&mut self.write, opcode, payload, mask);
+    }
+
+    /// Writes everything queued.
+    async fn flush(&mut self) -> Result<(), WsError> {
+        let result = self.stream.write_all(&self.write).await;
+        self.write.clear();
+        result.map_err(WsError::from)
+    }
+
+    /// Reads more bytes from the socket. Cancel-safe: nothing is lost if the future is
+    /// dropped before it completes.
+    pub(crate) async fn fill(&mut self) -> Result<(), WsError> {
+        self.read.reserve(READ_CHUNK);
+        if self.stream.read_buf(&mut self.read).await? == 0 {
+            return Err(WsError::Closed);
+        }
+        Ok(())
+    }
+
+    /// The next complete frame in the read buffer, if any.
+    pub(crate) fn next_frame(&mut self) -> Result<Option<Frame>, WsError> {
+        let Some((header, len)) = parse_header(&self.read)? else {
+            return Ok(None);
+        };
+        if self.read.len() < header + len {
+            return Ok(None);
+        }
+        let opcode = self.read[0] & 0x0f;
+        self.read.advance(header);
+        let payload = self.read.split_to(len);
+        Ok(Some(match opcode {
+            OP_TEXT => Frame::Text(payload),
+            OP_BINARY => Frame::Binary(payload),
+            OP_CLOSE => Frame::Close,
+            OP_PING => Frame::Ping(payload),
+            OP_PONG => Frame::Pong,
+            _ => return Err(WsError::Protocol("unknown opcode")),
+        }))
+    }
+
+    /// Answers a ping.
+    pub(crate) async fn pong(&mut self, payload: &[u8]) -> Result<(), WsError> {
+        self.queue(OP_PONG, payload);
+        self.flush().await
+    }
+
+    /// Sends a close frame (1000) and waits up to `wait` for the server's close frame
+    /// or the end of the connection. Returns the text messages that arrived meanwhile:
+    /// for a finished handshake there must be none.
+    pub(crate) async fn close(mut self, wait: Duration) -> Result<Vec<BytesMut>, WsError> {
+        self.queue(OP_CLOSE, &1000u16.to_be_bytes());
+        self.flush().await?;
+        let mut stray = Vec::new();
+        let drain = async {
+            loop {
+                while let Some(frame) = self.next_frame()? {
+                    match frame {
+                        Frame::Text(text) | Frame::Binary(text) => stray.push(text),
+                        Frame::Close => return Ok(()),
+                        Frame::Ping(_) | Frame::Pong => {}
+                    }
+                }
+                match self.fill().await {
+                    Ok(()) => {}
+                    Err(WsError::Closed) => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        match tokio::time::timeout(wait, drain).await {
+            Ok(Ok(())) | Err(_) => Ok(stray),
+            Ok(Err(e)) => Err(e),
+        }
+    }
+
+    /// The next masking key (xorshift32: cheap, and varied enough for a masking key).
+    fn next_mask(&mut self) -> u32 {
+        let mut x = self.mask_state;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.mask_state = x;
+        x
+    }
+}
+
+const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xa;
+
+/// Header length and payload length of the frame at the start of `buf`, once the whole
+/// header is there.
+fn parse_header(buf: &[u8]) -> Result<Option<(usize, usize)>, WsError> {
+    let [b0, b1, ..] = *buf else {
+        return Ok(None);
+    };
+    if b0 & 0x80 == 0 || b0 & 0x0f == 0 {
+        return Err(WsError::Protocol("fragmented message"));
+    }
+    if b0 & 0x70 != 0 {
+        return Err(WsError::Protocol("reserved bits set"));
+    }
+    if b1 & 0x80 != 0 {
+        return Err(WsError::Protocol("masked frame from the server"));
+    }
+    let (header, len) = match b1 & 0x7f {
+        126 => match buf.get(2..4) {
+            Some(b) => (4, u64::from(u16::from_be_bytes([b[0], b[1]]))),
+            None => return Ok(None),
+        },
+        127 => match buf.get(2..10).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+            Some(b) => (10, u64::from_be_bytes(b)),
+            None => return Ok(None),
+        },
+        n => (2, u64::from(n)),
+    };
+    match usize::try_from(len) {
+        Ok(len) if len <= MAX_FRAME => Ok(Some((header, len))),
+        _ => Err(WsError::Protocol("oversized frame")),
+    }
+}
+
+/// Appends one masked client frame to `out`.
+fn encode_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: [u8; 4]) {
+    out.push(0x80 | opcode);
+    let len = payload.len();
+    if len < 126 {
+        // Fits in 7 bits: checked just above.
+        out.push(0x80 | len as u8);
+    } else if let Ok(len16) = u16::try_from(len) {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&len16.to_be_bytes());
+    } else {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    out.extend_from_slice(&mask);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    apply_mask(&mut out[start..], mask);
+}
+
+/// XORs `data` with the 4-byte `mask`, eight bytes at a time.
+fn apply_mask(data: &mut [u8], mask: [u8; 4]) {
+    let wide = u64::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    ]);
+    let mut chunks = data.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        chunk.copy_from_slice(&(u64::from_ne_bytes(word) ^ wide).to_ne_bytes());
+    }
+    // The remainder starts at a multiple of 8, so the mask index restarts at 0.
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= mask[i & 3];
+    }
+}
+
+/// A `Sec-WebSocket-Key`: 16 bytes in base64 (22 characters and `==`).
+fn websocket_key(seed: u32) -> String {
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut x = u64::from(seed) | 1;
+    let mut key = String::with_capacity(24);
+    for i in 0..22 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        // The 22nd character carries only 2 bits of the 16 bytes: its low 4 bits are 0.
+        let index = if i == 21 { (x & 0x30) as usize } else { (x & 0x3f) as usize };
+        key.push(char::from(B64[index]));
+    }
+    key.push_str("==");
+    key
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_through_the_mask() {
+        for len in [0usize, 5, 125, 126, 1500, 65_535, 65_536] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut out = Vec::new();
+            encode_frame(&mut out, OP_TEXT, &payload, [1, 2, 3, 4]);
+            // Unmask as a server would.
+            let header = match len {
+                0..=125 => 2,
+                126..=65_535 => 4,
+                _ => 10,
+            };
+            let mask = [out[header], out[header + 1], out[header + 2], out[header + 3]];
+            let mut body = out[header + 4..].to_vec();
+            apply_mask(&mut body, mask);
+            assert_eq!(body, payload, "len {len}");
+            assert_eq!(out[0], 0x81);
+            assert_eq!(out[1] & 0x80, 0x80);
+        }
+    }
+
+    #[test]
+    fn parses_server_headers() {
+        assert_eq!(parse_header(&[0x81]).ok(), Some(None));
+        assert_eq!(parse_header(&[0x81, 5]).ok(), Some(Some((2, 5))));
+        assert_eq!(parse_header(&[0x81, 126, 1]).ok(), Some(None));
+        assert_eq!(parse_header(&[0x81, 126, 1, 0]).ok(), Some(Some((4, 256))));
+        assert!(parse_header(&[0x01, 5]).is_err(), "fragment");
+        assert!(parse_header(&[0x81, 0x85]).is_err(), "masked");
+    }
+
+    #[test]
+    fn keys_are_base64_of_16_bytes() {
+        for seed in [1, 7, 0xdead_beef] {
+            let key = websocket_key(seed);
+            assert_eq!(key.len(), 24);
+            assert!(key.ends_with("=="));
+            let last = key.as_bytes()[21];
+            assert!(matches!(last, b'A' | b'Q' | b'g' | b'w'), "{key}");
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Shared helpers of the end-to-end tests: a real Rust signaling server on
+//! `127.0.0.1:0`, loopback-only options, and `/healthz` reads.
+#![allow(dead_code, unreachable_pub)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bootstrap_server_lib as server;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use webrtc_bootstrap_peer::Options;
+
+pub const SECRET: &str = "test-secret";
+
+/// Every wait in the tests is bounded by this unless said otherwise.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// Awaits `future` for at most [`WAIT`], panicking with `what` on timeout.
+pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+/// A running server; stops when dropped.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// A server on a fresh loopback port.
+    pub async fn start() -> Self {
+        Self::start_at(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// A server on `addr` (to restart on the same port).
+    pub async fn start_at(addr: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("bind the test server");
+        let addr = listener.local_addr().expect("local addr");
+        let mut config = server::Config::new(SECRET);
+        config.shutdown_grace = Duration::from_secs(2);
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server::run(listener, config, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("server run");
+        });
+        Self {
+            addr,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// `ws://127.0.0.1:port`.
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// Stops the server and waits until it no longer listens.
+    pub async fn stop(mut self) {
+        self.shutdown.take();
+        if let Some(task) = self.task.take() {
+            within("server stop", task).await.expect("server task");
+        }
+    }
+
+    /// `GET /healthz`, parsed.
+    pub async fn health(&self) -> serde_json::Value {
+        let mut stream = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect for healthz");
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write healthz request");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .await
+            .expect("read healthz response");
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body)
+            .expect("an HTTP body");
+        serde_json::from_str(body).expect("healthz JSON")
+    }
+
+    /// Open `/join` sockets.
+    pub async fn prospects(&self) -> u64 {
+        self.health().await["prospects"]
+            .as_u64()
+            .expect("prospects count")
+    }
+
+    /// Waits until the server has `n` open `/join` sockets.
+    pub async fn wait_prospects(&self, n: u64) {
+        within(&format!("{n} prospects"), async {
+            loop {
+                if self.prospects().await == n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+    }
+
+    /// Waits until the server sees a root (or none).
+    pub async fn wait_root(&self, connected: bool) {
+        within("root connected", async {
+            loop {
+                if self.health().await["root_connected"].as_bool() == Some(connected) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.take();
+    }
+}
+
+/// Loopback only, no ICE servers, no mDNS, a 10 s timeout.
+pub fn options() -> Options {
+    Options {
+        timeout: Duration::from_secs(10),
+        ..Options::loopback()
+    }
+}
+
+/// Logs to the test output when `RUST_LOG` is set.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
