@@ -91,7 +91,7 @@ impl<'a> Handshake<'a> {
         Failure::new(kind, format!("handshake {}: {what}", self.n))
     }
 
-    fn connection(&self, who: &str) -> impl FnOnce(WsError) -> Failure + '_ {
+    fn connection<'s>(&'s self, who: &'s str) -> impl FnOnce(WsError) -> Failure + 's {
         move |e| self.failure(FailureKind::Connection, format_args!("{who}: {e}"))
     }
 
@@ -120,9 +120,12 @@ impl<'a> Handshake<'a> {
             self.send(&mut newcomer, Side::Newcomer, rank, None).await?;
         }
         let mut answerer: Option<WsClient> = None;
+        let root_bound = ctx.script.early + 1;
         while !self.done() {
+            // The root drops its sender after the last root-bound message.
+            let root_open = self.at_root < root_bound;
             let event = tokio::select! {
-                note = rx.recv() => Event::Root(note),
+                note = rx.recv(), if root_open => Event::Root(note),
                 read = newcomer.fill() => Event::Newcomer(read),
                 read = fill(&mut answerer) => Event::Answerer(read),
                 () = sleep_until(deadline) => Event::Timeout,

@@ -1,2 +1,320 @@
-//! Benchmarks (work in progress).
-fn main() {}
+//! `bootstrap-bench`: signaling benchmarks, side by side with the JS server.
+//!
+//! Run with (from the workspace root):
+//! ```sh
+//! cargo build --release -p bootstrap-server -p bootstrap-bench
+//! (cd bench/js && npm ci --ignore-scripts)
+//! target/release/bootstrap-bench compare            # full run, writes docs/bench/
+//! target/release/bootstrap-bench compare --quick    # smoke run, writes nothing
+//! target/release/bootstrap-bench load --url ws://127.0.0.1:5000 --secret S -n 20000 -c 50
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use bootstrap_bench::compare::{self, CompareConfig, IdleSettings, JsMode};
+use bootstrap_bench::idle::{self, IdleConfig};
+use bootstrap_bench::load::{self, LoadConfig};
+use bootstrap_bench::servers::Programs;
+use clap::{Args, Parser, Subcommand};
+
+/// Signaling benchmarks for the webrtc-bootstrap server (loopback only).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Simulate whole handshakes against a running server and verify every message.
+    Load(LoadArgs),
+    /// Measure the server's memory per idle /join socket.
+    Idle(IdleArgs),
+    /// Run the load points and idle memory against our server and the JS server.
+    Compare(CompareArgs),
+    /// WebRTC join time (not implemented yet: needs crates/peer).
+    Webrtc,
+}
+
+#[derive(Debug, Args)]
+struct LoadArgs {
+    /// Server URL, e.g. ws://127.0.0.1:5000 (loopback only).
+    #[arg(long)]
+    url: String,
+    /// The root's secret.
+    #[arg(long, env = "SECRET", hide_env_values = true)]
+    secret: String,
+    /// Measured handshakes (N).
+    #[arg(short = 'n', long, default_value_t = 20_000)]
+    handshakes: u32,
+    /// Most handshakes in flight (C).
+    #[arg(short = 'c', long, default_value_t = 50)]
+    concurrency: u32,
+    /// Candidates per side (K).
+    #[arg(short = 'k', long, default_value_t = 4)]
+    candidates: u32,
+    /// SDP bytes (B).
+    #[arg(short = 'b', long, default_value_t = 1500)]
+    sdp_bytes: usize,
+    /// Newcomer candidates sent through the root [default: K / 2].
+    #[arg(long)]
+    early: Option<u32>,
+    /// Unmeasured handshakes first.
+    #[arg(long, default_value_t = 1000)]
+    warmup: u32,
+    /// Generator threads (1: current-thread runtime).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Seconds a handshake may take before its missing messages count as lost.
+    #[arg(long, default_value_t = 30)]
+    handshake_timeout: u64,
+    /// The server's process id, to report its CPU time and memory.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Also write the figures as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct IdleArgs {
+    /// Server URL, e.g. ws://127.0.0.1:5000 (loopback only).
+    #[arg(long)]
+    url: String,
+    /// The server's process id (its RSS is what is measured).
+    #[arg(long)]
+    server_pid: u32,
+    /// Socket counts to report, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    counts: Vec<usize>,
+    /// RSS budget in MiB for the most sockets held within it (0: skip).
+    #[arg(long, default_value_t = 256)]
+    budget_mib: u64,
+    /// Most sockets opened while looking for the budget.
+    #[arg(long, default_value_t = 200_000)]
+    max_sockets: usize,
+    /// Source addresses 127.0.0.2.. to spread sockets over (~28k sockets each).
+    #[arg(long, default_value_t = 8)]
+    source_ips: u8,
+}
+
+#[derive(Debug, Args)]
+struct CompareArgs {
+    /// Smoke run: few handshakes, small idle count, JS only if installed, writes
+    /// nothing unless --out is given. Fails only on lost/duplicated/misrouted messages.
+    #[arg(long)]
+    quick: bool,
+    /// Our release server binary [default: next to this binary, else target/release].
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// The node executable.
+    #[arg(long, default_value = "node")]
+    node: String,
+    /// Directory of the JS harness (server.js, node_modules).
+    #[arg(long, default_value = "bench/js")]
+    js_dir: PathBuf,
+    /// Output directory [default: docs/bench; none with --quick].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Only our server.
+    #[arg(long)]
+    no_js: bool,
+    /// Concurrency of each load point [default: 1,50,500; quick: 1,10,50].
+    #[arg(long, value_delimiter = ',')]
+    points: Option<Vec<u32>>,
+    /// Measured handshakes per point [default: 20000; quick: 300].
+    #[arg(short = 'n', long)]
+    handshakes: Option<u32>,
+    /// Candidates per side (K).
+    #[arg(short = 'k', long, default_value_t = 4)]
+    candidates: u32,
+    /// SDP bytes (B).
+    #[arg(short = 'b', long, default_value_t = 1500)]
+    sdp_bytes: usize,
+    /// Unmeasured handshakes before each point [default: 1000; quick: 50].
+    #[arg(long)]
+    warmup: Option<u32>,
+    /// Generator threads (1: current-thread runtime).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Skip the idle-memory measurement.
+    #[arg(long)]
+    no_idle: bool,
+    /// Idle socket counts to report [default: 10000,100000; quick: 1000].
+    #[arg(long, value_delimiter = ',')]
+    idle_counts: Option<Vec<usize>>,
+    /// RSS budget in MiB for the most idle sockets held within it [quick: skipped].
+    #[arg(long, default_value_t = 256)]
+    budget_mib: u64,
+    /// Most idle sockets opened while looking for the budget.
+    #[arg(long, default_value_t = 200_000)]
+    max_sockets: usize,
+    /// Node's V8 old-space limit in MiB.
+    #[arg(long, default_value_t = 8192)]
+    node_heap_mib: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("bootstrap-bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Load(args) => run_load(&args),
+        Command::Idle(args) => run_idle(&args),
+        Command::Compare(args) => run_compare(args),
+        Command::Webrtc => {
+            // TODO(webrtc): measure WebRTC join time (newcomer connect to open data
+            // channel) through both servers once crates/peer exists: N joins with real
+            // peers, p50/p99 join time, ours vs a JS peer on the JS server. No numbers
+            // are reported until then.
+            eprintln!("bootstrap-bench webrtc: not implemented yet (needs the peer library)");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+fn parse_url(url: &str) -> anyhow::Result<SocketAddr> {
+    let rest = url
+        .strip_prefix("ws://")
+        .context("the URL must start with ws://")?;
+    let addr: SocketAddr = rest
+        .trim_end_matches('/')
+        .parse()
+        .with_context(|| format!("{url}: expected ws://IP:PORT"))?;
+    if !addr.ip().is_loopback() {
+        bail!("{url}: the bench only targets loopback addresses");
+    }
+    Ok(addr)
+}
+
+fn run_load(args: &LoadArgs) -> anyhow::Result<ExitCode> {
+    let mut config = LoadConfig::new(parse_url(&args.url)?, &args.secret, args.concurrency);
+    config.handshakes = args.handshakes;
+    config.candidates = args.candidates;
+    config.sdp_bytes = args.sdp_bytes;
+    config.early = args.early;
+    config.warmup = args.warmup;
+    config.threads = args.threads;
+    config.handshake_timeout = Duration::from_secs(args.handshake_timeout);
+    config.server_pid = args.server_pid;
+    let report = load::run_blocking(&config)?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")?;
+    }
+    Ok(if report.verified() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("verification FAILED: {:?}", report.failure_samples);
+        ExitCode::FAILURE
+    })
+}
+
+fn run_idle(args: &IdleArgs) -> anyhow::Result<ExitCode> {
+    let limit = idle::raise_fd_limit(1_000_000);
+    eprintln!("open-file limit: {limit}");
+    let mut config = IdleConfig::new(parse_url(&args.url)?, args.server_pid);
+    config.checkpoints.clone_from(&args.counts);
+    config.budget_mib = args.budget_mib;
+    config.max_sockets = args.max_sockets;
+    config.source_ips = args.source_ips;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(idle::run(&config))?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
+    let quick = args.quick;
+    let server_bin = args.server_bin.unwrap_or_else(default_server_bin);
+    let idle = (!args.no_idle).then(|| IdleSettings {
+        checkpoints: args.idle_counts.clone().unwrap_or_else(|| {
+            if quick {
+                vec![1000]
+            } else {
+                vec![10_000, 100_000]
+            }
+        }),
+        budget_mib: if quick { 0 } else { args.budget_mib },
+        max_sockets: if quick { 0 } else { args.max_sockets },
+        step: if quick { 1000 } else { 10_000 },
+    });
+    let config = CompareConfig {
+        programs: Programs {
+            server_bin,
+            node: args.node,
+            js_dir: args.js_dir,
+            node_heap_mib: args.node_heap_mib,
+        },
+        out_dir: args
+            .out
+            .or_else(|| (!quick).then(|| PathBuf::from("docs/bench"))),
+        points: args.points.unwrap_or_else(|| {
+            if quick {
+                vec![1, 10, 50]
+            } else {
+                vec![1, 50, 500]
+            }
+        }),
+        handshakes: args
+            .handshakes
+            .unwrap_or(if quick { 300 } else { 20_000 }),
+        candidates: args.candidates,
+        sdp_bytes: args.sdp_bytes,
+        warmup: args.warmup.unwrap_or(if quick { 50 } else { 1000 }),
+        threads: args.threads,
+        idle,
+        js: if args.no_js {
+            JsMode::Skip
+        } else if quick {
+            JsMode::IfInstalled
+        } else {
+            JsMode::Required
+        },
+        command: std::env::args()
+            .enumerate()
+            .map(|(i, a)| if i == 0 { "bootstrap-bench".to_owned() } else { a })
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    let report = compare::run(&config)?;
+    println!("{}", report.markdown());
+    if let Some(dir) = &config.out_dir {
+        eprintln!("wrote {}/signaling.{{json,svg,md}}", dir.display());
+    }
+    let clean = report
+        .points
+        .iter()
+        .all(|p| p.ours.verified() && p.js.as_ref().is_none_or(load::LoadReport::verified));
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("verification FAILED: messages were lost, duplicated or misrouted");
+        ExitCode::FAILURE
+    })
+}
+
+/// `bootstrap-server` next to this binary (same cargo profile), else
+/// `target/release/bootstrap-server`.
+fn default_server_bin() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("bootstrap-server")))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("target/release/bootstrap-server"))
+}

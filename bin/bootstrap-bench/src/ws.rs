@@ -104,7 +104,7 @@ impl WsClient {
         let mut client = Self {
             stream,
             read: BytesMut::new(),
-            write: Vec::with_capacity(256),
+            write: Vec::new(),
             mask_state: seed | 1,
         };
         client.upgrade(server, path).await?;
@@ -128,7 +128,7 @@ impl WsClient {
                     }
                     return Ok(());
                 }
-                let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+                let line = head[..].split(|&b| b == b'\r').next().unwrap_or_default();
                 return Err(WsError::Refused(String::from_utf8_lossy(line).into_owned()));
             }
             if self.read.len() > MAX_HEAD {

@@ -190,12 +190,15 @@ impl Node {
         let (event_tx, events) = mpsc::channel(EVENT_QUEUE);
         let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
         let is_root = matches!(start, Start::Root(_));
-        let (info_tx, info) = watch::channel(NodeInfo { is_root, ..NodeInfo::default() });
+        let (info_tx, info) = watch::channel(NodeInfo {
+            is_root,
+            ..NodeInfo::default()
+        });
         let mut id = [0u8; 4];
         // Only spreads delegated requests; a fixed id on failure is still correct.
         let _ = getrandom::fill(&mut id);
         let node_id = u32::from_le_bytes(id) % 1_000_000;
-        let task = NodeTask {
+        let mut task = NodeTask {
             core: NodeCore::new(node_id, options.max_degree, options.request_timeout),
             client,
             options,
@@ -210,8 +213,22 @@ impl Node {
             candidates: HashMap::new(),
             root_feeder: None,
         };
-        let handle = tokio::spawn(task.run(start, input_rx, command_rx));
-        Self { commands, events, info, task: Some(handle) }
+        // Take the parent or the root over before returning, so `info()` is right at once.
+        match start {
+            Start::Root(root) => {
+                let feeder = feed_root(root, task.inputs.clone(), task.options.request_timeout);
+                task.root_feeder = Some(tokio::spawn(feeder));
+            }
+            Start::Parent(peer) => task.adopt_parent(peer),
+        }
+        task.publish();
+        let handle = tokio::spawn(task.run(input_rx, command_rx));
+        Self {
+            commands,
+            events,
+            info,
+            task: Some(handle),
+        }
     }
 
     /// The next event; `None` once the node is closed.
@@ -236,7 +253,12 @@ impl Node {
     /// # Errors
     /// [`Error::NoParent`] when there is none, [`Error::Closed`] after close.
     pub async fn send_to_parent(&self, data: Value) -> Result<(), Error> {
-        self.command(|reply| Command::Send { to: Target::Parent, text: wire::data(&data), reply }).await
+        self.command(|reply| Command::Send {
+            to: Target::Parent,
+            text: wire::data(&data),
+            reply,
+        })
+        .await
     }
 
     /// Sends `data` to one child (one hop).
@@ -245,7 +267,12 @@ impl Node {
     /// [`Error::NoSuchChild`], [`Error::Closed`].
     pub async fn send_to_child(&self, child: &str, data: Value) -> Result<(), Error> {
         let to = Target::Child(child.to_owned());
-        self.command(|reply| Command::Send { to, text: wire::data(&data), reply }).await
+        self.command(|reply| Command::Send {
+            to,
+            text: wire::data(&data),
+            reply,
+        })
+        .await
     }
 
     /// Sends `data` down the whole subtree: to every child, which forwards it on.
@@ -254,7 +281,12 @@ impl Node {
     /// [`Error::Closed`].
     pub async fn broadcast(&self, data: Value) -> Result<(), Error> {
         let text = wire::data(&wrap(BROADCAST_KEY, data));
-        self.command(|reply| Command::Send { to: Target::Children, text, reply }).await
+        self.command(|reply| Command::Send {
+            to: Target::Children,
+            text,
+            reply,
+        })
+        .await
     }
 
     /// Sends `data` up to the root, through every ancestor. At the root it is an
@@ -264,7 +296,12 @@ impl Node {
     /// [`Error::NoParent`] when re-joining, [`Error::Closed`].
     pub async fn send_to_root(&self, data: Value) -> Result<(), Error> {
         let text = wire::data(&wrap(TO_ROOT_KEY, data));
-        self.command(|reply| Command::Send { to: Target::Parent, text, reply }).await
+        self.command(|reply| Command::Send {
+            to: Target::Parent,
+            text,
+            reply,
+        })
+        .await
     }
 
     /// Closes the parent, every child and every candidate, and stops the node.
@@ -278,9 +315,15 @@ impl Node {
         }
     }
 
-    async fn command(&self, make: impl FnOnce(oneshot::Sender<Result<(), Error>>) -> Command) -> Result<(), Error> {
+    async fn command(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<(), Error>>) -> Command,
+    ) -> Result<(), Error> {
         let (reply, result) = oneshot::channel();
-        self.commands.send(make(reply)).await.map_err(|_| Error::Closed)?;
+        self.commands
+            .send(make(reply))
+            .await
+            .map_err(|_| Error::Closed)?;
         result.await.unwrap_or(Err(Error::Closed))
     }
 }
@@ -327,7 +370,11 @@ enum Target {
 }
 
 enum Command {
-    Send { to: Target, text: String, reply: oneshot::Sender<Result<(), Error>> },
+    Send {
+        to: Target,
+        text: String,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
     Close(oneshot::Sender<()>),
 }
 
@@ -343,13 +390,19 @@ enum Input {
     /// A join request from the bootstrap server (root) or the parent.
     Request(Request),
     /// A candidate's answer finished.
-    Answered { origin: String, result: Result<Peer, PeerError> },
+    Answered {
+        origin: String,
+        result: Result<Peer, PeerError>,
+    },
     /// A message on a data channel.
     Message { link: Link, message: Message },
     /// A data channel closed.
     Closed { link: Link },
     /// A re-join finished.
-    Rejoined { attempt: u32, result: Result<Peer, PeerError> },
+    Rejoined {
+        attempt: u32,
+        result: Result<Peer, PeerError>,
+    },
     /// The bootstrap root stopped for good.
     RootStopped(String),
 }
@@ -377,15 +430,11 @@ struct NodeTask {
 }
 
 impl NodeTask {
-    async fn run(mut self, start: Start, mut inputs: mpsc::Receiver<Input>, mut commands: mpsc::Receiver<Command>) {
-        match start {
-            Start::Root(root) => {
-                let feeder = feed_root(root, self.inputs.clone(), self.options.request_timeout);
-                self.root_feeder = Some(tokio::spawn(feeder));
-            }
-            Start::Parent(peer) => self.adopt_parent(peer),
-        }
-        self.publish();
+    async fn run(
+        mut self,
+        mut inputs: mpsc::Receiver<Input>,
+        mut commands: mpsc::Receiver<Command>,
+    ) {
         let closed = loop {
             let deadline = self.core.next_deadline();
             tokio::select! {
@@ -456,7 +505,12 @@ impl NodeTask {
                 let (_, tx) = self.parent.as_ref().ok_or(Error::NoParent)?;
                 queue(tx, text);
             }
-            Target::Child(id) => queue(self.children.get(id).ok_or_else(|| Error::NoSuchChild(id.clone()))?, text),
+            Target::Child(id) => queue(
+                self.children
+                    .get(id)
+                    .ok_or_else(|| Error::NoSuchChild(id.clone()))?,
+                text,
+            ),
             Target::Children => {
                 for tx in self.children.values() {
                     queue(tx, text.clone());
@@ -479,7 +533,10 @@ impl NodeTask {
                     self.adopt_parent(peer);
                 }
                 Err(error) => {
-                    self.emit(Event::RejoinFailed { attempt, error: error.to_string() });
+                    self.emit(Event::RejoinFailed {
+                        attempt,
+                        error: error.to_string(),
+                    });
                     self.start_rejoin(attempt + 1);
                 }
             },
@@ -493,7 +550,10 @@ impl NodeTask {
     async fn on_request(&mut self, request: Request) {
         let origin = request.origin().to_owned();
         let is_offer = matches!(request.signal(), bootstrap_peer::Signal::Description(_));
-        match self.core.on_request(&origin, is_offer, request, Instant::now()) {
+        match self
+            .core
+            .on_request(&origin, is_offer, request, Instant::now())
+        {
             Decision::ToCandidate(request) => {
                 if let Some(candidate) = self.candidates.get(&origin) {
                     let _ = candidate.signals.signal(request).await;
@@ -517,7 +577,9 @@ impl NodeTask {
                     queue(tx, wire::join_request(&request.to_json()));
                 }
             }
-            Decision::Stored { slot } => debug!(%origin, slot, "join request stored for an empty slot"),
+            Decision::Stored { slot } => {
+                debug!(%origin, slot, "join request stored for an empty slot")
+            }
             Decision::Dropped(why) => debug!(%origin, ?why, "join request dropped"),
         }
     }
@@ -533,7 +595,9 @@ impl NodeTask {
                     }
                     self.children.insert(origin.to_owned(), tx);
                     info!(%origin, slot, "child connected");
-                    self.emit(Event::ChildConnected { id: origin.to_owned() });
+                    self.emit(Event::ChildConnected {
+                        id: origin.to_owned(),
+                    });
                 }
                 None => debug!(%origin, "a candidate connected after its timeout; closed"),
             },
@@ -587,14 +651,20 @@ impl NodeTask {
                     }
                     _ => {}
                 }
-                self.emit(Event::Data { from, delivery, data });
+                self.emit(Event::Data {
+                    from,
+                    delivery,
+                    data,
+                });
             }
         }
     }
 
     fn on_closed(&mut self, link: Link) {
         match link {
-            Link::Parent(generation) if generation == self.parent_generation && self.parent.is_some() => {
+            Link::Parent(generation)
+                if generation == self.parent_generation && self.parent.is_some() =>
+            {
                 self.parent = None;
                 info!("parent closed; re-joining");
                 self.emit(Event::ParentClosed);
@@ -614,14 +684,24 @@ impl NodeTask {
     fn adopt_parent(&mut self, peer: Peer) {
         self.parent_generation += 1;
         let id = peer.remote_id().unwrap_or_default().to_owned();
-        let tx = spawn_link(peer, Link::Parent(self.parent_generation), self.inputs.clone());
+        let tx = spawn_link(
+            peer,
+            Link::Parent(self.parent_generation),
+            self.inputs.clone(),
+        );
         self.parent = Some((id.clone(), tx));
-        self.emit(Event::ParentConnected { id: (!id.is_empty()).then_some(id) });
+        self.emit(Event::ParentConnected {
+            id: (!id.is_empty()).then_some(id),
+        });
     }
 
     fn start_rejoin(&mut self, attempt: u32) {
         let shift = attempt.saturating_sub(1).min(16);
-        let delay = self.options.rejoin_delay.saturating_mul(1 << shift).min(self.options.rejoin_max_delay);
+        let delay = self
+            .options
+            .rejoin_delay
+            .saturating_mul(1 << shift)
+            .min(self.options.rejoin_max_delay);
         let client = self.client.clone();
         let inputs = self.inputs.clone();
         self.rejoin = Some(tokio::spawn(async move {
@@ -709,7 +789,9 @@ async fn feed_root(mut root: Root, inputs: mpsc::Sender<Input>, lifetime: Durati
             let _ = tokio::time::timeout(lifetime, pipe).await;
         }));
     }
-    let _ = inputs.send(Input::RootStopped(format!("{:?}", root.status()))).await;
+    let _ = inputs
+        .send(Input::RootStopped(format!("{:?}", root.status())))
+        .await;
     for pipe in pipes {
         pipe.abort();
     }

@@ -136,6 +136,9 @@ impl PeerConnectionEventHandler for Forwarder {
 /// spawned for it, so no driver task, socket or port outlives this value.
 pub(crate) struct Rtc {
     pc: Arc<dyn PeerConnection>,
+    /// The configuration built with, re-applied unchanged by [`Rtc::wake`].
+    configuration: webrtc::peer_connection::RTCConfiguration,
+    pub(crate) wake: bool,
     /// Media id of the one data section, for outgoing candidates' `sdpMid`.
     mid: String,
     closed: bool,
@@ -166,16 +169,22 @@ impl Rtc {
         let configuration = RTCConfigurationBuilder::new()
             .with_ice_servers(ice_servers)
             .build();
+        let tune = std::env::var("BOOTSTRAP_TUNE").unwrap_or_default();
         let mdns = if options.mdns {
             MulticastDnsMode::QueryOnly
         } else {
             MulticastDnsMode::Disabled
         };
-        let settings = SettingEngineBuilder::new()
-            .with_multicast_dns_mode(mdns)
-            .build();
+        let mut settings = SettingEngineBuilder::new().with_multicast_dns_mode(mdns);
+        if tune.contains("prflx") {
+            settings = settings.with_prflx_acceptance_min_wait(Some(std::time::Duration::ZERO));
+        }
+        if tune.contains("check") {
+            settings = settings.with_ice_connection_attempts(Some(std::time::Duration::from_millis(50)), Some(28));
+        }
+        let settings = settings.build();
         let pc = PeerConnectionBuilder::new()
-            .with_configuration(configuration)
+            .with_configuration(configuration.clone())
             .with_setting_engine(settings)
             .with_handler(Arc::new(Forwarder { events: tx }))
             .with_udp_addrs(options.udp_addrs.clone())
@@ -183,6 +192,8 @@ impl Rtc {
             .await
             .map_err(|e| Error::webrtc("creating the peer connection", e))?;
         let rtc = Self {
+            configuration,
+            wake: tune.contains("wake"),
             pc: Arc::new(pc),
             mid: "0".to_owned(),
             closed: false,
@@ -285,6 +296,14 @@ impl Rtc {
         let sctp = self.pc.sctp().await?;
         let size = sctp.max_message_size().await.ok()?;
         usize::try_from(size).ok()
+    }
+
+    /// Wakes the stack's driver so it sends what it queued without waking itself.
+    pub(crate) async fn wake(&self) {
+        if !self.wake { return; }
+        if let Err(error) = self.pc.set_configuration(self.configuration.clone()).await {
+            tracing::trace!(%error, "waking the driver");
+        }
     }
 
     /// Closes the connection: stops its driver and frees its sockets.

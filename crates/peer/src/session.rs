@@ -172,8 +172,14 @@ impl Session {
         cancelled: impl Future<Output = ()>,
     ) -> Result<Peer, Error> {
         tokio::pin!(cancelled);
+        let mut pulse = tokio::time::interval(Duration::from_millis(5));
+        pulse.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let outcome = loop {
             let step = tokio::select! {
+                _ = pulse.tick(), if self.rtc.wake && self.negotiation.has_remote_description() => {
+                    self.rtc.wake().await;
+                    Ok(())
+                }
                 () = tokio::time::sleep_until(deadline) => Err(if self.negotiation.has_remote_description() {
                     Error::ConnectTimeout(self.timeout)
                 } else {
@@ -182,7 +188,7 @@ impl Session {
                 () = &mut cancelled => Err(Error::Closed),
                 frame = next_frame(&mut self.socket) => self.on_frame(frame).await,
                 event = self.events.recv() => self.on_event(event).await,
-                event = next_channel_event(self.channel.as_ref()) => match event {
+                event = next_channel_event(self.channel.as_ref()) => match dbg_event(event) {
                     ChannelEvent::Open => break Ok(()),
                     ChannelEvent::Closed => Err(Error::ClosedByRemote),
                     // Messages only flow after `Open`, which ends this loop.
@@ -288,8 +294,12 @@ impl Session {
                 for candidate in self.negotiation.remote_description_applied() {
                     self.add_candidate(candidate).await;
                 }
+                self.rtc.wake().await;
             }
-            Action::AddCandidate(candidate) => self.add_candidate(candidate).await,
+            Action::AddCandidate(candidate) => {
+                self.add_candidate(candidate).await;
+                self.rtc.wake().await;
+            }
             Action::Queued => {}
             Action::Dropped(why) => tracing::debug!(?why, ?origin, "dropped a signal"),
         }
@@ -308,6 +318,7 @@ impl Session {
         let Some(event) = event else {
             return Err(Error::Closed);
         };
+        tracing::debug!(?event, role = ?self.negotiation.role(), "webrtc event");
         match event {
             RtcEvent::Candidate(mut candidate) => {
                 candidate.sdp_mid = Some(self.rtc.mid().to_owned());
@@ -330,6 +341,7 @@ impl Session {
                 });
             }
             RtcEvent::Connection(LinkState::Closed) => return Err(Error::ClosedByRemote),
+            RtcEvent::Connection(LinkState::Connected) => self.rtc.wake().await,
             RtcEvent::Connection(_) => {}
             RtcEvent::DataChannel(channel) => {
                 if matches!(self.negotiation.role(), Role::Answerer { .. })
@@ -359,4 +371,9 @@ async fn next_channel_event(channel: Option<&Channel>) -> ChannelEvent {
         Some(channel) => channel.next().await,
         None => std::future::pending().await,
     }
+}
+
+fn dbg_event(event: ChannelEvent) -> ChannelEvent {
+    tracing::debug!(?event, "channel event");
+    event
 }
