@@ -24,9 +24,8 @@ const httpServer = http.createServer(function (req, res) {
   res.statusCode = 404
   res.end()
 })
-// Same listen backlog as a tokio/axum listener (1024), so neither server drops SYNs
-// the other would accept.
-httpServer.listen(port, '127.0.0.1', 1024, function () {
+// Node's default listen backlog (511), as the package's own `httpServer.listen(port)`.
+httpServer.listen(port, '127.0.0.1', function () {
   console.log('listening on 127.0.0.1:' + httpServer.address().port)
 })
 // eslint-disable-next-line no-new

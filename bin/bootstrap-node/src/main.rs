@@ -1,0 +1,265 @@
+//! `bootstrap-node`: one node of a WebRTC tree overlay, on the command line.
+//!
+//! Run with:
+//! ```text
+//! bootstrap-node root --url ws://127.0.0.1:5000 --secret s3cret --max-degree 3
+//! bootstrap-node join --url ws://127.0.0.1:5000
+//! ```
+//! Lines typed on standard input are broadcast through the whole tree: a node sends them
+//! up to the root, the root broadcasts them down. Every node prints what it receives.
+//! `/status` prints the node's parent and children; `/quit` (or end of input) leaves.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bootstrap_peer::{Client, IceServer, Options};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use webrtc_bootstrap_overlay::{Delivery, Event, Node, NodeInfo, NodeOptions, Source};
+
+/// A node of a WebRTC tree overlay built through a webrtc-bootstrap server.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    role: Role,
+}
+
+#[derive(Debug, Subcommand)]
+enum Role {
+    /// Become the root of the tree (needs the server's secret).
+    Root {
+        #[command(flatten)]
+        common: Common,
+        /// The server's root secret.
+        #[arg(long, env = "SECRET", hide_env_values = true)]
+        secret: String,
+    },
+    /// Join the tree.
+    Join {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Debug, Args)]
+struct Common {
+    /// The bootstrap server, e.g. ws://127.0.0.1:5000 or wss://example.org.
+    #[arg(long)]
+    url: String,
+    /// Most children this node accepts.
+    #[arg(long, default_value_t = 10)]
+    max_degree: usize,
+    /// STUN or TURN server URL (repeatable), e.g. stun:stun.example.org:3478.
+    #[arg(long = "ice-server")]
+    ice_servers: Vec<String>,
+    /// Username for the TURN servers given with --ice-server.
+    #[arg(long)]
+    ice_username: Option<String>,
+    /// Credential for the TURN servers given with --ice-server.
+    #[arg(long, hide_env_values = true, env = "ICE_CREDENTIAL")]
+    ice_credential: Option<String>,
+    /// Local UDP address for WebRTC (repeatable). Default: every interface plus loopback
+    /// (0.0.0.0:0 and 127.0.0.1:0), so it also works on a loopback-only host.
+    #[arg(long = "udp-bind")]
+    udp_binds: Vec<SocketAddr>,
+    /// Name shown with this node's lines [default: random].
+    #[arg(long)]
+    name: Option<String>,
+    /// Join or answer timeout, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    timeout: u64,
+}
+
+impl Common {
+    fn options(&self) -> Options {
+        let ice_servers = self
+            .ice_servers
+            .iter()
+            .map(|url| {
+                let mut server = IceServer::stun(url.clone());
+                if url.starts_with("turn") {
+                    server.username.clone_from(&self.ice_username);
+                    server.credential.clone_from(&self.ice_credential);
+                }
+                server
+            })
+            .collect();
+        let udp_addrs = if self.udp_binds.is_empty() {
+            vec![
+                SocketAddr::from(([0, 0, 0, 0], 0)),
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+            ]
+        } else {
+            self.udp_binds.clone()
+        };
+        Options {
+            ice_servers,
+            udp_addrs,
+            timeout: Duration::from_millis(self.timeout),
+            ..Options::default()
+        }
+    }
+
+    fn name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            let mut bytes = [0u8; 3];
+            let _ = getrandom::fill(&mut bytes);
+            bytes.iter().map(|b| format!("{b:02x}")).collect()
+        })
+    }
+}
+
+/// Default log filter: warnings, minus the WebRTC stack's routine ones.
+const QUIET_LOGS: &str = "warn,rtc=error,rtc_ice=error,rtc_dtls=error,rtc_sctp=error,webrtc=error";
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(QUIET_LOGS)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("bootstrap-node: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("bootstrap-node: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let (common, secret) = match &cli.role {
+        Role::Root { common, secret } => (common, Some(secret.as_str())),
+        Role::Join { common } => (common, None),
+    };
+    let client = Client::with_options(&common.url, common.options())?;
+    let options = NodeOptions {
+        max_degree: common.max_degree,
+        ..NodeOptions::default()
+    };
+    let name = common.name();
+    let mut node = match secret {
+        Some(secret) => Node::root(client, secret, options)
+            .await
+            .context("cannot become the root")?,
+        None => Node::join(client, options)
+            .await
+            .context("cannot join the tree")?,
+    };
+    let is_root = secret.is_some();
+    say(&format!(
+        "ready {} as {name}",
+        if is_root { "root" } else { "node" }
+    ));
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin_open = true;
+    loop {
+        tokio::select! {
+            line = lines.next_line(), if stdin_open => match line? {
+                None => stdin_open = false,
+                Some(line) if line.trim() == "/quit" => break,
+                Some(line) if line.trim() == "/status" => print_status(&node.info()),
+                Some(line) if line.trim().is_empty() => {}
+                Some(line) => {
+                    let message = json!({"from": name, "text": line});
+                    let sent = if is_root { node.broadcast(message).await } else { node.send_to_root(message).await };
+                    if let Err(error) = sent {
+                        say(&format!("not sent: {error}"));
+                    }
+                }
+            },
+            event = node.next_event() => match event {
+                None => break,
+                Some(event) => on_event(&node, is_root, event).await,
+            },
+        }
+    }
+    node.close().await;
+    Ok(())
+}
+
+async fn on_event(node: &Node, is_root: bool, event: Event) {
+    match event {
+        Event::ParentConnected { id } => {
+            say(&format!("parent connected {}", id.unwrap_or_default()))
+        }
+        Event::ParentClosed => say("parent closed; re-joining"),
+        Event::RejoinFailed { attempt, error } => {
+            say(&format!("re-join attempt {attempt} failed: {error}"))
+        }
+        Event::ChildConnected { id } => say(&format!("child connected {id}")),
+        Event::ChildClosed { id } => say(&format!("child closed {id}")),
+        Event::RootStopped { reason } => say(&format!("root stopped: {reason}")),
+        Event::Data {
+            from,
+            delivery,
+            data,
+        } => {
+            print_data(&data);
+            // The root turns lines sent up to it into broadcasts for the whole tree.
+            if is_root && delivery == Delivery::ToRoot {
+                if let Err(error) = node.broadcast(data).await {
+                    say(&format!("broadcast failed: {error}"));
+                }
+            } else if delivery == Delivery::Direct {
+                let from = match from {
+                    Source::Parent => "parent".to_owned(),
+                    Source::Child(id) => id,
+                };
+                say(&format!("(direct message from {from})"));
+            }
+        }
+        _ => {}
+    }
+}
+
+fn print_data(data: &Value) {
+    match (
+        data.get("from").and_then(Value::as_str),
+        data.get("text").and_then(Value::as_str),
+    ) {
+        (Some(from), Some(text)) => say(&format!("<{from}> {text}")),
+        _ => say(&format!("data {data}")),
+    }
+}
+
+fn print_status(info: &NodeInfo) {
+    let parent = if info.is_root {
+        "none (root)".to_owned()
+    } else {
+        info.parent
+            .clone()
+            .unwrap_or_else(|| "none (re-joining)".to_owned())
+    };
+    say(&format!("parent: {parent}"));
+    say(&format!(
+        "children ({}): {}",
+        info.children.len(),
+        info.children.join(" ")
+    ));
+    say(&format!(
+        "candidates: {}, stored requests: {}",
+        info.candidates, info.stored
+    ));
+}
+
+fn say(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}

@@ -1,0 +1,153 @@
+//! The `bootstrap-node` binary end to end: a server, a root and three joiners as
+//! processes, real data channels on loopback; a line typed at one joiner is printed by
+//! all the others.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+const BIN: &str = env!("CARGO_BIN_EXE_bootstrap-node");
+
+struct Proc {
+    name: String,
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+}
+
+impl Proc {
+    fn spawn(name: &str, args: &[&str]) -> anyhow::Result<Self> {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .args([
+                "--name",
+                name,
+                "--udp-bind",
+                "127.0.0.1:0",
+                "--timeout",
+                "20000",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let (tx, lines) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Self {
+            name: name.to_owned(),
+            child,
+            lines,
+            seen: Vec::new(),
+        })
+    }
+
+    async fn expect(&mut self, needle: &str) -> anyhow::Result<()> {
+        if self.seen.iter().any(|l| l.contains(needle)) {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(line)) => {
+                    let found = line.contains(needle);
+                    self.seen.push(line);
+                    if found {
+                        return Ok(());
+                    }
+                }
+                Ok(None) => bail!(
+                    "{} exited before printing {needle:?}; printed {:?}",
+                    self.name,
+                    self.seen
+                ),
+                Err(_) => bail!(
+                    "{} did not print {needle:?}; printed {:?}",
+                    self.name,
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    async fn type_line(&mut self, line: &str) -> anyhow::Result<()> {
+        let stdin = self.child.stdin.as_mut().context("stdin")?;
+        stdin.write_all(format!("{line}\n").as_bytes()).await?;
+        stdin.flush().await?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_typed_at_one_joiner_reaches_every_node() -> anyhow::Result<()> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("ws://{}", listener.local_addr()?);
+    let state = webrtc_bootstrap_server::AppState::new(webrtc_bootstrap_server::Config::new(
+        "node-secret",
+    ))?;
+    let token = state.shutdown_token();
+    let _stop = token.clone().drop_guard();
+    tokio::spawn(webrtc_bootstrap_server::serve(
+        listener,
+        state,
+        async move { token.cancelled().await },
+    ));
+
+    let mut root = Proc::spawn(
+        "root",
+        &[
+            "root",
+            "--url",
+            &url,
+            "--secret",
+            "node-secret",
+            "--max-degree",
+            "2",
+        ],
+    )?;
+    root.expect("ready root as root").await?;
+    let mut joiners = Vec::new();
+    for i in 1..=3 {
+        let mut joiner = Proc::spawn(
+            &format!("j{i}"),
+            &["join", "--url", &url, "--max-degree", "2"],
+        )?;
+        joiner.expect(&format!("ready node as j{i}")).await?;
+        joiners.push(joiner);
+    }
+    // The answering side registers its child a moment after the newcomer's channel opens.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    root.type_line("/status").await?;
+    root.expect("children (2)").await?;
+
+    joiners[0].type_line("hello from j1").await?;
+    root.expect("<j1> hello from j1").await?;
+    for joiner in &mut joiners {
+        joiner.expect("<j1> hello from j1").await?;
+    }
+    root.type_line("and from the root").await?;
+    for joiner in &mut joiners {
+        joiner.expect("<root> and from the root").await?;
+    }
+    for proc in std::iter::once(&mut root).chain(joiners.iter_mut()) {
+        proc.type_line("/quit").await?;
+    }
+    for proc in std::iter::once(&mut root).chain(joiners.iter_mut()) {
+        let status = tokio::time::timeout(Duration::from_secs(10), proc.child.wait()).await??;
+        assert!(status.success(), "{} exited with {status}", proc.name);
+    }
+    Ok(())
+}
