@@ -121,6 +121,9 @@ impl<'a> Handshake<'a> {
         }
         let mut answerer: Option<WsClient> = None;
         let root_bound = ctx.script.early + 1;
+        // One timer for the whole handshake, not one per loop turn.
+        let timeout = sleep_until(deadline);
+        tokio::pin!(timeout);
         while !self.done() {
             // The root drops its sender after the last root-bound message.
             let root_open = self.at_root < root_bound;
@@ -128,7 +131,7 @@ impl<'a> Handshake<'a> {
                 note = rx.recv(), if root_open => Event::Root(note),
                 read = newcomer.fill() => Event::Newcomer(read),
                 read = fill(&mut answerer) => Event::Answerer(read),
-                () = sleep_until(deadline) => Event::Timeout,
+                () = &mut timeout => Event::Timeout,
             };
             match event {
                 Event::Root(Some(RootNote::Offer { origin, at })) => {

@@ -7,7 +7,8 @@
 //! ```
 //! Lines typed on standard input are broadcast through the whole tree: a node sends them
 //! up to the root, the root broadcasts them down. Every node prints what it receives.
-//! `/status` prints the node's parent and children; `/quit` (or end of input) leaves.
+//! `/status` prints the node's parent and children, `/tree` the whole tree as the root
+//! shares it; `/quit` (or end of input) leaves.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -147,11 +148,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Role::Join { common } => (common, None),
     };
     let client = Client::with_options(&common.url, common.options())?;
+    let name = common.name();
     let options = NodeOptions {
         max_degree: common.max_degree,
+        name: Some(name.clone()),
+        report_topology: true,
         ..NodeOptions::default()
     };
-    let name = common.name();
     let mut node = match secret {
         Some(secret) => Node::root(client, secret, options)
             .await
@@ -167,12 +170,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     ));
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = true;
+    let mut tree = Value::Null;
     loop {
         tokio::select! {
             line = lines.next_line(), if stdin_open => match line? {
                 None => stdin_open = false,
                 Some(line) if line.trim() == "/quit" => break,
                 Some(line) if line.trim() == "/status" => print_status(&node.info()),
+                Some(line) if line.trim() == "/tree" => print_tree(&tree, 0),
                 Some(line) if line.trim().is_empty() => {}
                 Some(line) => {
                     let message = json!({"from": name, "text": line});
@@ -184,6 +189,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             },
             event = node.next_event() => match event {
                 None => break,
+                Some(Event::Tree(latest)) => tree = latest,
                 Some(event) => on_event(&node, is_root, event).await,
             },
         }
@@ -255,6 +261,23 @@ fn print_status(info: &NodeInfo) {
         "candidates: {}, stored requests: {}",
         info.candidates, info.stored
     ));
+}
+
+fn print_tree(tree: &Value, depth: usize) {
+    if depth == 0 && tree.is_null() {
+        say("no tree shared yet");
+        return;
+    }
+    let name = tree.get("name").and_then(Value::as_str).unwrap_or("?");
+    say(&format!("{}{name}", "  ".repeat(depth)));
+    for child in tree
+        .get("children")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        print_tree(child, depth + 1);
+    }
 }
 
 fn say(line: &str) {

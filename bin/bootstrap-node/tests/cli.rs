@@ -132,6 +132,11 @@ async fn a_line_typed_at_one_joiner_reaches_every_node() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     root.type_line("/status").await?;
     root.expect("children (2)").await?;
+    // The shared picture of the tree reaches the joiners.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    joiners[2].type_line("/tree").await?;
+    // Depth 2: j3 sits under j1 or j2 (the root takes two children).
+    joiners[2].expect("    j3").await?;
 
     joiners[0].type_line("hello from j1").await?;
     root.expect("<j1> hello from j1").await?;

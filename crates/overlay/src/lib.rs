@@ -5,10 +5,17 @@
 //! - [`wire`]: the `DATA` and `JOIN-REQUEST` data-channel messages.
 //! - [`core`]: the IO-free node state (children, candidates, stored requests).
 //! - [`node`]: [`Node`], a running tree node over the peer library.
+//! - [`topology`]: subtree reports and the shared picture of the whole tree.
 
 pub mod core;
+mod event;
 pub mod hash;
+mod links;
 pub mod node;
+pub mod topology;
 pub mod wire;
 
-pub use node::{Delivery, Error, Event, Node, NodeInfo, NodeOptions, Source};
+pub use event::{
+    BROADCAST_KEY, Delivery, Error, Event, NodeInfo, NodeOptions, Source, TO_ROOT_KEY,
+};
+pub use node::Node;

@@ -1,9 +1,9 @@
 //! [`Node`]: one tree node running in its own task, over the peer library.
 //!
 //! The task owns the [`NodeCore`] and every link: the parent, the children, the
-//! candidates being answered. Each data channel has a small task that pumps messages
-//! between its [`Peer`] and the node task. The application talks to the node through
-//! a handle ([`Node`]) and reads [`Event`]s.
+//! candidates being answered. Each data channel has a small pump task (see
+//! [`crate::links`]) between its peer and the node task. The application talks to the
+//! node through a handle ([`Node`]) and reads [`Event`]s.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -16,143 +16,17 @@ use tokio::time::{Instant, sleep, sleep_until};
 use tracing::{debug, info, warn};
 
 use crate::core::{Decision, NodeCore};
+use crate::event::{
+    BROADCAST_KEY, Delivery, Error, Event, NodeInfo, NodeOptions, Source, TO_ROOT_KEY, tree_of,
+    unwrap, wrap,
+};
+use crate::links::{Input, Link, feed_root, queue, spawn_link};
+use crate::topology::{SUBTREE_KEY, TREE_KEY, Topology, as_subtree_report};
 use crate::wire::{self, ChannelMessage};
-
-/// How a node runs. Start from [`NodeOptions::default`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeOptions {
-    /// Most children (JS `maxDegree`, default 10).
-    pub max_degree: usize,
-    /// How long a candidate may take to connect, and a stored request may wait for a
-    /// child (JS `requestTimeoutInMs`, default 30 s).
-    pub request_timeout: Duration,
-    /// First delay before re-joining after the parent went away; doubles up to
-    /// `rejoin_max_delay`.
-    pub rejoin_delay: Duration,
-    /// Longest delay between re-join attempts.
-    pub rejoin_max_delay: Duration,
-}
-
-impl Default for NodeOptions {
-    fn default() -> Self {
-        Self {
-            max_degree: 10,
-            request_timeout: Duration::from_secs(30),
-            rejoin_delay: Duration::from_millis(200),
-            rejoin_max_delay: Duration::from_secs(10),
-        }
-    }
-}
-
-/// Why a node could not start, or an operation failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// Joining, rooting or sending failed in the peer library.
-    #[error(transparent)]
-    Peer(#[from] PeerError),
-    /// No child with this id.
-    #[error("no child with id {0}")]
-    NoSuchChild(String),
-    /// This node has no parent (it is the root, or it is re-joining).
-    #[error("no parent connected")]
-    NoParent,
-    /// The node was closed.
-    #[error("the node is closed")]
-    Closed,
-}
-
-/// Where a message came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    /// This node's parent.
-    Parent,
-    /// The child with this id.
-    Child(String),
-}
-
-/// How a message travels through the tree.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivery {
-    /// One hop, to one neighbour: plain `{"type":"DATA","data":…}`.
-    Direct,
-    /// Down the whole subtree of the sender; every Rust node forwards it to its children.
-    Broadcast,
-    /// Up to the root; every Rust node forwards it to its parent.
-    ToRoot,
-}
-
-/// Key of the `data` object that marks a broadcast: `{"broadcast": payload}`.
-pub const BROADCAST_KEY: &str = "broadcast";
-/// Key of the `data` object that marks a message for the root: `{"to-root": payload}`.
-pub const TO_ROOT_KEY: &str = "to-root";
-
-/// Something that happened at the node.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub enum Event {
-    /// The parent's data channel opened (first join or re-join). `id` is the parent's
-    /// bootstrap `/join` id.
-    ParentConnected {
-        /// The answerer's `/join` id.
-        id: Option<String>,
-    },
-    /// The parent went away; the node re-joins with backoff.
-    ParentClosed,
-    /// A re-join attempt failed; the next one follows after a backoff.
-    RejoinFailed {
-        /// Attempt number.
-        attempt: u32,
-        /// What failed.
-        error: String,
-    },
-    /// A child's data channel opened.
-    ChildConnected {
-        /// The child's bootstrap `/join` id.
-        id: String,
-    },
-    /// A child went away.
-    ChildClosed {
-        /// The child's id.
-        id: String,
-    },
-    /// Application data arrived.
-    Data {
-        /// Who sent it (the neighbour, not the original author of a forwarded message).
-        from: Source,
-        /// How it travels; broadcasts were already forwarded to this node's children.
-        delivery: Delivery,
-        /// The payload.
-        data: Value,
-    },
-    /// The root's connection to the bootstrap server stopped for good (replaced by
-    /// another root, or the secret was rejected). Existing links keep working.
-    RootStopped {
-        /// Why.
-        reason: String,
-    },
-}
-
-/// A snapshot of the node's links.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NodeInfo {
-    /// Whether this node is the root.
-    pub is_root: bool,
-    /// The parent's `/join` id, when connected (`Some("")` if it is unknown).
-    pub parent: Option<String>,
-    /// The children's ids, by slot order.
-    pub children: Vec<String>,
-    /// Newcomers being answered.
-    pub candidates: usize,
-    /// Requests waiting for a child slot.
-    pub stored: usize,
-}
 
 /// Events the application has not read yet; past this they are dropped (with a warning)
 /// rather than stalling the tree.
 const EVENT_QUEUE: usize = 4096;
-/// Messages queued for one data channel.
-const LINK_QUEUE: usize = 256;
 /// Inputs queued for the node task.
 const INPUT_QUEUE: usize = 1024;
 
@@ -190,14 +64,20 @@ impl Node {
         let (event_tx, events) = mpsc::channel(EVENT_QUEUE);
         let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
         let is_root = matches!(start, Start::Root(_));
+        let mut random = [0u8; 7];
+        // Only spreads delegated requests and names nodes; fixed bytes on failure still work.
+        let _ = getrandom::fill(&mut random);
+        let node_id = u32::from_le_bytes([random[0], random[1], random[2], random[3]]) % 1_000_000;
+        let name = options
+            .name
+            .clone()
+            .unwrap_or_else(|| random[4..].iter().map(|b| format!("{b:02x}")).collect());
         let (info_tx, info) = watch::channel(NodeInfo {
+            name: name.clone(),
             is_root,
             ..NodeInfo::default()
         });
-        let mut id = [0u8; 4];
-        // Only spreads delegated requests; a fixed id on failure is still correct.
-        let _ = getrandom::fill(&mut id);
-        let node_id = u32::from_le_bytes(id) % 1_000_000;
+        let topology = options.report_topology.then(|| Topology::new(name.clone()));
         let mut task = NodeTask {
             core: NodeCore::new(node_id, options.max_degree, options.request_timeout),
             client,
@@ -212,6 +92,8 @@ impl Node {
             children: HashMap::new(),
             candidates: HashMap::new(),
             root_feeder: None,
+            name,
+            topology,
         };
         // Take the parent or the root over before returning, so `info()` is right at once.
         match start {
@@ -336,28 +218,6 @@ impl Drop for Node {
     }
 }
 
-fn wrap(key: &str, data: Value) -> Value {
-    let mut object = serde_json::Map::with_capacity(1);
-    object.insert(key.to_owned(), data);
-    Value::Object(object)
-}
-
-/// Splits a received payload into its delivery and the application data.
-fn unwrap(data: Value) -> (Delivery, Value) {
-    match data {
-        Value::Object(mut object) if object.len() == 1 => {
-            if let Some(inner) = object.remove(BROADCAST_KEY) {
-                (Delivery::Broadcast, inner)
-            } else if let Some(inner) = object.remove(TO_ROOT_KEY) {
-                (Delivery::ToRoot, inner)
-            } else {
-                (Delivery::Direct, Value::Object(object))
-            }
-        }
-        other => (Delivery::Direct, other),
-    }
-}
-
 enum Start {
     Root(Root),
     Parent(Peer),
@@ -376,35 +236,6 @@ enum Command {
         reply: oneshot::Sender<Result<(), Error>>,
     },
     Close(oneshot::Sender<()>),
-}
-
-/// Which link an input is about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Link {
-    /// The parent, by generation (a re-join starts a new one).
-    Parent(u64),
-    Child(String),
-}
-
-enum Input {
-    /// A join request from the bootstrap server (root) or the parent.
-    Request(Request),
-    /// A candidate's answer finished.
-    Answered {
-        origin: String,
-        result: Result<Peer, PeerError>,
-    },
-    /// A message on a data channel.
-    Message { link: Link, message: Message },
-    /// A data channel closed.
-    Closed { link: Link },
-    /// A re-join finished.
-    Rejoined {
-        attempt: u32,
-        result: Result<Peer, PeerError>,
-    },
-    /// The bootstrap root stopped for good.
-    RootStopped(String),
 }
 
 /// A pending candidate: the sender of its later requests and the task awaiting it.
@@ -427,6 +258,8 @@ struct NodeTask {
     children: HashMap<String, mpsc::Sender<String>>,
     candidates: HashMap<String, Candidate>,
     root_feeder: Option<JoinHandle<()>>,
+    name: String,
+    topology: Option<Topology>,
 }
 
 impl NodeTask {
@@ -437,6 +270,7 @@ impl NodeTask {
     ) {
         let closed = loop {
             let deadline = self.core.next_deadline();
+            let report_due = self.topology.as_ref().and_then(Topology::due);
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(Command::Send { to, text, reply }) => {
@@ -451,6 +285,9 @@ impl NodeTask {
                 },
                 () = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
                     self.expire();
+                }
+                () = sleep_until(report_due.unwrap_or_else(far_future)), if report_due.is_some() => {
+                    self.report_topology();
                 }
             }
             self.publish();
@@ -480,6 +317,7 @@ impl NodeTask {
 
     fn publish(&self) {
         let info = NodeInfo {
+            name: self.name.clone(),
             is_root: self.is_root,
             parent: self.parent.as_ref().map(|(id, _)| id.clone()),
             children: self.core.children().map(|(_, id)| id.to_owned()).collect(),
@@ -595,6 +433,9 @@ impl NodeTask {
                     }
                     self.children.insert(origin.to_owned(), tx);
                     info!(%origin, slot, "child connected");
+                    if let Some(topology) = &mut self.topology {
+                        topology.touch(Instant::now());
+                    }
                     self.emit(Event::ChildConnected {
                         id: origin.to_owned(),
                     });
@@ -633,6 +474,15 @@ impl NodeTask {
                 }
             }
             ChannelMessage::Data(data) => {
+                if let (Source::Child(child), Some(subtree)) = (&from, as_subtree_report(&data)) {
+                    let accepted = self.topology.as_mut().is_none_or(|topology| {
+                        topology.child_report(child, subtree.clone(), Instant::now())
+                    });
+                    if !accepted {
+                        warn!(%child, "ignored a malformed subtree report");
+                    }
+                    return;
+                }
                 let (delivery, data) = unwrap(data);
                 match delivery {
                     Delivery::Broadcast if from == Source::Parent => {
@@ -651,12 +501,35 @@ impl NodeTask {
                     }
                     _ => {}
                 }
-                self.emit(Event::Data {
-                    from,
-                    delivery,
-                    data,
-                });
+                match tree_of(delivery, &data) {
+                    Some(tree) => self.emit(Event::Tree(tree.clone())),
+                    None => self.emit(Event::Data {
+                        from,
+                        delivery,
+                        data,
+                    }),
+                }
             }
+        }
+    }
+
+    /// Sends this node's subtree to the parent, or at the root shares the whole tree.
+    fn report_topology(&mut self) {
+        let Some(topology) = &mut self.topology else {
+            return;
+        };
+        let children = self.core.children().map(|(_, id)| id);
+        let Some(tree) = topology.poll(Instant::now(), children) else {
+            return;
+        };
+        if self.is_root {
+            let text = wire::data(&wrap(BROADCAST_KEY, wrap(TREE_KEY, tree.clone())));
+            for tx in self.children.values() {
+                queue(tx, text.clone());
+            }
+            self.emit(Event::Tree(tree));
+        } else if let Some((_, tx)) = &self.parent {
+            queue(tx, wire::data(&wrap(SUBTREE_KEY, tree)));
         }
     }
 
@@ -674,6 +547,9 @@ impl NodeTask {
             Link::Child(id) => {
                 if self.children.remove(&id).is_some() {
                     self.core.child_closed(&id);
+                    if let Some(topology) = &mut self.topology {
+                        topology.child_gone(&id, Instant::now());
+                    }
                     info!(%id, "child closed");
                     self.emit(Event::ChildClosed { id });
                 }
@@ -690,6 +566,9 @@ impl NodeTask {
             self.inputs.clone(),
         );
         self.parent = Some((id.clone(), tx));
+        if let Some(topology) = &mut self.topology {
+            topology.reset(Instant::now());
+        }
         self.emit(Event::ParentConnected {
             id: (!id.is_empty()).then_some(id),
         });
@@ -727,72 +606,4 @@ impl NodeTask {
 
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400)
-}
-
-/// Queues a message on a link without waiting; a full link drops it with a warning.
-fn queue(tx: &mpsc::Sender<String>, text: String) {
-    if tx.try_send(text).is_err() {
-        warn!("link queue full or closed; message dropped");
-    }
-}
-
-/// Starts the pump of one data channel; dropping the returned sender closes it.
-fn spawn_link(mut peer: Peer, link: Link, inputs: mpsc::Sender<Input>) -> mpsc::Sender<String> {
-    let (tx, mut outbound) = mpsc::channel::<String>(LINK_QUEUE);
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                text = outbound.recv() => match text {
-                    Some(text) => {
-                        if let Err(error) = peer.send_text(&text).await {
-                            debug!(?link, %error, "send failed");
-                            break;
-                        }
-                    }
-                    None => break,
-                },
-                message = peer.recv() => match message {
-                    Some(message) => {
-                        if inputs.send(Input::Message { link: link.clone(), message }).await.is_err() {
-                            break;
-                        }
-                    }
-                    None => break,
-                },
-            }
-        }
-        peer.close().await;
-        let _ = inputs.send(Input::Closed { link }).await;
-    });
-    tx
-}
-
-/// Pipes every request the bootstrap root receives into the node task. A newcomer's
-/// later requests are piped for `lifetime` at most: by then its own join has timed out.
-async fn feed_root(mut root: Root, inputs: mpsc::Sender<Input>, lifetime: Duration) {
-    let mut pipes = Vec::new();
-    while let Some(incoming) = root.next().await {
-        let (first, mut later) = incoming.into_parts();
-        if inputs.send(Input::Request(first)).await.is_err() {
-            return;
-        }
-        let inputs = inputs.clone();
-        pipes.retain(|pipe: &JoinHandle<()>| !pipe.is_finished());
-        pipes.push(tokio::spawn(async move {
-            let pipe = async {
-                while let Some(request) = later.next().await {
-                    if inputs.send(Input::Request(request)).await.is_err() {
-                        return;
-                    }
-                }
-            };
-            let _ = tokio::time::timeout(lifetime, pipe).await;
-        }));
-    }
-    let _ = inputs
-        .send(Input::RootStopped(format!("{:?}", root.status())))
-        .await;
-    for pipe in pipes {
-        pipe.abort();
-    }
 }

@@ -404,3 +404,44 @@ async fn messages_travel_up_to_the_root_and_to_one_child() -> anyhow::Result<()>
     assert!(root.send_to_parent(json!(1)).await.is_err());
     Ok(())
 }
+
+fn tree_size(tree: &Value) -> usize {
+    1 + tree["children"].as_array().map_or(0, |c| c.iter().map(tree_size).sum())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_gets_the_picture_of_the_whole_tree() -> anyhow::Result<()> {
+    let server = server().await?;
+    let named = |name: &str| NodeOptions {
+        max_degree: 2,
+        name: Some(name.to_owned()),
+        report_topology: true,
+        ..NodeOptions::default()
+    };
+    let mut root = Node::root(client(&server)?, SECRET, named("root")).await?;
+    let mut nodes = Vec::new();
+    for i in 0..4 {
+        nodes.push(Node::join(client(&server)?, named(&format!("n{i}"))).await?);
+    }
+    // The root's picture settles on all five nodes, with every name.
+    let tree = loop {
+        let Event::Tree(tree) = wait_event(&mut root, "tree", |e| matches!(e, Event::Tree(_))).await? else { unreachable!() };
+        if tree_size(&tree) == 5 && !tree.to_string().contains('?') {
+            break tree;
+        }
+    };
+    assert_eq!(tree["name"], "root");
+    for i in 0..4 {
+        assert!(tree.to_string().contains(&format!("\"n{i}\"")), "{tree}");
+    }
+    // Every node ends up with the same picture.
+    for node in &mut nodes {
+        loop {
+            let Event::Tree(seen) = wait_event(node, "tree", |e| matches!(e, Event::Tree(_))).await? else { unreachable!() };
+            if seen == tree {
+                break;
+            }
+        }
+    }
+    Ok(())
+}

@@ -10,6 +10,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bootstrap_protocol::{IceCandidate, SdpKind, SessionDescription};
@@ -20,8 +21,8 @@ use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
     RTCIceCandidateInit, RTCIceConnectionState, RTCIceGatheringState, RTCIceServer,
-    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSdpType, RTCSessionDescription,
-    SettingEngineBuilder,
+    RTCConfiguration, RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSdpType,
+    RTCSessionDescription, SettingEngineBuilder,
 };
 
 use crate::config::Options;
@@ -137,8 +138,7 @@ impl PeerConnectionEventHandler for Forwarder {
 pub(crate) struct Rtc {
     pc: Arc<dyn PeerConnection>,
     /// The configuration built with, re-applied unchanged by [`Rtc::wake`].
-    configuration: webrtc::peer_connection::RTCConfiguration,
-    pub(crate) wake: bool,
+    configuration: RTCConfiguration,
     /// Media id of the one data section, for outgoing candidates' `sdpMid`.
     mid: String,
     closed: bool,
@@ -169,20 +169,27 @@ impl Rtc {
         let configuration = RTCConfigurationBuilder::new()
             .with_ice_servers(ice_servers)
             .build();
-        let tune = std::env::var("BOOTSTRAP_TUNE").unwrap_or_default();
         let mdns = if options.mdns {
             MulticastDnsMode::QueryOnly
         } else {
             MulticastDnsMode::Disabled
         };
-        let mut settings = SettingEngineBuilder::new().with_multicast_dns_mode(mdns);
-        if tune.contains("prflx") {
-            settings = settings.with_prflx_acceptance_min_wait(Some(std::time::Duration::ZERO));
-        }
-        if tune.contains("check") {
-            settings = settings.with_ice_connection_attempts(Some(std::time::Duration::from_millis(50)), Some(28));
-        }
-        let settings = settings.build();
+        let settings = SettingEngineBuilder::new()
+            .with_multicast_dns_mode(mdns)
+            // Check pacing: webrtc's default is 200 ms, and every step of the handshake
+            // that the stack leaves queued (the first DTLS flight among them) waits for
+            // the next check tick. 50 ms is RFC 8445's default Ta. The number of checks
+            // per pair is scaled so a pair still gets the default 1.4 s before it fails.
+            .with_ice_connection_attempts(
+                Some(options.ice_check_interval),
+                Some(binding_requests(options.ice_check_interval)),
+            )
+            // With trickle, the remote's first check often arrives before its
+            // candidate, so the controlling side knows it only as peer-reflexive; the
+            // default 1 s wait before nominating such a pair then adds a full second.
+            // A pair learned from a check that succeeded is a working path: take it.
+            .with_prflx_acceptance_min_wait(Some(Duration::ZERO))
+            .build();
         let pc = PeerConnectionBuilder::new()
             .with_configuration(configuration.clone())
             .with_setting_engine(settings)
@@ -193,7 +200,6 @@ impl Rtc {
             .map_err(|e| Error::webrtc("creating the peer connection", e))?;
         let rtc = Self {
             configuration,
-            wake: tune.contains("wake"),
             pc: Arc::new(pc),
             mid: "0".to_owned(),
             closed: false,
@@ -298,9 +304,15 @@ impl Rtc {
         usize::try_from(size).ok()
     }
 
-    /// Wakes the stack's driver so it sends what it queued without waking itself.
+    /// Wakes the stack's driver so that it sends what it queued.
+    ///
+    /// webrtc 0.21.1's driver only flushes its output at the top of its loop, and some
+    /// steps queue output while it then sleeps until its next timer (up to 200 ms):
+    /// adding a remote candidate, the SCTP INIT after the DTLS handshake, the DCEP OPEN
+    /// after the SCTP handshake. Any driver event makes it go round its loop again;
+    /// re-applying the unchanged configuration is the cheapest public call that sends
+    /// one.
     pub(crate) async fn wake(&self) {
-        if !self.wake { return; }
         if let Err(error) = self.pc.set_configuration(self.configuration.clone()).await {
             tracing::trace!(%error, "waking the driver");
         }
@@ -331,6 +343,14 @@ impl Drop for Rtc {
             });
         }
     }
+}
+
+/// Checks per candidate pair at `interval` so that a pair gets the stack's default
+/// 1.4 s (7 checks at 200 ms) before it is declared failed.
+fn binding_requests(interval: Duration) -> u16 {
+    const BUDGET: Duration = Duration::from_millis(1400);
+    let per_interval = BUDGET.as_millis() / interval.as_millis().max(1);
+    u16::try_from(per_interval).unwrap_or(u16::MAX).max(7)
 }
 
 fn from_rtc(description: &RTCSessionDescription) -> Result<SessionDescription, Error> {
@@ -447,6 +467,14 @@ mod tests {
         let sdp = "v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:data\r\n";
         assert_eq!(data_mid(sdp), Some("data"));
         assert_eq!(data_mid("v=0\r\na=mid:\r\n"), None);
+    }
+
+    #[test]
+    fn binding_requests_keep_the_default_budget() {
+        assert_eq!(binding_requests(Duration::from_millis(200)), 7);
+        assert_eq!(binding_requests(Duration::from_millis(50)), 28);
+        assert_eq!(binding_requests(Duration::from_secs(1)), 7);
+        assert_eq!(binding_requests(Duration::ZERO), 1400);
     }
 
     #[test]

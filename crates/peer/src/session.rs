@@ -176,7 +176,9 @@ impl Session {
         pulse.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let outcome = loop {
             let step = tokio::select! {
-                _ = pulse.tick(), if self.rtc.wake && std::env::var("BOOTSTRAP_TUNE").unwrap_or_default().contains("pulse") && self.negotiation.has_remote_description() => {
+                // Between ICE connecting and the channel opening, DTLS, SCTP and DCEP
+                // each leave output queued in the stack (see `Rtc::wake`).
+                _ = pulse.tick(), if self.ice == LinkState::Connected => {
                     self.rtc.wake().await;
                     Ok(())
                 }
