@@ -49,7 +49,11 @@ pub(crate) fn svg(report: &Report) -> String {
             title: "Server CPU per handshake, µs (lower is better)".into(),
             groups: groups.clone(),
             ours: report.points.iter().map(|p| cpu(&p.ours)).collect(),
-            js: report.points.iter().map(|p| p.js.as_ref().map(cpu)).collect(),
+            js: report
+                .points
+                .iter()
+                .map(|p| p.js.as_ref().map(cpu))
+                .collect(),
         },
         Panel {
             title: "Relay latency p99, µs (lower is better)".into(),
@@ -83,8 +87,19 @@ pub(crate) fn svg(report: &Report) -> String {
     legend(&mut out);
     for (i, panel) in panels.iter().enumerate() {
         let x = if i % 2 == 0 { 20.0 } else { WIDTH / 2.0 + 10.0 };
-        let y = if i < 2 { 80.0 } else { 80.0 + (HEIGHT - 80.0) / 2.0 };
-        draw(&mut out, panel, x, y, WIDTH / 2.0 - 30.0, (HEIGHT - 80.0) / 2.0 - 10.0);
+        let y = if i < 2 {
+            80.0
+        } else {
+            80.0 + (HEIGHT - 80.0) / 2.0
+        };
+        draw(
+            &mut out,
+            panel,
+            x,
+            y,
+            WIDTH / 2.0 - 30.0,
+            (HEIGHT - 80.0) / 2.0 - 10.0,
+        );
     }
     out.push_str("</svg>\n");
     out

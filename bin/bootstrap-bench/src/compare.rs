@@ -240,7 +240,11 @@ fn idle_run(
     if settings.checkpoints.iter().all(|&c| c < 10_000) {
         idle.settle = Duration::from_millis(500);
     }
-    eprintln!("{kind:>4} idle: up to {} sockets…", idle.max_sockets.max(settings.checkpoints.iter().copied().max().unwrap_or(0)));
+    eprintln!(
+        "{kind:>4} idle: up to {} sockets…",
+        idle.max_sockets
+            .max(settings.checkpoints.iter().copied().max().unwrap_or(0))
+    );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

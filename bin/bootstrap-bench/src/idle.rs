@@ -110,7 +110,10 @@ pub fn raise_fd_limit(want: u64) -> u64 {
 /// When the server's memory cannot be read or the first sockets cannot be opened.
 pub async fn run(config: &IdleConfig) -> anyhow::Result<IdleReport> {
     if !config.server.ip().is_loopback() {
-        bail!("the bench only targets loopback servers, not {}", config.server);
+        bail!(
+            "the bench only targets loopback servers, not {}",
+            config.server
+        );
     }
     let pid = config.server_pid.to_string();
     let last_checkpoint = config.checkpoints.iter().copied().max().unwrap_or(0);
@@ -134,8 +137,15 @@ pub async fn run(config: &IdleConfig) -> anyhow::Result<IdleReport> {
     let mut exceeded = false;
     while opener.sockets.len() < limit {
         let here = opener.sockets.len();
-        let next_checkpoint = config.checkpoints.iter().copied().filter(|&c| c > here).min();
-        let target = next_checkpoint.map_or(limit, |c| c.min(limit)).min(here + config.step);
+        let next_checkpoint = config
+            .checkpoints
+            .iter()
+            .copied()
+            .filter(|&c| c > here)
+            .min();
+        let target = next_checkpoint
+            .map_or(limit, |c| c.min(limit))
+            .min(here + config.step);
         if let Err(e) = opener.open(target - here).await {
             stopped = format!("stopped at {} sockets: {e:#}", opener.sockets.len());
             break;

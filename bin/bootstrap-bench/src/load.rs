@@ -154,7 +154,10 @@ pub fn run_blocking(config: &LoadConfig) -> anyhow::Result<LoadReport> {
 /// As [`run_blocking`].
 pub async fn run(config: &LoadConfig) -> anyhow::Result<LoadReport> {
     if !config.server.ip().is_loopback() {
-        bail!("the bench only targets loopback servers, not {}", config.server);
+        bail!(
+            "the bench only targets loopback servers, not {}",
+            config.server
+        );
     }
     let early = config
         .early
@@ -260,9 +263,10 @@ async fn phase(ctx: &Arc<Ctx>, first: u32, count: u32, concurrency: u32) -> Samp
                 all.handshake_ns.append(&mut s.handshake_ns);
                 all.failures.append(&mut s.failures);
             }
-            Err(e) => all
-                .failures
-                .push(Failure::new(FailureKind::Connection, format!("worker: {e}"))),
+            Err(e) => all.failures.push(Failure::new(
+                FailureKind::Connection,
+                format!("worker: {e}"),
+            )),
         }
     }
     all

@@ -271,9 +271,7 @@ fn run_compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
                 vec![1, 50, 500]
             }
         }),
-        handshakes: args
-            .handshakes
-            .unwrap_or(if quick { 300 } else { 20_000 }),
+        handshakes: args.handshakes.unwrap_or(if quick { 300 } else { 20_000 }),
         candidates: args.candidates,
         sdp_bytes: args.sdp_bytes,
         warmup: args.warmup.unwrap_or(if quick { 50 } else { 1000 }),
@@ -288,7 +286,13 @@ fn run_compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
         },
         command: std::env::args()
             .enumerate()
-            .map(|(i, a)| if i == 0 { "bootstrap-bench".to_owned() } else { a })
+            .map(|(i, a)| {
+                if i == 0 {
+                    "bootstrap-bench".to_owned()
+                } else {
+                    a
+                }
+            })
             .collect::<Vec<_>>()
             .join(" "),
     };

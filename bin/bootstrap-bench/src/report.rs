@@ -222,7 +222,9 @@ impl Report {
         if !self.targets.is_empty() {
             out.push_str("\n| target | goal | measured | met |\n|---|---|---|---|\n");
             for t in &self.targets {
-                let value = t.value.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.1}"));
+                let value = t
+                    .value
+                    .map_or_else(|| "n/a".to_owned(), |v| format!("{v:.1}"));
                 let met = match t.met {
                     Some(true) => "yes",
                     Some(false) => "**no**",

@@ -238,7 +238,12 @@ pub(crate) fn tag_of(frame: &[u8]) -> Option<Tag> {
     let (number, side) = if let Some((_, rest)) = text.split_once("\\r\\no=") {
         // Description: `o=<side>bench <number> 2 IN IP4 …`.
         let side = rest.bytes().next()?;
-        (rest.strip_prefix(char::from(side))?.strip_prefix("bench ")?.get(..NUMBER_WIDTH)?, side)
+        (
+            rest.strip_prefix(char::from(side))?
+                .strip_prefix("bench ")?
+                .get(..NUMBER_WIDTH)?,
+            side,
+        )
     } else {
         let rest = text.split_once("\"candidate\":\"candidate:")?.1;
         let side = rest.split_once(" ufrag ")?.1.bytes().next()?;
@@ -338,7 +343,9 @@ mod tests {
     const B: &Id = b"fedcba9876543210fedcba9876543210";
 
     fn received(sent: &[u8], origin: &Id) -> Vec<u8> {
-        let body = sent.strip_prefix(b"{\"origin\":null,").expect("client frame");
+        let body = sent
+            .strip_prefix(b"{\"origin\":null,")
+            .expect("client frame");
         let mut out = b"{\"origin\":\"".to_vec();
         out.extend_from_slice(origin);
         out.extend_from_slice(b"\",");
@@ -380,7 +387,10 @@ mod tests {
         assert_eq!(origin_of(&frame), Some(*A));
         assert_eq!(tag_of(&frame), Some(tag(7, Side::Answerer, 0)));
         let expect = tag(7, Side::Answerer, 0);
-        assert_eq!(script.check(&frame, &mut scratch, A, expect, Some(B)), Ok(()));
+        assert_eq!(
+            script.check(&frame, &mut scratch, A, expect, Some(B)),
+            Ok(())
+        );
         assert_eq!(
             script.check(&frame, &mut scratch, B, expect, Some(B)),
             Err(Mismatch::Origin)

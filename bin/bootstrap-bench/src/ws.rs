@@ -322,7 +322,11 @@ fn websocket_key(seed: u32) -> String {
         x ^= x >> 7;
         x ^= x << 17;
         // The 22nd character carries only 2 bits of the 16 bytes: its low 4 bits are 0.
-        let index = if i == 21 { (x & 0x30) as usize } else { (x & 0x3f) as usize };
+        let index = if i == 21 {
+            (x & 0x30) as usize
+        } else {
+            (x & 0x3f) as usize
+        };
         key.push(char::from(B64[index]));
     }
     key.push_str("==");
@@ -349,7 +353,12 @@ mod tests {
                 126..=65_535 => 4,
                 _ => 10,
             };
-            let mask = [out[header], out[header + 1], out[header + 2], out[header + 3]];
+            let mask = [
+                out[header],
+                out[header + 1],
+                out[header + 2],
+                out[header + 3],
+            ];
             let mut body = out[header + 4..].to_vec();
             apply_mask(&mut body, mask);
             assert_eq!(body, payload, "len {len}");

@@ -406,7 +406,9 @@ async fn messages_travel_up_to_the_root_and_to_one_child() -> anyhow::Result<()>
 }
 
 fn tree_size(tree: &Value) -> usize {
-    1 + tree["children"].as_array().map_or(0, |c| c.iter().map(tree_size).sum())
+    1 + tree["children"]
+        .as_array()
+        .map_or(0, |c| c.iter().map(tree_size).sum())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -425,7 +427,11 @@ async fn every_node_gets_the_picture_of_the_whole_tree() -> anyhow::Result<()> {
     }
     // The root's picture settles on all five nodes, with every name.
     let tree = loop {
-        let Event::Tree(tree) = wait_event(&mut root, "tree", |e| matches!(e, Event::Tree(_))).await? else { unreachable!() };
+        let Event::Tree(tree) =
+            wait_event(&mut root, "tree", |e| matches!(e, Event::Tree(_))).await?
+        else {
+            unreachable!()
+        };
         if tree_size(&tree) == 5 && !tree.to_string().contains('?') {
             break tree;
         }
@@ -437,7 +443,11 @@ async fn every_node_gets_the_picture_of_the_whole_tree() -> anyhow::Result<()> {
     // Every node ends up with the same picture.
     for node in &mut nodes {
         loop {
-            let Event::Tree(seen) = wait_event(node, "tree", |e| matches!(e, Event::Tree(_))).await? else { unreachable!() };
+            let Event::Tree(seen) =
+                wait_event(node, "tree", |e| matches!(e, Event::Tree(_))).await?
+            else {
+                unreachable!()
+            };
             if seen == tree {
                 break;
             }

@@ -3,8 +3,10 @@
 //!
 //! Run with:
 //! ```text
-//! cargo run --release -p webrtc-bootstrap-peer --example time_to_open -- 20
+//! cargo run --release -p webrtc-bootstrap-peer --example time_to_open -- 20 [CHECK_MS]
 //! ```
+//! The optional second argument sets `Options::ice_check_interval` in milliseconds
+//! (default 50; the `webrtc` crate's own default is 200).
 //! (`RUST_LOG=debug` shows where the time goes.)
 
 use std::time::{Duration, Instant};
@@ -23,6 +25,10 @@ async fn main() -> anyhow::Result<()> {
         .map(|n| n.parse())
         .transpose()?
         .unwrap_or(20);
+    let check_interval = std::env::args()
+        .nth(2)
+        .map(|n| n.parse().map(Duration::from_millis))
+        .transpose()?;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = format!("ws://{}", listener.local_addr()?);
@@ -39,6 +45,7 @@ async fn main() -> anyhow::Result<()> {
         &address,
         Options {
             timeout: Duration::from_secs(10),
+            ice_check_interval: check_interval.unwrap_or(Options::default().ice_check_interval),
             ..Options::loopback()
         },
     )?;

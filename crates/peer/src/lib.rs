@@ -11,8 +11,8 @@
 //! - `adapter`: the only module that touches the `webrtc` crate.
 //! - `signaling`: WebSocket IO with the server.
 
-pub mod answerer;
 mod adapter;
+pub mod answerer;
 mod backoff;
 pub mod client;
 pub mod config;

@@ -256,7 +256,9 @@ mod tests {
     #[test]
     fn newcomer_switches_destination_on_first_message() {
         let mut n = Negotiation::newcomer(true);
-        let offer = n.local_description(description(SdpKind::Offer)).expect("offer");
+        let offer = n
+            .local_description(description(SdpKind::Offer))
+            .expect("offer");
         assert_eq!((offer.destination.as_deref(), offer.rank), (None, 0));
         let c1 = n.local_candidate(candidate(1)).expect("candidate");
         assert_eq!((c1.destination.as_deref(), c1.rank), (None, 1));
@@ -280,7 +282,10 @@ mod tests {
             Action::Queued
         );
         assert_eq!(
-            n.receive(Some(ANSWERER), Signal::Description(description(SdpKind::Answer))),
+            n.receive(
+                Some(ANSWERER),
+                Signal::Description(description(SdpKind::Answer))
+            ),
             Action::ApplyDescription(description(SdpKind::Answer))
         );
         assert!(n.has_remote_description());
@@ -305,7 +310,10 @@ mod tests {
         let mut a = Negotiation::answerer(NEWCOMER, true);
         assert_eq!(a.remote_id(), Some(NEWCOMER));
         assert_eq!(
-            a.receive(Some(NEWCOMER), Signal::Description(description(SdpKind::Offer))),
+            a.receive(
+                Some(NEWCOMER),
+                Signal::Description(description(SdpKind::Offer))
+            ),
             Action::ApplyDescription(description(SdpKind::Offer))
         );
         a.remote_description_applied();
@@ -336,7 +344,10 @@ mod tests {
             Action::Queued
         );
         assert!(matches!(
-            a.receive(Some(NEWCOMER), Signal::Description(description(SdpKind::Offer))),
+            a.receive(
+                Some(NEWCOMER),
+                Signal::Description(description(SdpKind::Offer))
+            ),
             Action::ApplyDescription(_)
         ));
         assert_eq!(a.remote_description_applied(), vec![candidate(1)]);
@@ -346,24 +357,39 @@ mod tests {
     fn newcomer_ignores_other_answerers_and_wrong_kinds() {
         let mut n = Negotiation::newcomer(true);
         assert_eq!(
-            n.receive(Some(ANSWERER), Signal::Description(description(SdpKind::Offer))),
+            n.receive(
+                Some(ANSWERER),
+                Signal::Description(description(SdpKind::Offer))
+            ),
             Action::Dropped(Dropped::WrongKind)
         );
         assert_eq!(
-            n.receive(Some(OTHER), Signal::Description(description(SdpKind::Answer))),
+            n.receive(
+                Some(OTHER),
+                Signal::Description(description(SdpKind::Answer))
+            ),
             Action::Dropped(Dropped::ForeignOrigin)
         );
         assert!(matches!(
-            n.receive(Some(ANSWERER), Signal::Description(description(SdpKind::Answer))),
+            n.receive(
+                Some(ANSWERER),
+                Signal::Description(description(SdpKind::Answer))
+            ),
             Action::ApplyDescription(_)
         ));
         assert_eq!(
-            n.receive(Some(ANSWERER), Signal::Description(description(SdpKind::Answer))),
+            n.receive(
+                Some(ANSWERER),
+                Signal::Description(description(SdpKind::Answer))
+            ),
             Action::Dropped(Dropped::Duplicate)
         );
         let mut a = Negotiation::answerer(NEWCOMER, true);
         assert_eq!(
-            a.receive(Some(NEWCOMER), Signal::Description(description(SdpKind::Answer))),
+            a.receive(
+                Some(NEWCOMER),
+                Signal::Description(description(SdpKind::Answer))
+            ),
             Action::Dropped(Dropped::WrongKind)
         );
     }
@@ -387,7 +413,9 @@ mod tests {
         let mut n = Negotiation::newcomer(false);
         assert!(!n.trickle());
         assert_eq!(n.local_candidate(candidate(1)), None);
-        let offer = n.local_description(description(SdpKind::Offer)).expect("offer");
+        let offer = n
+            .local_description(description(SdpKind::Offer))
+            .expect("offer");
         assert_eq!(offer.rank, 0);
         assert_eq!(n.local_description(description(SdpKind::Offer)), None);
         assert_eq!(n.local_candidate(candidate(2)), None);
@@ -408,7 +436,9 @@ mod tests {
     #[test]
     fn wire_shapes_are_the_three_js_accepts() {
         let mut n = Negotiation::newcomer(true);
-        let offer = n.local_description(description(SdpKind::Offer)).expect("offer");
+        let offer = n
+            .local_description(description(SdpKind::Offer))
+            .expect("offer");
         let c = n.local_candidate(candidate(1)).expect("candidate");
         assert_eq!(
             serde_json::to_string(&offer).expect("json"),

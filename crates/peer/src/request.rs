@@ -139,11 +139,9 @@ mod tests {
             kind: SdpKind::Offer,
             sdp: String::new(),
         });
-        assert_eq!(
-            Request::new("", offer.clone()),
-            Err(RequestError::NoOrigin)
-        );
-        let text = r#"{"origin":null,"destination":null,"signal":{"type":"offer","sdp":""},"rank":0}"#;
+        assert_eq!(Request::new("", offer.clone()), Err(RequestError::NoOrigin));
+        let text =
+            r#"{"origin":null,"destination":null,"signal":{"type":"offer","sdp":""},"rank":0}"#;
         assert_eq!(Request::from_json(text), Err(RequestError::NoOrigin));
         assert!(Request::new(ID, offer).is_ok());
     }

@@ -98,14 +98,23 @@ mod tests {
         let (h, _) = fake(1);
         router.insert("a".into(), h);
         for _ in 0..3 {
-            assert!(matches!(router.route("a", false), Route::Existing(Fake(1, _))));
+            assert!(matches!(
+                router.route("a", false),
+                Route::Existing(Fake(1, _))
+            ));
         }
         // A second newcomer is independent.
         assert_eq!(router.route("b", true), Route::New);
         let (h, _) = fake(2);
         router.insert("b".into(), h);
-        assert!(matches!(router.route("b", false), Route::Existing(Fake(2, _))));
-        assert!(matches!(router.route("a", false), Route::Existing(Fake(1, _))));
+        assert!(matches!(
+            router.route("b", false),
+            Route::Existing(Fake(2, _))
+        ));
+        assert!(matches!(
+            router.route("a", false),
+            Route::Existing(Fake(1, _))
+        ));
         assert_eq!(router.len(), 2);
     }
 
@@ -134,7 +143,10 @@ mod tests {
         assert_eq!(router.route("a", true), Route::New);
         let (h, _) = fake(1);
         router.insert("a".into(), h);
-        assert!(matches!(router.route("a", true), Route::Existing(Fake(1, _))));
+        assert!(matches!(
+            router.route("a", true),
+            Route::Existing(Fake(1, _))
+        ));
     }
 
     #[test]

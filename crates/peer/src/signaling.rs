@@ -247,7 +247,8 @@ mod tests {
 
     #[test]
     fn decodes_relayed_envelopes_only() {
-        let ok = r#"{"origin":"a","destination":"b","signal":{"type":"answer","sdp":"x"},"rank":0}"#;
+        let ok =
+            r#"{"origin":"a","destination":"b","signal":{"type":"answer","sdp":"x"},"rank":0}"#;
         assert!(decode(ok).is_some());
         assert!(decode("\"heartbeat\"").is_none());
         assert!(decode(r#"{"origin":"a","signal":{"renegotiate":true}}"#).is_none());

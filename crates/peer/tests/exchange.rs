@@ -14,8 +14,13 @@ async fn pair(server: &TestServer) -> (Peer, Peer, webrtc_bootstrap_peer::Root) 
         let incoming = root.next().await.expect("a newcomer");
         incoming.accept().connected().await
     };
-    let (newcomer, answerer) = within("connect", async { tokio::join!(client.join(), answering) }).await;
-    (newcomer.expect("newcomer"), answerer.expect("answerer"), root)
+    let (newcomer, answerer) =
+        within("connect", async { tokio::join!(client.join(), answering) }).await;
+    (
+        newcomer.expect("newcomer"),
+        answerer.expect("answerer"),
+        root,
+    )
 }
 
 fn text(side: &str, i: usize) -> String {
@@ -29,15 +34,21 @@ fn binary(side: u8, i: usize) -> Vec<u8> {
 async fn send_all(peer: &Peer, side: &str, tag: u8) {
     for i in 0..N {
         peer.send_text(&text(side, i)).await.expect("send text");
-        peer.send_binary(&binary(tag, i)).await.expect("send binary");
+        peer.send_binary(&binary(tag, i))
+            .await
+            .expect("send binary");
     }
 }
 
 async fn receive_all(peer: &mut Peer, side: &str, tag: u8) {
     for i in 0..N {
-        let got = within("text message", peer.recv()).await.expect("a message");
+        let got = within("text message", peer.recv())
+            .await
+            .expect("a message");
         assert_eq!(got, Message::Text(text(side, i)), "text #{i}");
-        let got = within("binary message", peer.recv()).await.expect("a message");
+        let got = within("binary message", peer.recv())
+            .await
+            .expect("a message");
         assert_eq!(got, Message::Binary(binary(tag, i)), "binary #{i}");
     }
 }
@@ -96,6 +107,12 @@ async fn largest_message_passes_and_larger_is_refused() {
         newcomer.send_text(&format!("{text}!")).await,
         Err(Error::MessageTooLarge { .. })
     ));
-    assert_eq!(within("big", answerer.recv()).await, Some(Message::Binary(big)));
-    assert_eq!(within("big text", answerer.recv()).await, Some(Message::Text(text)));
+    assert_eq!(
+        within("big", answerer.recv()).await,
+        Some(Message::Binary(big))
+    );
+    assert_eq!(
+        within("big text", answerer.recv()).await,
+        Some(Message::Text(text))
+    );
 }

@@ -1,0 +1,513 @@
+//! Interoperability with the JavaScript ecosystem, with real WebRTC: JS peers
+//! (webrtc-bootstrap 4.4.1, webrtc-tree-overlay 1.0.13, @roamhq/wrtc) against our server
+//! and our peers, and our peers against the JS server.
+//!
+//! Each scenario re-runs itself inside a fresh network namespace with only loopback
+//! (`unshare --net`, `ip link set lo up`): libwebrtc probes every interface it sees, and
+//! there it sees only `lo`. The JS side lives in `tests/interop/` (`npm ci` there first;
+//! `.ci/run` does it).
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail, ensure};
+use bootstrap_peer::{Client, Message, Options, Peer};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use webrtc_bootstrap_overlay::{Delivery, Event, Node, NodeOptions};
+
+const SECRET: &str = "interop-secret";
+const WAIT: Duration = Duration::from_secs(30);
+const NETNS_ENV: &str = "BOOTSTRAP_INTEROP_NETNS";
+
+fn interop_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop")
+}
+
+/// Runs `body` inside a loopback-only network namespace, in a re-executed copy of this
+/// test binary, and prints the scenario's pass/fail line.
+fn scenario(test: &str, title: &str, body: impl AsyncFnOnce() -> anyhow::Result<()>) {
+    if std::env::var_os(NETNS_ENV).is_some() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let result = runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(120), body()).await });
+        match result {
+            Ok(Ok(())) => return,
+            Ok(Err(error)) => panic!("{title}: {error:#}"),
+            Err(_) => panic!("{title}: timed out after 120 s"),
+        }
+    }
+    if !interop_dir().join("node_modules").is_dir() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "tests/interop/node_modules is missing: .ci/run must run `npm ci` there"
+        );
+        let _ = writeln!(
+            std::io::stderr(),
+            "interop scenario {title}: SKIPPED (run `npm ci --ignore-scripts --prefix tests/interop` first)"
+        );
+        return;
+    }
+    let exe = std::env::current_exe().expect("test executable");
+    let status = std::process::Command::new("unshare")
+        .args([
+            "--net",
+            "--",
+            "sh",
+            "-c",
+            "ip link set lo up && exec \"$0\" \"$@\"",
+        ])
+        .arg(exe)
+        .args([test, "--exact", "--nocapture", "--test-threads", "1"])
+        .env(NETNS_ENV, "1")
+        .status()
+        .expect("unshare (needs root and util-linux)");
+    // Straight to the stderr handle: libtest captures print! of passing tests, and this
+    // line is the scenario's report.
+    let verdict = if status.success() { "PASS" } else { "FAIL" };
+    let _ = writeln!(std::io::stderr(), "interop scenario {title}: {verdict}");
+    assert!(status.success(), "interop {title} failed");
+}
+
+/// One JS process of the harness.
+struct Js {
+    name: String,
+    child: Child,
+    events: mpsc::UnboundedReceiver<Value>,
+    seen: Vec<Value>,
+}
+
+impl Js {
+    fn spawn(role: &str, name: &str, args: &[&str]) -> anyhow::Result<Self> {
+        let mut child = Command::new("node")
+            .arg(interop_dir().join("harness.js"))
+            .arg(role)
+            .args(["--name", name])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("node")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let (tx, events) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let event = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| json!({"event": "stdout", "line": line}));
+                if tx.send(event).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Self {
+            name: name.to_owned(),
+            child,
+            events,
+            seen: Vec::new(),
+        })
+    }
+
+    /// Waits for an event matching `wanted`; fails on an uncaught JS exception.
+    async fn expect(
+        &mut self,
+        what: &str,
+        wanted: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
+        if let Some(found) = self.seen.iter().find(|e| wanted(e)) {
+            return Ok(found.clone());
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let event = tokio::time::timeout_at(deadline, self.events.recv())
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!("{}: no {what} in time; saw {:?}", self.name, self.seen)
+                })?
+                .with_context(|| {
+                    format!(
+                        "{} exited waiting for {what}; saw {:?}",
+                        self.name, self.seen
+                    )
+                })?;
+            ensure!(
+                event["event"] != "uncaught",
+                "{}: uncaught JS exception: {}",
+                self.name,
+                event["message"]
+            );
+            self.seen.push(event.clone());
+            if wanted(&event) {
+                return Ok(event);
+            }
+        }
+    }
+
+    async fn expect_event(&mut self, name: &str) -> anyhow::Result<Value> {
+        self.expect(name, |e| e["event"] == name).await
+    }
+
+    async fn expect_data(&mut self, text: &str) -> anyhow::Result<()> {
+        self.expect(&format!("data {text:?}"), |e| {
+            e["event"] == "data" && e["data"] == text
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Fails if an uncaught exception shows up within `quiet`.
+    async fn expect_no_uncaught(&mut self, quiet: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + quiet;
+        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, self.events.recv()).await {
+            ensure!(
+                event["event"] != "uncaught",
+                "{}: uncaught JS exception: {}",
+                self.name,
+                event["message"]
+            );
+            self.seen.push(event);
+        }
+        Ok(())
+    }
+
+    async fn command(&mut self, command: Value) -> anyhow::Result<()> {
+        let stdin = self.child.stdin.as_mut().context("stdin")?;
+        stdin.write_all(format!("{command}\n").as_bytes()).await?;
+        stdin.flush().await?;
+        Ok(())
+    }
+}
+
+/// Our server, in this process (inside the namespace).
+struct RustServer {
+    host: String,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+async fn rust_server() -> anyhow::Result<RustServer> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let host = listener.local_addr()?.to_string();
+    let state =
+        webrtc_bootstrap_server::AppState::new(webrtc_bootstrap_server::Config::new(SECRET))?;
+    let token: CancellationToken = state.shutdown_token();
+    let stop = token.clone();
+    tokio::spawn(webrtc_bootstrap_server::serve(
+        listener,
+        state,
+        async move { stop.cancelled().await },
+    ));
+    Ok(RustServer {
+        host,
+        _stop: token.drop_guard(),
+    })
+}
+
+fn client(host: &str) -> anyhow::Result<Client> {
+    let mut options = Options::loopback();
+    options.timeout = WAIT;
+    Ok(Client::with_options(&format!("ws://{host}"), options)?)
+}
+
+async fn recv_text(peer: &mut Peer) -> anyhow::Result<String> {
+    match tokio::time::timeout(WAIT, peer.recv())
+        .await
+        .context("no message in time")?
+    {
+        Some(Message::Text(text)) => Ok(text),
+        Some(Message::Binary(bytes)) => Ok(String::from_utf8(bytes)?),
+        None => bail!("peer closed"),
+    }
+}
+
+/// The Rust root answers the next newcomer.
+async fn answer_next(root: &mut bootstrap_peer::Root) -> anyhow::Result<Peer> {
+    let incoming = tokio::time::timeout(WAIT, root.next())
+        .await
+        .context("no newcomer in time")?
+        .context("root stopped")?;
+    Ok(incoming.accept().connected().await?)
+}
+
+/// Says hello both ways between a Rust peer and a JS peer (which greets first on connect).
+async fn hello_both_ways(rust: &mut Peer, js: &mut Js, js_greeting: &str) -> anyhow::Result<()> {
+    assert_eq!(recv_text(rust).await?, js_greeting);
+    rust.send_text("hello from rust").await?;
+    js.expect_data("hello from rust").await?;
+    js.command(json!({"cmd": "send", "data": "second from js"}))
+        .await?;
+    assert_eq!(recv_text(rust).await?, "second from js");
+    Ok(())
+}
+
+#[test]
+fn s1_js_newcomer_rust_server_js_root() {
+    scenario(
+        "s1_js_newcomer_rust_server_js_root",
+        "1 JS newcomer -> Rust server -> JS root",
+        async || {
+            let server = rust_server().await?;
+            let mut root = Js::spawn(
+                "root",
+                "js-root",
+                &["--url", &server.host, "--secret", SECRET],
+            )?;
+            root.expect_event("ready").await?;
+            let mut newcomer = Js::spawn("newcomer", "js-newcomer", &["--url", &server.host])?;
+            newcomer.expect_event("connected").await?;
+            root.expect_event("connected").await?;
+            newcomer.expect_data("hello from the js root").await?;
+            root.expect_data("hello from the js newcomer").await?;
+            newcomer
+                .command(json!({"cmd": "send", "data": "ping"}))
+                .await?;
+            root.expect_data("ping").await?;
+            root.command(json!({"cmd": "send", "data": "pong"})).await?;
+            newcomer.expect_data("pong").await?;
+            newcomer
+                .expect_no_uncaught(Duration::from_millis(500))
+                .await?;
+            root.expect_no_uncaught(Duration::ZERO).await
+        },
+    );
+}
+
+#[test]
+fn s2_js_newcomer_rust_server_rust_root() {
+    scenario(
+        "s2_js_newcomer_rust_server_rust_root",
+        "2 JS newcomer -> Rust server -> Rust root",
+        async || {
+            let server = rust_server().await?;
+            let mut root = client(&server.host)?.root(SECRET).await?;
+            let mut newcomer = Js::spawn("newcomer", "js-newcomer", &["--url", &server.host])?;
+            let mut peer = answer_next(&mut root).await?;
+            newcomer.expect_event("connected").await?;
+            hello_both_ways(&mut peer, &mut newcomer, "hello from the js newcomer").await?;
+            newcomer
+                .expect_no_uncaught(Duration::from_millis(500))
+                .await
+        },
+    );
+}
+
+#[test]
+fn s3_rust_newcomer_rust_server_js_root() {
+    scenario(
+        "s3_rust_newcomer_rust_server_js_root",
+        "3 Rust newcomer -> Rust server -> JS root",
+        async || {
+            let server = rust_server().await?;
+            let mut root = Js::spawn(
+                "root",
+                "js-root",
+                &["--url", &server.host, "--secret", SECRET],
+            )?;
+            root.expect_event("ready").await?;
+            let mut peer = client(&server.host)?.join().await?;
+            root.expect_event("connected").await?;
+            hello_both_ways(&mut peer, &mut root, "hello from the js root").await?;
+            root.expect_no_uncaught(Duration::from_millis(500)).await
+        },
+    );
+}
+
+#[test]
+fn s4_rust_peers_through_the_js_server() {
+    scenario(
+        "s4_rust_peers_through_the_js_server",
+        "4 Rust root and Rust newcomer through the JS server 4.4.1",
+        async || {
+            let mut server = Js::spawn("server", "js-server", &["--secret", SECRET])?;
+            let port = server.expect_event("listening").await?["port"]
+                .as_u64()
+                .context("port")?;
+            let host = format!("127.0.0.1:{port}");
+            let mut root = client(&host)?.root(SECRET).await?;
+            let newcomer = client(&host)?;
+            let (answered, joined) = tokio::join!(answer_next(&mut root), newcomer.join());
+            let (mut answerer, mut newcomer) = (answered?, joined?);
+            newcomer.send_text("from the newcomer").await?;
+            assert_eq!(recv_text(&mut answerer).await?, "from the newcomer");
+            answerer.send_binary(b"from the root").await?;
+            assert_eq!(recv_text(&mut newcomer).await?, "from the root");
+            // A wrong secret is refused by the JS server too.
+            let refused = client(&host)?.root("wrong").await;
+            ensure!(refused.is_err(), "the JS server accepted a wrong secret");
+            server.expect_no_uncaught(Duration::from_millis(200)).await
+        },
+    );
+}
+
+fn tree_options(max_degree: usize) -> NodeOptions {
+    NodeOptions {
+        max_degree,
+        ..NodeOptions::default()
+    }
+}
+
+async fn expect_broadcast(node: &mut Node, expected: &Value) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let event = tokio::time::timeout_at(deadline, node.next_event())
+            .await
+            .context("no broadcast in time")?
+            .context("node closed")?;
+        if let Event::Data {
+            delivery: Delivery::Broadcast,
+            data,
+            ..
+        } = event
+        {
+            ensure!(&data == expected, "unexpected broadcast {data}");
+            return Ok(());
+        }
+    }
+}
+
+#[test]
+fn s5a_mixed_tree_with_a_rust_root() {
+    scenario(
+        "s5a_mixed_tree_with_a_rust_root",
+        "5a mixed tree, Rust root (max_degree 2), JS and Rust nodes in alternation",
+        async || {
+            let server = rust_server().await?;
+            let root = Node::root(client(&server.host)?, SECRET, tree_options(2)).await?;
+            let mut js_nodes = Vec::new();
+            let mut rust_nodes = Vec::new();
+            for i in 0..3 {
+                let mut js = Js::spawn(
+                    "tree-node",
+                    &format!("js-node-{i}"),
+                    &["--url", &server.host, "--max-degree", "1"],
+                )?;
+                js.expect_event("parent-connect").await?;
+                js_nodes.push(js);
+                rust_nodes.push(Node::join(client(&server.host)?, tree_options(1)).await?);
+            }
+            // Let the answering sides register their children, then broadcast from the root.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let message = json!({"text": "to every node"});
+            root.broadcast(message.clone()).await?;
+            for js in &mut js_nodes {
+                js.expect("the broadcast", |e| {
+                    e["event"] == "broadcast" && e["data"] == message
+                })
+                .await?;
+            }
+            for node in &mut rust_nodes {
+                expect_broadcast(node, &message).await?;
+            }
+            // A JS node answered a request a Rust node delegated to it (the root, or a Rust
+            // node above it): with joiners of degree 1, some JS node always has a child.
+            let mut js_parents = 0;
+            for js in &mut js_nodes {
+                js.expect_no_uncaught(Duration::from_millis(100)).await?;
+                if js.seen.iter().any(|e| e["event"] == "child-connect") {
+                    js_parents += 1;
+                }
+            }
+            ensure!(js_parents > 0, "no JS node answered a delegated request");
+            Ok(())
+        },
+    );
+}
+
+#[test]
+fn s5b_mixed_tree_with_a_js_root() {
+    scenario(
+        "s5b_mixed_tree_with_a_js_root",
+        "5b mixed tree, JS root (max_degree 2), Rust joiners",
+        async || {
+            let server = rust_server().await?;
+            let mut root = Js::spawn(
+                "tree-root",
+                "js-root",
+                &[
+                    "--url",
+                    &server.host,
+                    "--secret",
+                    SECRET,
+                    "--max-degree",
+                    "2",
+                ],
+            )?;
+            root.expect_event("ready").await?;
+            let mut nodes = Vec::new();
+            for _ in 0..4 {
+                nodes.push(Node::join(client(&server.host)?, tree_options(2)).await?);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            // The JS root took two children and delegated the other two to them: Rust nodes
+            // answered requests delegated by a JS node.
+            let rust_parents = nodes
+                .iter()
+                .filter(|n| !n.info().children.is_empty())
+                .count();
+            ensure!(
+                rust_parents > 0,
+                "no Rust node answered a request delegated by the JS root"
+            );
+            let message = json!("from the js root");
+            root.command(json!({"cmd": "broadcast", "data": message}))
+                .await?;
+            for node in &mut nodes {
+                expect_broadcast(node, &message).await?;
+            }
+            root.expect_no_uncaught(Duration::from_millis(200)).await
+        },
+    );
+}
+
+#[test]
+fn s6_js_clients_survive_what_crashes_the_js_server() {
+    scenario(
+        "s6_js_clients_survive_what_crashes_the_js_server",
+        "6 JS timeout without a root, and JS peers after malformed input",
+        async || {
+            let server = rust_server().await?;
+            // No root: the JS newcomer times out cleanly.
+            let mut lonely = Js::spawn(
+                "newcomer",
+                "js-lonely",
+                &["--url", &server.host, "--timeout", "2000"],
+            )?;
+            let error = lonely.expect_event("error").await?;
+            ensure!(
+                error["message"] == "Bootstrap timeout",
+                "unexpected error {error}"
+            );
+            lonely.expect_no_uncaught(Duration::from_secs(2)).await?;
+            // Input that kills the JS server, on another socket.
+            let (mut bad, _) =
+                tokio_tungstenite::connect_async(format!("ws://{}/join", server.host)).await?;
+            use futures_util::SinkExt;
+            for frame in ["{", "null", "heartbeat"] {
+                bad.send(tokio_tungstenite::tungstenite::Message::text(frame))
+                    .await?;
+            }
+            let mut root = Js::spawn(
+                "root",
+                "js-root",
+                &["--url", &server.host, "--secret", SECRET],
+            )?;
+            root.expect_event("ready").await?;
+            let mut newcomer = Js::spawn("newcomer", "js-newcomer", &["--url", &server.host])?;
+            newcomer.expect_data("hello from the js root").await?;
+            root.expect_data("hello from the js newcomer").await?;
+            newcomer
+                .expect_no_uncaught(Duration::from_millis(500))
+                .await
+        },
+    );
+}
