@@ -1,8 +1,8 @@
 //! [`Node`]: one tree node running in its own task, over the peer library.
 //!
 //! The task owns the [`NodeCore`] and every link: the parent, the children, the
-//! candidates being answered. Each data channel has a small pump task (see
-//! [`crate::links`]) between its peer and the node task. The application talks to the
+//! candidates being answered. Each data channel has a small pump task (the `links`
+//! module) between its peer and the node task. The application talks to the
 //! node through a handle ([`Node`]) and reads [`Event`]s.
 
 use std::collections::HashMap;
