@@ -21,6 +21,9 @@ pub struct NodeOptions {
     pub rejoin_delay: Duration,
     /// Longest delay between re-join attempts.
     pub rejoin_max_delay: Duration,
+    /// How long one re-join attempt may take before the next one. Shorter than a first
+    /// join: a request can be lost to a dead node the tree has not noticed yet.
+    pub rejoin_timeout: Duration,
     /// This node's name in topology reports; `None` picks 6 random hex digits.
     pub name: Option<String>,
     /// Report this node's subtree to its parent, and at the root share the whole tree
@@ -35,6 +38,7 @@ impl Default for NodeOptions {
             request_timeout: Duration::from_secs(30),
             rejoin_delay: Duration::from_millis(200),
             rejoin_max_delay: Duration::from_secs(10),
+            rejoin_timeout: Duration::from_secs(10),
             name: None,
             report_topology: false,
         }

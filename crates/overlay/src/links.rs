@@ -3,13 +3,17 @@
 
 use std::time::Duration;
 
-use bootstrap_peer::{Error as PeerError, Message, Peer, Request, Root};
+use bootstrap_peer::{Error as PeerError, Message, Peer, PeerState, Request, Root};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep_until};
 use tracing::{debug, warn};
 
 /// Messages queued for one data channel.
 const LINK_QUEUE: usize = 256;
+
+/// How long a link may stay ICE-disconnected before it is closed.
+const DISCONNECTED_GRACE: Duration = Duration::from_secs(3);
 
 /// Which link an input is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,9 +58,32 @@ pub(crate) fn spawn_link(
     inputs: mpsc::Sender<Input>,
 ) -> mpsc::Sender<String> {
     let (tx, mut outbound) = mpsc::channel::<String>(LINK_QUEUE);
+    let mut state = peer.state_receiver();
     tokio::spawn(async move {
+        // Set while ICE reports the remote as disconnected: a peer that crashed never
+        // closes its channel, so a link that stays disconnected is given up (simple-peer
+        // destroys the connection at the first `disconnected`).
+        let mut lost_since: Option<Instant> = None;
         loop {
+            let give_up = lost_since.map(|since| since + DISCONNECTED_GRACE);
             tokio::select! {
+                changed = state.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let now = *state.borrow_and_update();
+                    match now {
+                        PeerState::Disconnected => {
+                            lost_since.get_or_insert_with(Instant::now);
+                        }
+                        PeerState::Connected => lost_since = None,
+                        PeerState::Closed(_) => break,
+                    }
+                }
+                () = sleep_until(give_up.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))), if give_up.is_some() => {
+                    debug!(?link, "link disconnected for too long; closing it");
+                    break;
+                }
                 text = outbound.recv() => match text {
                     Some(text) => {
                         if let Err(error) = peer.send_text(&text).await {

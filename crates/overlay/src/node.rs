@@ -581,11 +581,16 @@ impl NodeTask {
             .rejoin_delay
             .saturating_mul(1 << shift)
             .min(self.options.rejoin_max_delay);
-        let client = self.client.clone();
+        let mut options = self.client.options().clone();
+        options.timeout = options.timeout.min(self.options.rejoin_timeout);
+        let client = Client::with_options(self.client.address(), options);
         let inputs = self.inputs.clone();
         self.rejoin = Some(tokio::spawn(async move {
             sleep(delay).await;
-            let result = client.join().await;
+            let result = match client {
+                Ok(client) => client.join().await,
+                Err(error) => Err(error),
+            };
             let _ = inputs.send(Input::Rejoined { attempt, result }).await;
         }));
     }

@@ -477,6 +477,32 @@ mod tests {
         assert_eq!(binding_requests(Duration::ZERO), 1400);
     }
 
+    #[tokio::test]
+    async fn accepts_stun_and_turn_servers_with_credentials() {
+        use crate::config::IceServer;
+        let options = Options {
+            ice_servers: vec![
+                IceServer::stun("stun:127.0.0.1:3478"),
+                IceServer::turn("turn:127.0.0.1:3478?transport=udp", "user", "secret"),
+            ],
+            ..Options::loopback()
+        };
+        let (mut rtc, _events) = Rtc::new(&options).await.expect("valid ICE servers");
+        rtc.close().await;
+
+        let missing = Options {
+            ice_servers: vec![IceServer {
+                urls: vec!["turn:127.0.0.1:3478".into()],
+                ..IceServer::default()
+            }],
+            ..Options::loopback()
+        };
+        let error = Rtc::new(&missing)
+            .await
+            .expect_err("TURN needs credentials");
+        assert!(matches!(error, Error::WebRtc { .. }), "{error:?}");
+    }
+
     #[test]
     fn labels_are_40_hex_chars() {
         let a = random_label();

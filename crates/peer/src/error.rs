@@ -49,17 +49,18 @@ pub enum Error {
         "no answer within {0:?}: no root may be connected to the server, or the request was ignored"
     )]
     NoAnswer(Duration),
-    /// Signaling went through but the data channel did not open within the timeout.
-    #[error("the data channel did not open within {0:?} although signaling went through")]
+    /// ICE and DTLS connected but the data channel did not open within the timeout.
+    #[error("the data channel did not open within {0:?} although the peers connected")]
     ConnectTimeout(Duration),
     /// The server closed the `/join` socket before the remote description arrived, so
     /// the negotiation cannot finish.
     #[error("the signaling server closed the /join socket before the negotiation finished")]
     SignalingClosed,
-    /// ICE found no working candidate pair.
+    /// ICE found no working candidate pair (it failed, or had not connected when the
+    /// timeout ran out although the description exchange was done).
     #[error("ICE failed: no working candidate pair between the peers")]
     IceFailed,
-    /// ICE connected but the DTLS handshake (or the SCTP association above it) failed.
+    /// ICE connected but the DTLS handshake failed or did not finish in time.
     #[error("the DTLS handshake failed after ICE connected")]
     DtlsFailed,
     /// The remote peer closed the connection or its data channel.

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 //!
 //! # Layout
+//!
 //! - [`client`]: [`Client`], the entry point: a server address and [`Options`].
 //! - `session`: one negotiation (newcomer or answerer) driven to an open data channel.
 //! - `negotiation`: the sans-IO core of a negotiation: destinations, ranks, candidate

@@ -90,12 +90,17 @@ impl Peer {
         events: RtcEvents,
         channel: Channel,
         remote_id: Option<String>,
+        first_message: Option<Message>,
     ) -> Self {
         let max_message_size = rtc
             .max_message_size()
             .await
             .map_or(MAX_MESSAGE_SIZE, |n| n.min(MAX_MESSAGE_SIZE));
         let (message_tx, incoming) = mpsc::channel(RECEIVE_QUEUE);
+        if let Some(message) = first_message {
+            // The queue is new and empty: this cannot fail.
+            let _ = message_tx.try_send(message);
+        }
         let (state_tx, state) = watch::channel(PeerState::Connected);
         let (shutdown, shutdown_rx) = oneshot::channel();
         let driver = tokio::spawn(drive(

@@ -1,7 +1,7 @@
 //! [`Root`]: the root's socket, its per-newcomer routing, and its reconnect loop.
 //!
 //! One task owns the root WebSocket. It ignores the server's `"heartbeat"`, turns every
-//! other frame into a [`Request`], and routes it with the sans-IO [`Router`]: an offer
+//! other frame into a [`Request`], and routes it with the sans-IO `Router`: an offer
 //! from a new origin becomes one [`Incoming`] for the application, and the origin's
 //! later requests go to that item's queue. When the server goes away the task
 //! reconnects with backoff (the JS root never does); when another root replaces this
@@ -258,7 +258,7 @@ impl Task {
                             .send_replace(RootStatus::Rejected(format!("HTTP {status}")));
                         return;
                     }
-                    Some(Err(error)) => last_error = format!("{error:?}"),
+                    Some(Err(error)) => last_error = error.to_string(),
                 }
             };
             backoff.reset();

@@ -53,6 +53,7 @@ pub(crate) async fn join(server: &Server, options: &Options) -> Result<Peer, Err
         negotiation: Negotiation::newcomer(options.trickle),
         timeout: options.timeout,
         ice: LinkState::Connecting,
+        connection: LinkState::Connecting,
     };
     if options.trickle {
         let envelope = session.negotiation.local_description(offer);
@@ -89,6 +90,7 @@ pub(crate) async fn answer(
         negotiation: Negotiation::answerer(first.origin(), options.trickle),
         timeout: options.timeout,
         ice: LinkState::Connecting,
+        connection: LinkState::Connecting,
     };
     let origin = first.origin().to_owned();
     if let Err(error) = session
@@ -161,6 +163,8 @@ struct Session {
     timeout: Duration,
     /// Last ICE state, to tell ICE failures from DTLS failures.
     ice: LinkState,
+    /// Last peer-connection (ICE + DTLS) state.
+    connection: LinkState,
 }
 
 impl Session {
@@ -182,19 +186,15 @@ impl Session {
                     self.rtc.wake().await;
                     Ok(())
                 }
-                () = tokio::time::sleep_until(deadline) => Err(if self.negotiation.has_remote_description() {
-                    Error::ConnectTimeout(self.timeout)
-                } else {
-                    Error::NoAnswer(self.timeout)
-                }),
+                () = tokio::time::sleep_until(deadline) => Err(self.timed_out()),
                 () = &mut cancelled => Err(Error::Closed),
                 frame = next_frame(&mut self.socket) => self.on_frame(frame).await,
                 event = self.events.recv() => self.on_event(event).await,
-                event = next_channel_event(self.channel.as_ref()) => match dbg_event(event) {
-                    ChannelEvent::Open => break Ok(()),
+                event = next_channel_event(self.channel.as_ref()) => match event {
+                    ChannelEvent::Open => break Ok(None),
                     ChannelEvent::Closed => Err(Error::ClosedByRemote),
-                    // Messages only flow after `Open`, which ends this loop.
-                    ChannelEvent::Message(_) => Ok(()),
+                    // Messages flow after `Open`; one arriving first means it is open.
+                    ChannelEvent::Message(message) => break Ok(Some(message)),
                 },
                 request = requests.next() => {
                     let origin = request.origin().to_owned();
@@ -206,7 +206,7 @@ impl Session {
             }
         };
         match outcome {
-            Ok(()) => {
+            Ok(first_message) => {
                 self.negotiation.finish();
                 if let Some(socket) = self.socket.take() {
                     signaling::close_in_background(socket);
@@ -216,13 +216,28 @@ impl Session {
                     // `Open` only comes from a channel, so it is set.
                     return Err(Error::Closed);
                 };
-                Ok(Peer::start(self.rtc, self.events, channel, remote_id).await)
+                Ok(Peer::start(self.rtc, self.events, channel, remote_id, first_message).await)
             }
             Err(error) => {
                 tracing::debug!(%error, role = ?self.negotiation.role(), "negotiation failed");
                 self.fail().await;
                 Err(error)
             }
+        }
+    }
+
+    /// The error for a negotiation that ran out of time: the last step that did not
+    /// complete. ICE alone only declares failure after 30 s of checks, longer than the
+    /// default timeout, so a timeout before ICE connected is the ICE failure.
+    fn timed_out(&self) -> Error {
+        if !self.negotiation.has_remote_description() {
+            Error::NoAnswer(self.timeout)
+        } else if self.ice != LinkState::Connected {
+            Error::IceFailed
+        } else if self.connection != LinkState::Connected {
+            Error::DtlsFailed
+        } else {
+            Error::ConnectTimeout(self.timeout)
         }
     }
 
@@ -343,8 +358,12 @@ impl Session {
                 });
             }
             RtcEvent::Connection(LinkState::Closed) => return Err(Error::ClosedByRemote),
-            RtcEvent::Connection(LinkState::Connected) => self.rtc.wake().await,
-            RtcEvent::Connection(_) => {}
+            RtcEvent::Connection(state) => {
+                self.connection = state;
+                if state == LinkState::Connected {
+                    self.rtc.wake().await;
+                }
+            }
             RtcEvent::DataChannel(channel) => {
                 if matches!(self.negotiation.role(), Role::Answerer { .. })
                     && self.channel.is_none()
@@ -373,9 +392,4 @@ async fn next_channel_event(channel: Option<&Channel>) -> ChannelEvent {
         Some(channel) => channel.next().await,
         None => std::future::pending().await,
     }
-}
-
-fn dbg_event(event: ChannelEvent) -> ChannelEvent {
-    tracing::debug!(?event, "channel event");
-    event
 }

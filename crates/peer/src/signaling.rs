@@ -85,6 +85,16 @@ pub(crate) enum ConnectError {
     Dropped(String),
 }
 
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unreachable(reason) => write!(f, "unreachable: {reason}"),
+            Self::Status(status) => write!(f, "refused with HTTP {status}"),
+            Self::Dropped(reason) => write!(f, "dropped during the handshake: {reason}"),
+        }
+    }
+}
+
 impl ConnectError {
     /// The meaning on the `/join` path.
     pub(crate) fn for_join(self, url: &str) -> Error {

@@ -409,3 +409,41 @@ async fn only_the_three_js_signal_shapes_go_on_the_wire() {
     assert_ne!(newcomer.remote_id(), answerer.remote_id());
     raw_root.send(WsMessage::Close(None)).await.ok();
 }
+
+/// IPv4 on one side, IPv6 on the other: the description exchange works but no candidate
+/// pair can form, so the error names ICE.
+#[tokio::test]
+async fn no_candidate_pair_is_an_ice_failure() {
+    init_tracing();
+    let server = TestServer::start().await;
+    let timeout = Duration::from_millis(1500);
+    let v6 = Client::with_options(
+        &server.url(),
+        Options {
+            timeout,
+            udp_addrs: vec!["[::1]:0".parse().expect("addr")],
+            ..options()
+        },
+    )
+    .expect("client");
+    let mut root = v6.root(SECRET).await.expect("root");
+    let answering = tokio::spawn(async move {
+        let incoming = root.next().await.expect("newcomer");
+        incoming.accept().connected().await
+    });
+    let v4 = Client::with_options(
+        &server.url(),
+        Options {
+            timeout,
+            ..options()
+        },
+    )
+    .expect("client");
+    let start = Instant::now();
+    let error = within("join", v4.join()).await.expect_err("no pair");
+    assert_eq!(error, Error::IceFailed);
+    assert!(start.elapsed() < timeout + Duration::from_millis(800));
+    let answer = within("answer", answering).await.expect("task");
+    assert_eq!(answer.err(), Some(Error::IceFailed));
+    server.wait_prospects(0).await;
+}
