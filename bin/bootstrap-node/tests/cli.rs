@@ -91,21 +91,27 @@ impl Proc {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_line_typed_at_one_joiner_reaches_every_node() -> anyhow::Result<()> {
+/// Starts a server in this process; it stops when the guard is dropped.
+async fn server() -> anyhow::Result<(String, tokio_util::sync::DropGuard)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("ws://{}", listener.local_addr()?);
-    let state = webrtc_bootstrap_server::AppState::new(webrtc_bootstrap_server::Config::new(
-        "node-secret",
-    ))?;
+    let config = webrtc_bootstrap_server::Config::new("node-secret");
+    let state = webrtc_bootstrap_server::AppState::new(config)?;
     let token = state.shutdown_token();
-    let _stop = token.clone().drop_guard();
+    let guard = token.clone().drop_guard();
     tokio::spawn(webrtc_bootstrap_server::serve(
         listener,
         state,
-        async move { token.cancelled().await },
+        async move {
+            token.cancelled().await;
+        },
     ));
+    Ok((url, guard))
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_typed_at_one_joiner_reaches_every_node() -> anyhow::Result<()> {
+    let (url, _server) = server().await?;
     let mut root = Proc::spawn(
         "root",
         &[
@@ -153,6 +159,71 @@ async fn a_line_typed_at_one_joiner_reaches_every_node() -> anyhow::Result<()> {
     for proc in std::iter::once(&mut root).chain(joiners.iter_mut()) {
         let status = tokio::time::timeout(Duration::from_secs(10), proc.child.wait()).await??;
         assert!(status.success(), "{} exited with {status}", proc.name);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_of_a_killed_node_rejoin_and_hear_the_next_broadcast() -> anyhow::Result<()> {
+    let (url, _server) = server().await?;
+    // max-degree 1 everywhere: a chain root -> j1 -> j2 -> j3.
+    let mut root = Proc::spawn(
+        "root",
+        &[
+            "root",
+            "--url",
+            &url,
+            "--secret",
+            "node-secret",
+            "--max-degree",
+            "1",
+        ],
+    )?;
+    root.expect("ready root").await?;
+    let mut nodes = Vec::new();
+    for i in 1..=3 {
+        let mut node = Proc::spawn(
+            &format!("j{i}"),
+            &["join", "--url", &url, "--max-degree", "1"],
+        )?;
+        node.expect("ready node").await?;
+        nodes.push(node);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Kill j1 without letting it close anything: its child notices through ICE.
+    let mut killed = nodes.remove(0);
+    killed.child.start_kill()?;
+    killed.child.wait().await?;
+    nodes[0].expect("parent closed").await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while nodes[0]
+        .seen
+        .iter()
+        .filter(|l| l.contains("parent connected"))
+        .count()
+        < 2
+    {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "j2 did not re-join: {:?}",
+            nodes[0].seen
+        );
+        if let Ok(Some(line)) =
+            tokio::time::timeout(Duration::from_millis(200), nodes[0].lines.recv()).await
+        {
+            nodes[0].seen.push(line);
+        }
+    }
+    // j3 kept its parent (j2), so the subtree moved as a whole.
+    anyhow::ensure!(
+        !nodes[1].seen.iter().any(|l| l.contains("parent closed")),
+        "j3 lost its parent: {:?}",
+        nodes[1].seen
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    root.type_line("after the crash").await?;
+    for node in &mut nodes {
+        node.expect("<root> after the crash").await?;
     }
     Ok(())
 }

@@ -17,7 +17,9 @@ pub struct NodeOptions {
     /// child (JS `requestTimeoutInMs`, default 30 s).
     pub request_timeout: Duration,
     /// First delay before re-joining after the parent went away; doubles up to
-    /// `rejoin_max_delay`.
+    /// `rejoin_max_delay`. Default 1 s: when the parent crashed, its own parent notices
+    /// at about the same time, and a re-join sent before it does is delegated to the
+    /// dead node and lost.
     pub rejoin_delay: Duration,
     /// Longest delay between re-join attempts.
     pub rejoin_max_delay: Duration,
@@ -36,7 +38,7 @@ impl Default for NodeOptions {
         Self {
             max_degree: 10,
             request_timeout: Duration::from_secs(30),
-            rejoin_delay: Duration::from_millis(200),
+            rejoin_delay: Duration::from_secs(1),
             rejoin_max_delay: Duration::from_secs(10),
             rejoin_timeout: Duration::from_secs(10),
             name: None,
