@@ -22,16 +22,15 @@ struct Proc {
 
 impl Proc {
     fn spawn(name: &str, args: &[&str]) -> anyhow::Result<Self> {
+        Self::spawn_with(name, args, &["--udp-bind", "127.0.0.1:0"])
+    }
+
+    /// Spawns with `extra` arguments instead of the loopback UDP bind.
+    fn spawn_with(name: &str, args: &[&str], extra: &[&str]) -> anyhow::Result<Self> {
         let mut child = Command::new(BIN)
             .args(args)
-            .args([
-                "--name",
-                name,
-                "--udp-bind",
-                "127.0.0.1:0",
-                "--timeout",
-                "20000",
-            ])
+            .args(extra)
+            .args(["--name", name, "--timeout", "20000"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -226,4 +225,58 @@ async fn children_of_a_killed_node_rejoin_and_hear_the_next_broadcast() -> anyho
         node.expect("<root> after the crash").await?;
     }
     Ok(())
+}
+
+/// Set inside the network namespace the next test re-runs itself in.
+const NETNS_ENV: &str = "BOOTSTRAP_NODE_NETNS";
+
+#[test]
+fn defaults_work_on_a_loopback_only_host() {
+    // Re-run this test inside a network namespace whose only interface is `lo`.
+    if std::env::var_os(NETNS_ENV).is_none() {
+        let exe = std::env::current_exe().expect("test executable");
+        let status = std::process::Command::new("unshare")
+            .args([
+                "--net",
+                "--",
+                "sh",
+                "-c",
+                "ip link set lo up && exec \"$0\" \"$@\"",
+            ])
+            .arg(exe)
+            .args([
+                "defaults_work_on_a_loopback_only_host",
+                "--exact",
+                "--nocapture",
+            ])
+            .env(NETNS_ENV, "1")
+            .status()
+            .expect("unshare (needs root)");
+        assert!(status.success(), "the test failed inside the namespace");
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime
+        .block_on(async {
+            let (url, _server) = server().await?;
+            // No --udp-bind: the default binds every interface plus 127.0.0.1.
+            let mut root = Proc::spawn_with(
+                "root",
+                &["root", "--url", &url, "--secret", "node-secret"],
+                &[],
+            )?;
+            root.expect("ready root").await?;
+            let mut a = Proc::spawn_with("a", &["join", "--url", &url], &[])?;
+            a.expect("ready node").await?;
+            let mut b = Proc::spawn_with("b", &["join", "--url", &url], &[])?;
+            b.expect("ready node").await?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            a.type_line("only loopback here").await?;
+            root.expect("<a> only loopback here").await?;
+            b.expect("<a> only loopback here").await
+        })
+        .expect("loopback-only run");
 }
