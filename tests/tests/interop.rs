@@ -192,7 +192,24 @@ impl Js {
 /// Our server, in this process (inside the namespace).
 struct RustServer {
     host: String,
+    state: webrtc_bootstrap_server::AppState,
     _stop: tokio_util::sync::DropGuard,
+}
+
+impl RustServer {
+    /// Waits until a root is connected (the JS tree overlay's `becomeRoot` has no
+    /// callback, so only the server can tell).
+    async fn wait_for_root(&self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !self.state.health().root_connected {
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "no root connected in time"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
 }
 
 async fn rust_server() -> anyhow::Result<RustServer> {
@@ -204,11 +221,14 @@ async fn rust_server() -> anyhow::Result<RustServer> {
     let stop = token.clone();
     tokio::spawn(webrtc_bootstrap_server::serve(
         listener,
-        state,
-        async move { stop.cancelled().await },
+        state.clone(),
+        async move {
+            stop.cancelled().await;
+        },
     ));
     Ok(RustServer {
         host,
+        state,
         _stop: token.drop_guard(),
     })
 }
@@ -263,6 +283,7 @@ fn s1_js_newcomer_rust_server_js_root() {
                 &["--url", &server.host, "--secret", SECRET],
             )?;
             root.expect_event("ready").await?;
+            server.wait_for_root().await?;
             let mut newcomer = Js::spawn("newcomer", "js-newcomer", &["--url", &server.host])?;
             newcomer.expect_event("connected").await?;
             root.expect_event("connected").await?;
@@ -314,6 +335,7 @@ fn s3_rust_newcomer_rust_server_js_root() {
                 &["--url", &server.host, "--secret", SECRET],
             )?;
             root.expect_event("ready").await?;
+            server.wait_for_root().await?;
             let mut peer = client(&server.host)?.join().await?;
             root.expect_event("connected").await?;
             hello_both_ways(&mut peer, &mut root, "hello from the js root").await?;
@@ -443,6 +465,7 @@ fn s5b_mixed_tree_with_a_js_root() {
                 ],
             )?;
             root.expect_event("ready").await?;
+            server.wait_for_root().await?;
             let mut nodes = Vec::new();
             for _ in 0..4 {
                 nodes.push(Node::join(client(&server.host)?, tree_options(2)).await?);
@@ -502,6 +525,7 @@ fn s6_js_clients_survive_what_crashes_the_js_server() {
                 &["--url", &server.host, "--secret", SECRET],
             )?;
             root.expect_event("ready").await?;
+            server.wait_for_root().await?;
             let mut newcomer = Js::spawn("newcomer", "js-newcomer", &["--url", &server.host])?;
             newcomer.expect_data("hello from the js root").await?;
             root.expect_data("hello from the js newcomer").await?;

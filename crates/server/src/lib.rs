@@ -13,6 +13,7 @@
 //! - `registry`: the IO-free relay state (root, prospects, ids).
 //! - `policy`: the IO-free per-socket rate limit and bad-message count.
 //! - `connection`: one socket's task.
+//! - `queue`: the bounded outbound queue of a socket.
 //! - `routes`: [`router`], the HTTP handlers.
 //! - [`stats`]: counters reported by `/healthz`.
 //!
@@ -27,6 +28,7 @@
 pub mod config;
 mod connection;
 mod policy;
+mod queue;
 mod registry;
 mod routes;
 mod state;
