@@ -5,20 +5,18 @@
 //! (`/join`), heartbeat and ping (root), the outbound queue, and inbound frames.
 //! Cleanup (leaving the registry) happens once, after the loop.
 
-use std::future::{Future, poll_fn};
 use std::sync::Arc;
-use std::task::Poll;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bootstrap_protocol::{PeerId, close, paths::HEARTBEAT, relay};
 use futures_util::SinkExt;
 use futures_util::stream::{SplitSink, StreamExt};
-use tokio::time::{Instant, Interval, MissedTickBehavior, interval_at, sleep, timeout};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::policy::{Offence, Policy, Verdict};
-use crate::queue::{self, TrySendError};
 use crate::registry::{RootTicket, Undeliverable};
 use crate::state::Shared;
 use crate::stats::Stats;
@@ -54,8 +52,8 @@ type Sink = SplitSink<WebSocket, Message>;
 pub(crate) async fn serve(
     socket: WebSocket,
     role: Role,
-    mut rx: queue::Receiver<Utf8Bytes>,
-    replaced: Option<CancellationToken>,
+    mut rx: mpsc::Receiver<Utf8Bytes>,
+    replaced: CancellationToken,
     shared: Arc<Shared>,
 ) {
     let config = &shared.config;
@@ -70,29 +68,11 @@ pub(crate) async fn serve(
     let is_root = matches!(role, Role::Root(_));
     let lifetime = sleep(config.timeout);
     tokio::pin!(lifetime);
-    // Only the root has a heartbeat: `/join` sockets allocate no interval.
-    let mut heartbeat = is_root.then(|| {
-        let mut heartbeat = interval_at(
-            opened + config.heartbeat_interval,
-            config.heartbeat_interval,
-        );
-        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        heartbeat
-    });
-    // Created once, not on every turn of the loop: each creation registers a waiter with
-    // the token, and the shutdown token is shared by every socket (one lock for all).
-    let shutdown = shared.shutdown.cancelled();
-    tokio::pin!(shutdown);
-    let replaced = async {
-        match &replaced {
-            Some(token) => token.cancelled().await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(replaced);
-    // Reused for every write, so a write allocates nothing.
-    let mut frames: Vec<Message> = Vec::new();
-    let mut texts: Vec<Utf8Bytes> = Vec::new();
+    let mut heartbeat = interval_at(
+        opened + config.heartbeat_interval,
+        config.heartbeat_interval,
+    );
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut ping_sent: Option<Instant> = None;
     // Since when the outbound queue has been full after every write: a peer that reads
     // too slowly to ever drain it is closed after `write_timeout`.
@@ -101,36 +81,41 @@ pub(crate) async fn serve(
     let end = loop {
         tokio::select! {
             biased;
-            () = &mut shutdown => break End::Close(close::GOING_AWAY, close::REASON_SHUTDOWN),
-            () = &mut replaced => break End::Close(close::ROOT_REPLACED, close::REASON_ROOT_REPLACED),
+            () = shared.shutdown.cancelled() => break End::Close(close::GOING_AWAY, close::REASON_SHUTDOWN),
+            () = replaced.cancelled() => break End::Close(close::ROOT_REPLACED, close::REASON_ROOT_REPLACED),
             () = &mut lifetime, if !is_root => {
                 Stats::bump(&shared.stats.timeouts);
                 break End::CloseNoStatus;
             }
-            _ = tick(&mut heartbeat) => {
+            _ = heartbeat.tick(), if is_root => {
                 let now = Instant::now();
                 if ping_sent.is_some_and(|sent| now.duration_since(sent) >= config.root_ping_timeout) {
                     warn!("root did not answer ping in time; dropping it");
                     break End::Close(close::ROOT_UNRESPONSIVE, "no pong");
                 }
-                frames.push(Message::Text(Utf8Bytes::from_static(HEARTBEAT)));
+                let mut frames = vec![Message::Text(Utf8Bytes::from_static(HEARTBEAT))];
                 if ping_sent.is_none() {
                     frames.push(Message::Ping(Vec::new().into()));
                     ping_sent = Some(now);
                 }
-                if let Some(end) = write_all(&mut sink, &mut frames, &shared).await {
+                if let Some(end) = write_all(&mut sink, frames, &shared).await {
                     break end;
                 }
             }
             queued = rx.recv() => {
                 let Some(first) = queued else { break End::Gone };
-                texts.push(first);
-                rx.drain_into(&mut texts, WRITE_BATCH - 1);
-                frames.extend(texts.drain(..).map(Message::Text));
-                if let Some(end) = write_all(&mut sink, &mut frames, &shared).await {
+                let mut frames = Vec::with_capacity(4);
+                frames.push(Message::Text(first));
+                while frames.len() < WRITE_BATCH {
+                    match rx.try_recv() {
+                        Ok(text) => frames.push(Message::Text(text)),
+                        Err(_) => break,
+                    }
+                }
+                if let Some(end) = write_all(&mut sink, frames, &shared).await {
                     break end;
                 }
-                if rx.is_full() {
+                if rx.capacity() == 0 {
                     let now = Instant::now();
                     let since = *full_since.get_or_insert(now);
                     if now.duration_since(since) >= config.write_timeout {
@@ -175,32 +160,15 @@ pub(crate) async fn serve(
     }
 }
 
-/// Waits for the root's next heartbeat; never completes for `/join` sockets.
-async fn tick(heartbeat: &mut Option<Interval>) -> Instant {
-    match heartbeat {
-        Some(heartbeat) => heartbeat.tick().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Writes (and empties) `frames` and flushes, within the write timeout.
-async fn write_all(sink: &mut Sink, frames: &mut Vec<Message>, shared: &Shared) -> Option<End> {
+/// Writes frames and flushes, within the write timeout.
+async fn write_all(sink: &mut Sink, frames: Vec<Message>, shared: &Shared) -> Option<End> {
     let write = async {
-        for frame in frames.drain(..) {
+        for frame in frames {
             sink.feed(frame).await?;
         }
         sink.flush().await
     };
-    let mut write = std::pin::pin!(write);
-    // Almost every write completes at once (the socket buffer has room). Only a write
-    // that has to wait arms the timeout, which costs a timer registration.
-    let first = poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
-    // Whichever way it ends, the drain has emptied `frames` when `write` is dropped.
-    let result = match first {
-        Poll::Ready(result) => Ok(result),
-        Poll::Pending => timeout(shared.config.write_timeout, write).await,
-    };
-    match result {
+    match timeout(shared.config.write_timeout, write).await {
         Ok(Ok(())) => None,
         Ok(Err(error)) => {
             debug!(%error, "write failed");
@@ -250,22 +218,18 @@ fn on_join_text(text: &str, id: &PeerId, policy: &mut Policy, shared: &Shared) -
         }
     };
     let stats = &shared.stats;
-    // Queueing never waits, so it happens under the lock: no handle is cloned.
-    let sent = shared
-        .registry()
-        .route(&relayed.destination)
-        .map(|handle| handle.tx.try_send(relayed.text.into()));
-    match sent {
-        Ok(sent) => match sent {
+    let target = shared.registry().route(&relayed.destination);
+    match target {
+        Ok(handle) => match handle.tx.try_send(relayed.text.into()) {
             Ok(()) => match relayed.destination {
                 bootstrap_protocol::Destination::Root => Stats::bump(&stats.relayed_to_root),
                 _ => Stats::bump(&stats.relayed_to_peer),
             },
-            Err(TrySendError::Full) => {
+            Err(mpsc::error::TrySendError::Full(_)) => {
                 Stats::bump(&stats.dropped_queue_full);
                 debug!(%id, destination = ?relayed.destination, "destination queue full; dropped");
             }
-            Err(TrySendError::Closed) => {
+            Err(mpsc::error::TrySendError::Closed(_)) => {
                 Stats::bump(&stats.dropped_unknown_destination);
                 debug!(%id, destination = ?relayed.destination, "destination closing; dropped");
             }

@@ -13,13 +13,13 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{any, get};
 use bootstrap_protocol::{PeerId, paths};
 use subtle::ConstantTimeEq;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tower_http::services::ServeDir;
 use tracing::info;
 
 use crate::config::Config;
 use crate::connection::{self, Role};
-use crate::queue;
 use crate::state::{AppState, Health, Shared, SocketHandle};
 use crate::stats::Stats;
 
@@ -47,24 +47,17 @@ async fn healthz(State(state): State<AppState>) -> Json<Health> {
 
 /// Applies the configured limits to the WebSocket: small buffers for idle sockets, a
 /// message size cap, and a bounded write buffer.
-///
-/// The write buffer is only a staging area: the connection task flushes after every
-/// batch of queued messages, so a batch goes out in one write instead of one write per
-/// message (a write buffer size of 0 writes each frame eagerly). It allocates nothing
-/// until the socket sends.
 fn limited(ws: WebSocketUpgrade, config: &Config) -> WebSocketUpgrade {
     ws.read_buffer_size(READ_BUFFER)
-        .write_buffer_size(config.max_frame_bytes)
+        .write_buffer_size(0)
         .max_write_buffer_size(config.max_frame_bytes.saturating_mul(4))
         .max_message_size(config.max_frame_bytes)
         .max_frame_size(config.max_frame_bytes)
 }
 
-/// Read chunk size, allocated for every socket when it opens and zero-filled before
-/// every read by tungstenite: its default (128 KiB) would dominate the memory of idle
-/// sockets. 2 KiB holds a typical signaling message (an SDP of 500 to 1500 bytes in its
-/// envelope) in one read; larger ones take a second read.
-const READ_BUFFER: usize = 2048;
+/// Read chunk size: tungstenite's default (128 KiB) is far more than a signaling
+/// message needs and would dominate the memory of idle sockets.
+const READ_BUFFER: usize = 4096;
 
 async fn join(
     State(state): State<AppState>,
@@ -75,9 +68,12 @@ async fn join(
         Err(rejection) => return rejection.into_response(),
     };
     let shared = Arc::clone(&state.0);
-    let (tx, rx) = queue::channel(shared.config.join_queue);
-    let handle = SocketHandle { tx, replaced: None };
-    let admitted = shared.registry().admit(handle);
+    let (tx, rx) = mpsc::channel(shared.config.join_queue);
+    let handle = SocketHandle {
+        tx,
+        replaced: CancellationToken::new(),
+    };
+    let admitted = shared.registry().admit(handle.clone());
     let Ok(id) = admitted else {
         Stats::bump(&shared.stats.joins_refused);
         return (
@@ -97,7 +93,7 @@ async fn join(
     limited(ws, &shared.config).on_upgrade(move |socket| async move {
         let _task = task;
         let (shared, id) = guard.disarm();
-        connection::serve(socket, Role::Join(id), rx, None, shared).await;
+        connection::serve(socket, Role::Join(id), rx, handle.replaced, shared).await;
     })
 }
 
@@ -147,23 +143,21 @@ async fn root(
     let task = shared.tracker.token();
     limited(ws, &shared.config).on_upgrade(move |socket| async move {
         let _task = task;
-        let (tx, rx) = queue::channel(shared.config.root_queue);
-        let replaced = CancellationToken::new();
+        let (tx, rx) = mpsc::channel(shared.config.root_queue);
         let handle = SocketHandle {
             tx,
-            replaced: Some(replaced.clone()),
+            replaced: CancellationToken::new(),
         };
+        let replaced = handle.replaced.clone();
         let (ticket, old) = shared.registry().set_root(handle);
         Stats::bump(&shared.stats.roots);
         if let Some(old) = old {
-            if let Some(token) = &old.replaced {
-                token.cancel();
-            }
+            old.replaced.cancel();
             info!("root connected, replacing the previous root");
         } else {
             info!("root connected");
         }
-        connection::serve(socket, Role::Root(ticket), rx, Some(replaced), shared).await;
+        connection::serve(socket, Role::Root(ticket), rx, replaced, shared).await;
         info!("root disconnected");
     })
 }
