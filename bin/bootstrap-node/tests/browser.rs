@@ -1,0 +1,655 @@
+//! Browser peers end to end in headless Chromium, with the ES modules in `web/` served by
+//! the server at `/`:
+//!
+//! - the demo: a Rust root (`bootstrap-node root`, max degree 2), four tabs joining one
+//!   after the other, then a Rust node (`bootstrap-node join`) which a tab answers.
+//!   Checked: every tab connects; some tab is the child of another tab (a browser answered
+//!   a request delegated to it); the Rust node's parent is a tab; messages from tabs and
+//!   from the Rust node reach every tab, the root and the Rust node; the tree drawn on
+//!   every tab is the real one (built from the tabs' links and the root's `/status`); the
+//!   unreachable-server and no-root messages. A screenshot is saved
+//!   (`BOOTSTRAP_UPDATE_DEMO_PNG=1` also copies it to `docs/demo.png`);
+//! - the JS originals: a webrtc-tree-overlay 1.0.13 root (tests/interop/harness.js)
+//!   delegates a tab to another tab with `JOIN-REQUEST`, then a JS node down to a tab,
+//!   which answers it; the JS root's broadcast crosses both tabs;
+//! - the modules' IO-free logic, with Node's test runner.
+//!
+//! The browser tests run in a fresh network namespace with only the loopback interface
+//! (`unshare --net`): each re-executes itself there, so no WebRTC traffic can leave the
+//! machine. They need Debian's `chromium`, Node and `tests/browser/node_modules`
+//! (`bash .ci/setup-browser`); without them they print SKIPPED, or fail when `CI` is set.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use webrtc_bootstrap_server::{AppState, Config};
+
+const BIN: &str = env!("CARGO_BIN_EXE_bootstrap-node");
+/// Set in the re-executed test, inside the network namespace.
+const IN_NETNS: &str = "BOOTSTRAP_IN_NETNS";
+const SECRET: &str = "browser-secret";
+const CHROMIUM: &str = "/usr/bin/chromium";
+/// The Rust node that joins under a tab, and what it says.
+const RUST_NODE: &str = "rust";
+const RUST_TEXT: &str = "hello from the Rust node";
+/// Longest wait for one line from a process.
+const LINE_WAIT: Duration = Duration::from_secs(30);
+/// Longest a browser driver may run (each gives up after 100 s itself).
+const DRIVE_WAIT: Duration = Duration::from_secs(110);
+
+/// One browser test at a time: each runs Chromium, and the machine has two cores.
+static ONE_BROWSER: Mutex<()> = Mutex::new(());
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn harness() -> PathBuf {
+    workspace().join("tests/browser")
+}
+
+fn interop_harness() -> PathBuf {
+    workspace().join("tests/interop")
+}
+
+#[test]
+fn browsers_join_a_rust_root_and_draw_the_tree() -> anyhow::Result<()> {
+    in_netns(
+        "browsers_join_a_rust_root_and_draw_the_tree",
+        &[],
+        demo_scenario,
+    )
+}
+
+#[test]
+fn browsers_join_a_tree_of_the_js_originals() -> anyhow::Result<()> {
+    in_netns(
+        "browsers_join_a_tree_of_the_js_originals",
+        &[(
+            interop_harness().join("node_modules/webrtc-tree-overlay"),
+            "tests/interop/node_modules is missing (npm ci --ignore-scripts --prefix tests/interop)",
+        )],
+        js_scenario,
+    )
+}
+
+/// The ES modules' IO-free logic (hash, wire format, negotiation, topology, node core,
+/// demo layout), with Node's test runner; no browser and no network needed.
+#[test]
+fn browser_modules_pure_logic() -> anyhow::Result<()> {
+    const TEST: &str = "browser_modules_pure_logic";
+    if !runs("node", &["--version"]) {
+        return skip_or_fail(TEST, "node is not installed");
+    }
+    let output = std::process::Command::new("node")
+        .args(["--test", "unit.test.mjs"])
+        .current_dir(harness())
+        .output()
+        .context("running node --test")?;
+    ensure!(
+        output.status.success(),
+        "node --test failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Running inside a loopback-only network namespace.
+
+fn runs(program: &str, args: &[&str]) -> bool {
+    std::process::Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// What is missing to run a browser test, if anything.
+fn missing(extra: &[(PathBuf, &str)]) -> Option<String> {
+    if !runs("node", &["--version"]) {
+        return Some("node is not installed".to_owned());
+    }
+    if !Path::new(CHROMIUM).exists() {
+        return Some(format!("{CHROMIUM} is not installed"));
+    }
+    if !harness().join("node_modules/playwright-core").is_dir() {
+        return Some("tests/browser/node_modules is missing".to_owned());
+    }
+    if let Some((_, what)) = extra.iter().find(|(path, _)| !path.exists()) {
+        return Some((*what).to_owned());
+    }
+    if !runs("unshare", &["--net", "--", "true"]) {
+        return Some("cannot create a network namespace (unshare --net)".to_owned());
+    }
+    None
+}
+
+/// Skips loudly, or fails in CI, when something is missing.
+fn skip_or_fail(test: &str, what: &str) -> anyhow::Result<()> {
+    if std::env::var_os("CI").is_some() {
+        bail!("{test}: {what}; CI must run `bash .ci/setup-browser` first");
+    }
+    // Straight to the process's stderr: the test harness captures `eprintln!` of passing
+    // tests, and this line must be seen.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n*** SKIPPED {test}: {what}. Run `bash .ci/setup-browser` to install Chromium and playwright-core. ***\n"
+    );
+    Ok(())
+}
+
+/// Outside the namespace: checks the prerequisites and runs `test` again, alone, in a new
+/// network namespace with only loopback up. Inside: runs `scenario` on a Tokio runtime.
+fn in_netns<F, Fut>(test: &str, extra: &[(PathBuf, &str)], scenario: F) -> anyhow::Result<()>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    if std::env::var_os(IN_NETNS).is_some() {
+        return tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+            .block_on(scenario());
+    }
+    if let Some(what) = missing(extra) {
+        return skip_or_fail(test, &what);
+    }
+    // A test that failed while holding the lock poisons it; the next one may still run.
+    let _one = ONE_BROWSER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let exe = std::env::current_exe().context("the test executable")?;
+    let status = std::process::Command::new("unshare")
+        .args([
+            "--net",
+            "--",
+            "sh",
+            "-c",
+            r#"PATH="$PATH:/usr/sbin:/sbin" ip link set lo up && exec "$0" "$@""#,
+        ])
+        .arg(exe)
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(IN_NETNS, "1")
+        .status()
+        .context("running unshare")?;
+    ensure!(
+        status.success(),
+        "{test} failed inside the network namespace ({status})"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Processes and servers.
+
+/// A child process whose standard output is read line by line.
+struct Proc {
+    name: &'static str,
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, command: &mut Command) -> anyhow::Result<Self> {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let (tx, lines) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Self {
+            name,
+            child,
+            lines,
+            seen: Vec::new(),
+        })
+    }
+
+    /// `bootstrap-node` with these arguments, on loopback.
+    fn node(name: &'static str, args: &[&str]) -> anyhow::Result<Self> {
+        Self::spawn(
+            name,
+            Command::new(BIN)
+                .args(args)
+                .args(["--udp-bind", "127.0.0.1:0", "--timeout", "20000"]),
+        )
+    }
+
+    /// `tests/interop/harness.js` (the JS originals) with these arguments.
+    fn js(name: &'static str, args: &[&str]) -> anyhow::Result<Self> {
+        Self::spawn(
+            name,
+            Command::new("node")
+                .arg("harness.js")
+                .args(args)
+                .current_dir(interop_harness()),
+        )
+    }
+
+    /// The next line, within `wait`; `None` when the process closed its output.
+    async fn next_line(&mut self, wait: Duration) -> anyhow::Result<Option<String>> {
+        match tokio::time::timeout(wait, self.lines.recv()).await {
+            Ok(line) => {
+                if let Some(line) = &line {
+                    self.seen.push(line.clone());
+                }
+                Ok(line)
+            }
+            Err(_) => bail!("{} printed nothing for {wait:?}", self.name),
+        }
+    }
+
+    /// Waits for a line containing `needle` (or finds it among the lines already read).
+    async fn expect(&mut self, needle: &str) -> anyhow::Result<String> {
+        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+            return Ok(line.clone());
+        }
+        let deadline = Instant::now() + LINE_WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_line(left).await {
+                Ok(Some(line)) if line.contains(needle) => return Ok(line),
+                Ok(Some(_)) => {}
+                Ok(None) => bail!(
+                    "{} exited before printing {needle:?}; printed {:?}",
+                    self.name,
+                    self.seen
+                ),
+                Err(error) => bail!("{error} (waiting for {needle:?}; printed {:?})", self.seen),
+            }
+        }
+    }
+
+    async fn type_line(&mut self, line: &str) -> anyhow::Result<()> {
+        let stdin = self.child.stdin.as_mut().context("stdin")?;
+        stdin.write_all(format!("{line}\n").as_bytes()).await?;
+        stdin.flush().await?;
+        Ok(())
+    }
+
+    /// The next `DRIVE <json>` step of a browser driver (its other lines are echoed), or
+    /// `None` once it exited.
+    async fn next_step(&mut self, deadline: Instant) -> anyhow::Result<Option<Value>> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(line) = self.next_line(left).await? else {
+                return Ok(None);
+            };
+            match line.strip_prefix("DRIVE ") {
+                Some(step) => return Ok(Some(serde_json::from_str(step).context("a DRIVE line")?)),
+                None => eprintln!("[{}] {line}", self.name),
+            }
+        }
+    }
+
+    /// Waits for the process to exit successfully.
+    async fn exit_ok(&mut self) -> anyhow::Result<()> {
+        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .with_context(|| format!("{} did not exit", self.name))??;
+        ensure!(status.success(), "{} failed ({status})", self.name);
+        Ok(())
+    }
+}
+
+/// A browser driver (`tests/browser/<script>`) for the page at `addr`.
+fn driver(script: &str, addr: &str) -> Command {
+    let mut command = Command::new("node");
+    command
+        .arg(script)
+        .current_dir(harness())
+        .env("PAGE_URL", format!("http://{addr}/"))
+        .env("CHROMIUM", CHROMIUM);
+    command
+}
+
+/// Serves `config` on a fresh loopback port until the returned guard is dropped.
+async fn start_server(
+    config: Config,
+) -> anyhow::Result<(String, AppState, tokio_util::sync::DropGuard)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let state = AppState::new(config)?;
+    let token = state.shutdown_token();
+    let guard = token.clone().drop_guard();
+    tokio::spawn(webrtc_bootstrap_server::serve(
+        listener,
+        state.clone(),
+        async move { token.cancelled().await },
+    ));
+    Ok((addr.to_string(), state, guard))
+}
+
+/// The server for the browser tests: it serves `web/` at `/`.
+async fn start_web_server() -> anyhow::Result<(String, AppState, tokio_util::sync::DropGuard)> {
+    let mut config = Config::new(SECRET);
+    config.public = Some(workspace().join("web").canonicalize().context("web/")?);
+    start_server(config).await
+}
+
+// ---------------------------------------------------------------------------------------
+// The demo with a Rust root.
+
+async fn demo_scenario() -> anyhow::Result<()> {
+    let started = Instant::now();
+    let (addr, _, _server) = start_web_server().await?;
+    // For the failure messages: a server nobody is root of, and a port nobody listens on.
+    let (no_root_addr, _, _no_root) = start_server(Config::new(SECRET)).await?;
+    let dead_addr = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
+
+    let url = format!("ws://{addr}");
+    let mut root = Proc::node(
+        "root",
+        &[
+            "root",
+            "--url",
+            &url,
+            "--secret",
+            SECRET,
+            "--max-degree",
+            "2",
+            "--name",
+            "root",
+        ],
+    )?;
+    root.expect("ready root as root").await?;
+
+    let screenshot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("demo.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let mut drive = Proc::spawn(
+        "drive.mjs",
+        driver("drive.mjs", &addr)
+            .env("NO_ROOT_URL", format!("ws://{no_root_addr}"))
+            .env("DEAD_URL", format!("ws://{dead_addr}"))
+            .env("SCREENSHOT", &screenshot)
+            .env("EXTRA_NODE", RUST_NODE)
+            .env("EXTRA_TEXT", RUST_TEXT),
+    )?;
+
+    let deadline = Instant::now() + DRIVE_WAIT;
+    let mut steps = Vec::new();
+    let mut rust_node: Option<Proc> = None;
+    while let Some(step) = drive.next_step(deadline).await? {
+        eprintln!(
+            "browser test: {} after {:.1?}",
+            step["step"],
+            started.elapsed()
+        );
+        match step["step"].as_str() {
+            Some("pages-joined") => {
+                // The root is full: a tab answers this Rust newcomer.
+                let mut node = Proc::node(
+                    "rust node",
+                    &[
+                        "join",
+                        "--url",
+                        &url,
+                        "--max-degree",
+                        "2",
+                        "--name",
+                        RUST_NODE,
+                    ],
+                )?;
+                node.expect(&format!("ready node as {RUST_NODE}")).await?;
+                node.type_line(RUST_TEXT).await?;
+                rust_node = Some(node);
+            }
+            Some("joined") => check_tree(&step["pages"], &mut root).await?,
+            Some("messages") => {
+                let node = rust_node.as_mut().context("the Rust node never started")?;
+                root.expect(&format!("<{RUST_NODE}> {RUST_TEXT}")).await?;
+                for message in step["texts"].as_array().context("texts")? {
+                    let from = message["from"].as_str().context("from")?;
+                    let text = message["text"].as_str().context("text")?;
+                    let line = format!("<{from}> {text}");
+                    root.expect(&line).await?;
+                    node.expect(&line).await?;
+                }
+            }
+            _ => {}
+        }
+        steps.push(step);
+    }
+    drive.exit_ok().await?;
+    for expected in [
+        "pages-joined",
+        "joined",
+        "messages",
+        "failures",
+        "screenshot",
+        "done",
+    ] {
+        ensure!(
+            steps.iter().any(|s| s["step"] == expected),
+            "drive.mjs never reported {expected:?}"
+        );
+    }
+    if std::env::var_os("BOOTSTRAP_UPDATE_DEMO_PNG").is_some() {
+        let target = workspace().join("docs/demo.png");
+        std::fs::copy(&screenshot, &target).context("copying the screenshot")?;
+        eprintln!("browser test: saved {}", target.display());
+    }
+    for proc in rust_node.iter_mut().chain(std::iter::once(&mut root)) {
+        proc.type_line("/quit").await?;
+        let _ = tokio::time::timeout(Duration::from_secs(10), proc.child.wait()).await;
+    }
+    eprintln!("browser test: passed in {:.1?}", started.elapsed());
+    Ok(())
+}
+
+/// Builds the real tree from the root's children (its `/status`) and every tab's
+/// children, and compares it with the tree each tab draws. The one child id that is no
+/// tab is the Rust node, which has no children.
+async fn check_tree(pages: &Value, root: &mut Proc) -> anyhow::Result<()> {
+    let pages = pages.as_array().context("pages")?;
+    ensure!(pages.len() == 4, "expected 4 pages, got {}", pages.len());
+    let mut by_id: HashMap<String, (String, Vec<String>)> = HashMap::new();
+    for page in pages {
+        ensure!(page["state"] == "connected", "not connected: {page}");
+        let children = page["children"]
+            .as_array()
+            .context("children")?
+            .iter()
+            .filter_map(|c| c.as_str().map(str::to_owned))
+            .collect();
+        let name = page["name"].as_str().context("name")?.to_owned();
+        by_id.insert(
+            page["id"].as_str().context("id")?.to_owned(),
+            (name, children),
+        );
+    }
+    let child_ids: Vec<String> = by_id
+        .values()
+        .flat_map(|(_, children)| children.iter().cloned())
+        .collect();
+    ensure!(
+        child_ids.iter().any(|id| by_id.contains_key(id)),
+        "no tab is the child of another tab: {pages:?}"
+    );
+    let foreign: Vec<&String> = child_ids
+        .iter()
+        .filter(|id| !by_id.contains_key(*id))
+        .collect();
+    ensure!(
+        foreign.len() == 1,
+        "exactly one tab should have the Rust node as its child: {pages:?}"
+    );
+    let rust_id = foreign[0].clone();
+    by_id.insert(rust_id, (RUST_NODE.to_owned(), Vec::new()));
+
+    root.seen.retain(|line| !line.starts_with("children ("));
+    root.type_line("/status").await?;
+    let status = root.expect("children (").await?;
+    let ids: Vec<String> = status
+        .split_once(':')
+        .map(|(_, ids)| ids.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
+    ensure!(ids.len() == 2, "the root should have 2 children: {status}");
+
+    let real = canonical(&build_tree("root", &ids, &by_id, 0)?);
+    ensure!(
+        real.to_string().matches("\"name\"").count() == 6,
+        "the real tree does not hold the root, the 4 tabs and the Rust node: {real}"
+    );
+    for page in pages {
+        let drawn = canonical(&page["tree"]);
+        ensure!(
+            drawn == real,
+            "{} draws {drawn} but the tree is {real}",
+            page["name"]
+        );
+    }
+    eprintln!("browser test: the tree is {real}");
+    Ok(())
+}
+
+/// The tree below a node named `name` with these children, from the nodes by id.
+fn build_tree(
+    name: &str,
+    children: &[String],
+    by_id: &HashMap<String, (String, Vec<String>)>,
+    depth: usize,
+) -> anyhow::Result<Value> {
+    ensure!(depth < 8, "a cycle in the links");
+    let subtrees = children
+        .iter()
+        .map(|id| {
+            let (name, grandchildren) = by_id
+                .get(id)
+                .with_context(|| format!("child {id} is no node of the test"))?;
+            build_tree(name, grandchildren, by_id, depth + 1)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(json!({"name": name, "children": subtrees}))
+}
+
+/// The tree with every node's children sorted by name.
+fn canonical(tree: &Value) -> Value {
+    let mut children: Vec<Value> = tree["children"]
+        .as_array()
+        .map(|c| c.iter().map(canonical).collect())
+        .unwrap_or_default();
+    children.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    json!({"name": tree["name"], "children": children})
+}
+
+// ---------------------------------------------------------------------------------------
+// Tabs in a tree of the JS originals.
+
+async fn js_scenario() -> anyhow::Result<()> {
+    const JS_ROOT: &str = "jsroot";
+    const JS_TEXT: &str = "hello from the JS root";
+    let started = Instant::now();
+    let (addr, state, _server) = start_web_server().await?;
+    let mut root = Proc::js(
+        "js root",
+        &[
+            "tree-root",
+            "--url",
+            &addr,
+            "--secret",
+            SECRET,
+            "--max-degree",
+            "1",
+            "--name",
+            JS_ROOT,
+        ],
+    )?;
+    root.expect(r#""event":"ready""#).await?;
+    // The JS root says nothing once its socket is open: ask the server.
+    let wait = Instant::now() + LINE_WAIT;
+    while !state.health().root_connected {
+        ensure!(Instant::now() < wait, "the JS root never connected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut drive = Proc::spawn(
+        "interop.mjs",
+        driver("interop.mjs", &addr)
+            .env("JS_ROOT", JS_ROOT)
+            .env("JS_TEXT", JS_TEXT),
+    )?;
+    let deadline = Instant::now() + DRIVE_WAIT;
+    let mut js_node: Option<Proc> = None;
+    let mut done = false;
+    while let Some(step) = drive.next_step(deadline).await? {
+        eprintln!(
+            "browser interop test: {} after {:.1?}",
+            step["step"],
+            started.elapsed()
+        );
+        match step["step"].as_str() {
+            Some("pages-joined") => {
+                // The JS root (full) delegated the second tab to the first: it must have
+                // told the first tab with a JOIN-REQUEST, since the JS root has one child.
+                root.expect(r#""event":"child-connect""#).await?;
+                let mut node = Proc::js(
+                    "js node",
+                    &[
+                        "tree-node",
+                        "--url",
+                        &addr,
+                        "--max-degree",
+                        "1",
+                        "--name",
+                        "jsnode",
+                    ],
+                )?;
+                node.expect(r#""event":"parent-connect""#).await?;
+                js_node = Some(node);
+            }
+            Some("js-child") => {
+                let command =
+                    json!({"cmd": "broadcast", "data": {"from": JS_ROOT, "text": JS_TEXT}});
+                root.type_line(&command.to_string()).await?;
+                // Down through both tabs to the JS node.
+                let node = js_node.as_mut().context("the JS node never started")?;
+                node.expect(JS_TEXT).await?;
+            }
+            Some("done") => done = true,
+            _ => {}
+        }
+    }
+    drive.exit_ok().await?;
+    ensure!(done, "interop.mjs never reported \"done\"");
+    for proc in js_node.iter().chain(std::iter::once(&root)) {
+        ensure!(
+            !proc
+                .seen
+                .iter()
+                .any(|line| line.contains(r#""event":"uncaught""#)),
+            "{} threw: {:?}",
+            proc.name,
+            proc.seen
+        );
+    }
+    eprintln!("browser interop test: passed in {:.1?}", started.elapsed());
+    Ok(())
+}

@@ -1,0 +1,206 @@
+// Unit tests of the browser modules' IO-free logic, with Node's built-in test runner:
+// `node --test unit.test.mjs` (run by bin/bootstrap-node/tests/browser.rs). The vectors
+// and scenarios mirror the Rust crates' own unit tests, so both sides agree on the wire.
+
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+
+import {
+  BootstrapError, ClosedError, Dropped, InvalidAddressError, Negotiation, NoAnswerError,
+  WrongOriginError, candidateSignal, parseServerAddress, randomLabel, signalKind,
+} from '../../web/bootstrap.js';
+import {
+  MAX_STORED_PER_SLOT, NodeCore, REPORT_DEBOUNCE_MS, Topology, dataMessage, hash31, isTree,
+  joinRequestMessage, parseChannelMessage, slotFor, subtreeOf, treeOf, unwrapDelivery,
+} from '../../web/overlay.js';
+import { demoOptions, failureMessage, layoutTree, parentName, treeSize } from '../../web/demo.js';
+
+const ANSWERER = 'a'.repeat(32);
+const NEWCOMER = 'b'.repeat(32);
+const OTHER = 'c'.repeat(32);
+const candidate = (n) => ({ candidate: `candidate:${n} 1 udp 1 127.0.0.1 ${n} typ host`, sdpMLineIndex: 0, sdpMid: '0' });
+const relayed = (origin, signal, destination = null) => ({ origin, destination, signal, rank: 0 });
+
+test('hash31 matches the JS vectors', () => {
+  const vectors = [[0, 1800296743], [1, 881230262], [42, 1128512368], [4294967295, 2120532354], [123456789, 1504419361]];
+  for (const [input, expected] of vectors) assert.equal(hash31(input), expected, `hash31(${input})`);
+});
+
+test('delegation slots are deterministic, in range, and parse like parseInt', () => {
+  const origin = '96e030c4f365189090174452ad4ecd06';
+  assert.equal(slotFor(origin, 123456, 3), hash31(0x96e030 ^ 123456) % 3);
+  assert.equal(slotFor('zz', 7, 5), hash31(7) % 5);
+  assert.equal(slotFor('ab-zzz', 7, 5), hash31(0xab ^ 7) % 5);
+  assert.equal(slotFor('', 1, 0), 0);
+  const used = new Set(Array.from({ length: 64 }, (_, i) => slotFor((i * 0x31337).toString(16).padStart(6, '0'), 7, 4)));
+  assert.equal(used.size, 4);
+});
+
+test('data-channel messages have the JS shapes', () => {
+  const text = dataMessage({ hello: [1, 'two'] });
+  assert.equal(text, '{"type":"DATA","data":{"hello":[1,"two"]}}');
+  assert.deepEqual(parseChannelMessage(text), { kind: 'data', data: { hello: [1, 'two'] } });
+  const request = { origin: '484c', destination: null, signal: { type: 'offer', sdp: 'x' }, rank: 0 };
+  const forwarded = joinRequestMessage(request);
+  assert.equal(forwarded, '{"origin":"484c","destination":null,"signal":{"type":"offer","sdp":"x"},"rank":0,"type":"JOIN-REQUEST"}');
+  assert.deepEqual(parseChannelMessage(forwarded), { kind: 'join-request', request });
+  for (const bad of ['nope', 'null', '[1]', '{"type":"PING"}', '{}', '{"type":5}']) {
+    assert.equal(parseChannelMessage(bad).kind, 'invalid', bad);
+  }
+});
+
+test('deliveries, trees and subtree reports are single-key objects', () => {
+  assert.deepEqual(unwrapDelivery({ broadcast: { x: 1 } }), { delivery: 'broadcast', data: { x: 1 } });
+  assert.deepEqual(unwrapDelivery({ 'to-root': 'hi' }), { delivery: 'to-root', data: 'hi' });
+  assert.deepEqual(unwrapDelivery({ broadcast: 1, x: 2 }), { delivery: 'direct', data: { broadcast: 1, x: 2 } });
+  assert.deepEqual(unwrapDelivery(5), { delivery: 'direct', data: 5 });
+  const tree = { name: 'r', children: [] };
+  assert.deepEqual(treeOf('broadcast', { tree }), tree);
+  assert.equal(treeOf('direct', { tree }), undefined);
+  assert.equal(subtreeOf({ subtree: 1 }), 1);
+  assert.equal(subtreeOf({ subtree: 1, x: 2 }), undefined);
+});
+
+test('topology reports changes once, after the debounce', () => {
+  const t0 = 1000;
+  const topology = new Topology('me');
+  assert.equal(topology.poll(t0, []), null, 'nothing due');
+  topology.reset(t0);
+  assert.equal(topology.poll(t0, []), null, 'debounced');
+  assert.deepEqual(topology.poll(t0 + REPORT_DEBOUNCE_MS, []), { name: 'me', children: [] });
+  topology.touch(t0 + 200);
+  assert.equal(topology.poll(t0 + 400, []), null, 'unchanged');
+});
+
+test('topology composes reports and placeholders, and rejects malformed reports', () => {
+  const topology = new Topology('root');
+  const report = { name: 'a', children: [{ name: 'b', children: [] }] };
+  assert.ok(topology.childReport('aaaaaaaaaaaa', report, 0));
+  assert.deepEqual(topology.poll(REPORT_DEBOUNCE_MS, ['aaaaaaaaaaaa', '0123456789abcdef']), {
+    name: 'root',
+    children: [report, { name: '?01234567', children: [] }],
+  });
+  for (const bad of [5, { name: 1, children: [] }, { name: 'a' }, { name: 'a', children: [1] }]) {
+    assert.ok(!topology.childReport('c', bad, 0));
+  }
+  let deep = { name: 'leaf', children: [] };
+  for (let i = 0; i < 100; i += 1) deep = { name: 'n', children: [deep] };
+  assert.ok(!isTree(deep));
+});
+
+test('a node answers while it has room, then delegates or stores', () => {
+  const origin = (i) => (i * 0x10001).toString(16).padStart(6, '0') + '0'.repeat(26);
+  const core = new NodeCore(42, 2, 30000);
+  assert.deepEqual(core.onRequest(origin(1), true, 'r1', 0), { kind: 'answer' });
+  assert.deepEqual(core.onRequest(origin(1), false, 'r11', 0), { kind: 'to-candidate' });
+  assert.deepEqual(core.onRequest(origin(2), true, 'r2', 0), { kind: 'answer' });
+  const stored = core.onRequest(origin(3), true, 'r3', 0);
+  assert.deepEqual(stored, { kind: 'stored', slot: slotFor(origin(3), 42, 2) });
+  // A candidate-only signal never creates a phantom child.
+  assert.equal(new NodeCore(1, 3, 30000).onRequest(origin(5), false, 'x', 0).kind, 'stored');
+  assert.deepEqual(new NodeCore(1, 0, 30000).onRequest(origin(5), true, 'x', 0), { kind: 'dropped', reason: 'UnknownOrigin' });
+
+  // Find an origin delegated to slot 0, the slot the first child takes.
+  const waiting = Array.from({ length: 97 }, (_, i) => origin(i + 3)).find((o) => slotFor(o, 42, 2) === 0);
+  const fresh = new NodeCore(42, 2, 30000);
+  fresh.onRequest(origin(1), true, 1, 0);
+  fresh.onRequest(origin(2), true, 2, 0);
+  fresh.onRequest(waiting, true, 7, 0);
+  fresh.onRequest(waiting, false, 8, 0);
+  assert.deepEqual(fresh.candidateConnected(origin(1)), { slot: 0, stored: [7, 8] });
+  assert.deepEqual(fresh.onRequest(waiting, false, 9, 0), { kind: 'forward', child: origin(1) });
+  assert.deepEqual(fresh.onRequest(origin(1), false, 10, 0), { kind: 'dropped', reason: 'AlreadyChild' });
+  assert.equal(fresh.childClosed(origin(1)), 0);
+  assert.deepEqual(fresh.children(), []);
+});
+
+test('candidates and stored requests expire; the store is bounded', () => {
+  const core = new NodeCore(42, 1, 30000);
+  core.onRequest('000001', true, 1, 0);
+  core.onRequest('000002', true, 2, 1000);
+  assert.equal(core.nextDeadline(), 30000);
+  assert.deepEqual(core.expire(29999), { candidates: [], requests: 0 });
+  assert.deepEqual(core.expire(30000), { candidates: ['000001'], requests: 0 });
+  assert.deepEqual(core.expire(31000), { candidates: [], requests: 1 });
+  assert.ok(core.hasRoom());
+  assert.equal(core.candidateConnected('000001'), null);
+  const full = new NodeCore(3, 1, 30000);
+  full.onRequest('000001', true, 0, 0);
+  for (let i = 0; i < MAX_STORED_PER_SLOT; i += 1) full.onRequest('000002', false, i, 0);
+  assert.deepEqual(full.onRequest('000002', false, 0, 0), { kind: 'dropped', reason: 'StoreFull' });
+});
+
+test('the newcomer switches its destination on the first message it receives', () => {
+  const n = Negotiation.newcomer();
+  // A candidate gathered before the offer waits for it.
+  assert.deepEqual(n.localCandidate(candidate(1)), []);
+  const [offer, c1] = n.localDescription({ type: 'offer', sdp: 'o' });
+  assert.equal(offer, '{"origin":null,"destination":null,"signal":{"type":"offer","sdp":"o"},"rank":0}');
+  assert.equal(c1, JSON.stringify({ origin: null, destination: null, signal: candidateSignal(candidate(1)), rank: 1 }));
+  assert.deepEqual(n.receive(relayed(ANSWERER, { candidate: candidate(9) }, NEWCOMER)), { kind: 'queued' });
+  assert.equal(n.remoteId, ANSWERER);
+  assert.equal(n.localId, NEWCOMER);
+  const [c2] = n.localCandidate(candidate(2));
+  assert.deepEqual(JSON.parse(c2), { origin: null, destination: ANSWERER, signal: candidateSignal(candidate(2)), rank: 2 });
+  assert.deepEqual(n.receive(relayed(OTHER, { type: 'answer', sdp: 'x' })), { kind: 'dropped', reason: Dropped.ForeignOrigin });
+  assert.deepEqual(n.receive(relayed(ANSWERER, { type: 'offer', sdp: 'x' })), { kind: 'dropped', reason: Dropped.WrongKind });
+  assert.equal(n.receive(relayed(ANSWERER, { type: 'answer', sdp: 'a' })).kind, 'description');
+  assert.deepEqual(n.receive(relayed(ANSWERER, { candidate: candidate(10) })), { kind: 'queued' }, 'still applying');
+  assert.deepEqual(n.remoteApplied().map((c) => c.candidate), [candidate(9).candidate, candidate(10).candidate]);
+  assert.equal(n.receive(relayed(ANSWERER, { candidate: candidate(11) })).kind, 'candidate');
+  assert.deepEqual(n.receive(relayed(ANSWERER, { type: 'answer', sdp: 'a' })), { kind: 'dropped', reason: Dropped.Duplicate });
+  assert.deepEqual(n.receive(relayed(ANSWERER, { candidate: { ...candidate(1), candidate: '' } })), { kind: 'dropped', reason: Dropped.EmptyCandidate });
+  n.finish();
+  assert.deepEqual(n.receive(relayed(ANSWERER, { candidate: candidate(12) })), { kind: 'dropped', reason: Dropped.Late });
+  assert.deepEqual(n.localCandidate(candidate(3)), []);
+});
+
+test('the answerer addresses the newcomer and accepts simple-peer 9 candidates', () => {
+  const a = Negotiation.answerer(NEWCOMER);
+  assert.equal(a.receive(relayed(NEWCOMER, { type: 'offer', sdp: 'o' })).kind, 'description');
+  assert.deepEqual(a.receive(relayed(NEWCOMER, { type: 'candidate', candidate: candidate(1) })), { kind: 'queued' });
+  a.remoteApplied();
+  const [answer] = a.localDescription({ type: 'answer', sdp: 'a' });
+  assert.deepEqual(JSON.parse(answer), { origin: null, destination: NEWCOMER, signal: { type: 'answer', sdp: 'a' }, rank: 0 });
+  assert.deepEqual(a.receive(relayed(OTHER, { candidate: candidate(2) })), { kind: 'dropped', reason: Dropped.ForeignOrigin });
+  assert.deepEqual(a.receive(relayed(NEWCOMER, { renegotiate: true })), { kind: 'dropped', reason: Dropped.Malformed });
+  assert.equal(signalKind({ type: 'offer', sdp: 'x' }), 'description');
+  assert.equal(signalKind({ candidate: candidate(1) }), 'candidate');
+  assert.equal(signalKind({ type: 'offer' }), null);
+  assert.equal(signalKind(null), null);
+});
+
+test('server addresses are checked like the Rust client does', () => {
+  assert.deepEqual(parseServerAddress('ws://127.0.0.1:8080'), {
+    base: 'ws://127.0.0.1:8080', joinUrl: 'ws://127.0.0.1:8080/join', httpUrl: 'http://127.0.0.1:8080',
+  });
+  assert.equal(parseServerAddress('wss://example.org/').joinUrl, 'wss://example.org/join');
+  for (const bad of ['http://x', 'x:80', 'ws://', 'ws:///', 'ws://x/join', 'ws://x?y', 5]) {
+    assert.throws(() => parseServerAddress(bad), InvalidAddressError, String(bad));
+  }
+});
+
+test('errors are typed, with stable codes', () => {
+  const error = new NoAnswerError(3000);
+  assert.ok(error instanceof BootstrapError && error instanceof Error);
+  assert.equal(error.code, 'NoAnswer');
+  assert.equal(error.name, 'NoAnswerError');
+  assert.match(error.message, /no root may be connected/);
+  assert.equal(new ClosedError().code, 'Closed');
+  assert.equal(new WrongOriginError('a', 'b').code, 'WrongOrigin');
+  assert.match(randomLabel(), /^[0-9a-f]{40}$/);
+});
+
+test('the demo lays trees out and explains failures', () => {
+  const tree = { name: 'root', children: [{ name: 'p1', children: [{ name: 'p3', children: [] }] }, { name: 'p2', children: [] }] };
+  const { nodes, width, height } = layoutTree(tree);
+  assert.deepEqual([width, height, nodes.length, treeSize(tree)], [2, 3, 4, 4]);
+  const at = Object.fromEntries(nodes.map((n) => [n.name, [n.x, n.y]]));
+  assert.deepEqual(at, { root: [0.5, 0], p1: [0, 1], p3: [0, 2], p2: [1, 1] });
+  assert.equal(parentName(tree, 'p3'), 'p1');
+  assert.equal(parentName(tree, 'root'), null);
+  assert.match(failureMessage(new NoAnswerError(2500), 'ws://h').text, /No root seems to be connected/);
+  assert.equal(failureMessage({ code: 'Unreachable' }, 'ws://h').title, 'The bootstrap server is unreachable');
+  const options = demoOptions('?name=x&maxDegree=3&timeout=100', { protocol: 'http:', host: 'h:1' });
+  assert.deepEqual(options, { server: 'ws://h:1', name: 'x', maxDegree: 3, timeout: 100, requestTimeout: 100, debug: false });
+});

@@ -1,0 +1,702 @@
+// webrtc-bootstrap for browsers: the newcomer and the answerer of a webrtc-bootstrap
+// 4.4.1 server, over the browser's own WebSocket and RTCPeerConnection. No dependencies,
+// no bundler: `import { Client } from './bootstrap.js'`.
+//
+// Wire protocol (../shared/PROTOCOL.md §3, §4, §6), the same as the Rust peer library and
+// the JS client:
+// - every signal is one text frame `{"origin":null,"destination":…,"signal":…,"rank":n}`
+//   on the peer's own `/join` socket, queued until the socket is open;
+// - signals are exactly `{type, sdp}` and `{candidate:{candidate, sdpMLineIndex, sdpMid}}`;
+// - the newcomer sends to the root (`destination` null) until the first message it
+//   receives names its answerer, then straight to that answerer;
+// - the answerer sends to the newcomer (`destination` = the request's `origin`);
+// - remote candidates wait until the remote description is set;
+// - the initiator creates one ordered, reliable data channel labelled with 40 hex chars;
+// - each side closes its `/join` socket once the data channel is open, and late signals
+//   are dropped quietly.
+//
+// Layout: errors (mirroring crates/peer/src/error.rs), then the IO-free pieces (address
+// parsing, `Negotiation`), then the IO: `Client`, `Answerer`, `Peer`.
+
+/** Largest message a peer sends (the Rust peer library's `MAX_MESSAGE_SIZE`). */
+export const MAX_MESSAGE_SIZE = 65536;
+
+const JOIN_PATH = '/join';
+
+// ---------------------------------------------------------------------------------------
+// Errors: one class per variant of the Rust library's `Error`, all `BootstrapError`s with
+// a stable `code` (the Rust variant's name) that applications can switch on.
+
+/** Base class of every error this library raises. `code` names the case. */
+export class BootstrapError extends Error {
+  constructor(code, message, options) {
+    super(message, options);
+    this.name = new.target.name;
+    /** The case, as the Rust variant's name: `'NoAnswer'`, `'Unreachable'`, … */
+    this.code = code;
+  }
+}
+
+/** The server address is not a `ws://` or `wss://` URL with a host. */
+export class InvalidAddressError extends BootstrapError {
+  constructor(address, reason) {
+    super('InvalidAddress', `invalid server address ${JSON.stringify(address)}: ${reason}`);
+    this.address = address;
+    this.reason = reason;
+  }
+}
+
+/** The signaling server could not be reached (refused, DNS, TLS, no handshake in time). */
+export class UnreachableError extends BootstrapError {
+  constructor(url, reason) {
+    super('Unreachable', `signaling server unreachable at ${url}: ${reason}`);
+    this.url = url;
+    this.reason = reason;
+  }
+}
+
+/** The server answered HTTP but refused the `/join` WebSocket (full: HTTP 503, or not a
+ * webrtc-bootstrap server). Browsers hide the status; see `classifySocketFailure`. */
+export class JoinRefusedError extends BootstrapError {
+  constructor(url, reason) {
+    super('JoinRefused', `the server refused the /join socket at ${url}: ${reason}`);
+    this.url = url;
+    this.reason = reason;
+  }
+}
+
+/** No answer within the timeout: usually no root is connected to the server (it drops
+ * root-bound signals silently), or the root ignored the request. */
+export class NoAnswerError extends BootstrapError {
+  constructor(timeoutMs) {
+    super('NoAnswer', `no answer within ${timeoutMs} ms: no root may be connected to the server, or the request was ignored`);
+    this.timeoutMs = timeoutMs;
+  }
+}
+
+/** Signaling went through but the data channel did not open within the timeout. */
+export class ConnectTimeoutError extends BootstrapError {
+  constructor(timeoutMs) {
+    super('ConnectTimeout', `the data channel did not open within ${timeoutMs} ms although signaling went through`);
+    this.timeoutMs = timeoutMs;
+  }
+}
+
+/** The server closed the `/join` socket before the remote description arrived. */
+export class SignalingClosedError extends BootstrapError {
+  constructor() {
+    super('SignalingClosed', 'the signaling server closed the /join socket before the negotiation finished');
+  }
+}
+
+/** ICE found no working candidate pair. */
+export class IceFailedError extends BootstrapError {
+  constructor() {
+    super('IceFailed', 'ICE failed: no working candidate pair between the peers');
+  }
+}
+
+/** ICE connected but the DTLS handshake (or SCTP above it) failed. */
+export class DtlsFailedError extends BootstrapError {
+  constructor() {
+    super('DtlsFailed', 'the DTLS handshake failed after ICE connected');
+  }
+}
+
+/** The remote peer closed the connection or its data channel. */
+export class ClosedByRemoteError extends BootstrapError {
+  constructor() {
+    super('ClosedByRemote', 'the connection was closed by the remote peer');
+  }
+}
+
+/** The connection (or node) was closed locally and can no longer send. */
+export class ClosedError extends BootstrapError {
+  constructor(what = 'the connection') {
+    super('Closed', `${what} is closed`);
+  }
+}
+
+/** A message is larger than the data channel carries in one message. */
+export class MessageTooLargeError extends BootstrapError {
+  constructor(size, max) {
+    super('MessageTooLarge', `a ${size}-byte message is larger than the largest allowed, ${max} bytes`);
+    this.size = size;
+    this.max = max;
+  }
+}
+
+/** A signal handed to an answerer comes from another newcomer. */
+export class WrongOriginError extends BootstrapError {
+  constructor(expected, got) {
+    super('WrongOrigin', `the request comes from ${got}, but this answerer answers ${expected}`);
+    this.expected = expected;
+    this.got = got;
+  }
+}
+
+/** The browser's WebRTC stack reported an error. */
+export class WebRtcError extends BootstrapError {
+  constructor(during, cause) {
+    super('WebRtc', `WebRTC error while ${during}: ${cause && cause.message ? cause.message : cause}`, { cause });
+    this.during = during;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// IO-free helpers.
+
+/**
+ * Checks a server address (`ws://host[:port]` or `wss://host[:port]`, nothing after an
+ * optional `/`), as the Rust `Client` does. Returns `{ base, joinUrl, httpUrl }`.
+ * @throws {InvalidAddressError}
+ */
+export function parseServerAddress(address) {
+  const invalid = (reason) => new InvalidAddressError(address, reason);
+  if (typeof address !== 'string') throw invalid('it must be a string');
+  const scheme = address.startsWith('ws://') ? 'ws://' : address.startsWith('wss://') ? 'wss://' : null;
+  if (!scheme) throw invalid('it must start with ws:// or wss://');
+  const rest = address.slice(scheme.length);
+  const authority = rest.endsWith('/') ? rest.slice(0, -1) : rest;
+  if (authority === '') throw invalid('it has no host');
+  if (/[/?# ]/.test(authority)) {
+    throw invalid('it must be only a scheme and a host[:port] (the paths are fixed)');
+  }
+  const base = scheme + authority;
+  return {
+    base,
+    joinUrl: base + JOIN_PATH,
+    httpUrl: (scheme === 'wss://' ? 'https://' : 'http://') + authority,
+  };
+}
+
+/** A data channel label as simple-peer makes it: 20 random bytes as 40 hex chars. */
+export function randomLabel() {
+  const bytes = new Uint8Array(20);
+  crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+/**
+ * What a `signal` object is: `'description'` (`{type:'offer'|'answer', sdp}`),
+ * `'candidate'` (`{candidate:{candidate, …}}`, simple-peer 9's extra `type` accepted), or
+ * `null` for anything else (which simple-peer 6 would die on, so it is never sent).
+ */
+export function signalKind(signal) {
+  if (signal === null || typeof signal !== 'object') return null;
+  const c = signal.candidate;
+  if (c !== null && typeof c === 'object' && typeof c.candidate === 'string') return 'candidate';
+  if ((signal.type === 'offer' || signal.type === 'answer') && typeof signal.sdp === 'string') {
+    return 'description';
+  }
+  return null;
+}
+
+/** The candidate signal for an `RTCIceCandidate`, with exactly simple-peer 6's fields. */
+export function candidateSignal(candidate) {
+  return {
+    candidate: {
+      candidate: candidate.candidate,
+      sdpMLineIndex: candidate.sdpMLineIndex,
+      sdpMid: candidate.sdpMid,
+    },
+  };
+}
+
+/** Why an incoming signal was dropped (as the Rust negotiation's `Dropped`). */
+export const Dropped = Object.freeze({
+  Late: 'Late',
+  ForeignOrigin: 'ForeignOrigin',
+  WrongKind: 'WrongKind',
+  Duplicate: 'Duplicate',
+  EmptyCandidate: 'EmptyCandidate',
+  Malformed: 'Malformed',
+});
+
+/**
+ * One newcomer/answerer negotiation as a state machine without IO (a port of
+ * crates/peer/src/negotiation.rs): which `destination` and `rank` each outgoing signal
+ * carries, which incoming signals are applied, queued or dropped.
+ *
+ * Outgoing calls return the frames (JSON text) to send, in order. `receive` returns an
+ * action: `{ kind: 'description', description }` (set it, answer an offer, then call
+ * `remoteApplied()` and add the candidates it returns), `{ kind: 'candidate', candidate }`,
+ * `{ kind: 'queued' }` or `{ kind: 'dropped', reason }`.
+ */
+export class Negotiation {
+  /** A newcomer's negotiation: signals go to the root until someone answers. */
+  static newcomer() {
+    return new Negotiation('newcomer', null);
+  }
+
+  /** An answerer's negotiation with the newcomer `origin`. */
+  static answerer(origin) {
+    return new Negotiation('answerer', origin);
+  }
+
+  constructor(role, remoteId) {
+    this.role = role;
+    /** The remote `/join` id: known to the answerer, learned by the newcomer. */
+    this.remoteId = remoteId;
+    /** This side's own `/join` id, learned from the `destination` of a relayed message. */
+    this.localId = null;
+    this.rank = 0;
+    this.remote = 'missing'; // 'missing' | 'applying' | 'set'
+    this.pendingRemote = [];
+    this.pendingLocal = [];
+    this.descriptionSent = false;
+    this.done = false;
+  }
+
+  /** Whether the remote description arrived. */
+  get hasRemoteDescription() {
+    return this.remote !== 'missing';
+  }
+
+  /** The local description is ready: its frame, then any candidates gathered before it. */
+  localDescription(description) {
+    if (this.done || this.descriptionSent) return [];
+    this.descriptionSent = true;
+    const frames = [this.#frame({ type: description.type, sdp: description.sdp })];
+    for (const signal of this.pendingLocal.splice(0)) frames.push(this.#frame(signal));
+    return frames;
+  }
+
+  /** A local candidate (an `RTCIceCandidate` or its init) was gathered. */
+  localCandidate(candidate) {
+    if (this.done || !candidate || !candidate.candidate) return [];
+    const signal = candidateSignal(candidate);
+    if (!this.descriptionSent) {
+      this.pendingLocal.push(signal);
+      return [];
+    }
+    return [this.#frame(signal)];
+  }
+
+  #frame(signal) {
+    // Key order as JS emits it: origin, destination, signal, rank.
+    const text = JSON.stringify({ origin: null, destination: this.remoteId, signal, rank: this.rank });
+    this.rank += 1;
+    return text;
+  }
+
+  /** A relayed message arrived (`{origin, destination, signal}`, from the `/join` socket or
+   * a request routed to this answerer). */
+  receive(message) {
+    if (this.done) return { kind: 'dropped', reason: Dropped.Late };
+    if (message === null || typeof message !== 'object') {
+      return { kind: 'dropped', reason: Dropped.Malformed };
+    }
+    const origin = typeof message.origin === 'string' && message.origin !== '' ? message.origin : null;
+    const kind = signalKind(message.signal);
+    if (kind === null) return { kind: 'dropped', reason: Dropped.Malformed };
+    if (this.localId === null && typeof message.destination === 'string' && message.destination !== '') {
+      // Only messages on our own socket carry our id; the answerer's first request is
+      // root-bound (destination null) and teaches nothing.
+      this.localId = message.destination;
+    }
+    if (this.role === 'newcomer' && this.remoteId === null && origin !== null) {
+      // JS: `req.origin = req.origin || message.origin`; everything after goes there.
+      this.remoteId = origin;
+    } else if (origin !== null && origin !== this.remoteId) {
+      return { kind: 'dropped', reason: Dropped.ForeignOrigin };
+    }
+    if (kind === 'description') {
+      const expected = this.role === 'newcomer' ? 'answer' : 'offer';
+      if (message.signal.type !== expected) return { kind: 'dropped', reason: Dropped.WrongKind };
+      if (this.remote !== 'missing') return { kind: 'dropped', reason: Dropped.Duplicate };
+      this.remote = 'applying';
+      return { kind: 'description', description: { type: message.signal.type, sdp: message.signal.sdp } };
+    }
+    const c = message.signal.candidate;
+    if (c.candidate === '') return { kind: 'dropped', reason: Dropped.EmptyCandidate };
+    const candidate = { candidate: c.candidate, sdpMLineIndex: c.sdpMLineIndex ?? null, sdpMid: c.sdpMid ?? null };
+    if (this.remote !== 'set') {
+      this.pendingRemote.push(candidate);
+      return { kind: 'queued' };
+    }
+    return { kind: 'candidate', candidate };
+  }
+
+  /** The remote description is set: the queued remote candidates, in arrival order. */
+  remoteApplied() {
+    this.remote = 'set';
+    return this.pendingRemote.splice(0);
+  }
+
+  /** The data channel is open (or the negotiation failed): later signals are dropped. */
+  finish() {
+    this.done = true;
+    this.pendingRemote.length = 0;
+    this.pendingLocal.length = 0;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// IO.
+
+/**
+ * Tells why a WebSocket failed before opening. Browsers give no reason, so ask the same
+ * host over HTTP: an answer means the server is there but refused the socket.
+ */
+export async function classifySocketFailure(server, url, timeoutMs = 2000) {
+  try {
+    await fetch(server.httpUrl + '/healthz', {
+      mode: 'no-cors',
+      cache: 'no-store',
+      signal: AbortSignal.timeout(timeoutMs),
+    });
+    return new JoinRefusedError(url, 'the server answers HTTP but refused the WebSocket (full, or not a webrtc-bootstrap server)');
+  } catch {
+    return new UnreachableError(url, 'the WebSocket connection failed and the host does not answer HTTP');
+  }
+}
+
+/**
+ * A client of one webrtc-bootstrap server.
+ *
+ * Options (defaults of the Rust `Options`): `timeout` (ms until the data channel is open,
+ * 30000), `connectTimeout` (ms for the WebSocket handshake, 10000), `iceServers` (`[]`:
+ * host candidates only; add STUN/TURN for peers behind NAT), `log` (a function receiving
+ * debug lines, default none).
+ */
+export class Client {
+  constructor(address, options = {}) {
+    this.server = parseServerAddress(address);
+    this.options = {
+      timeout: 30000,
+      connectTimeout: 10000,
+      iceServers: [],
+      log: null,
+      ...options,
+    };
+  }
+
+  /** The server address, without a trailing `/`. */
+  get address() {
+    return this.server.base;
+  }
+
+  /**
+   * Joins as a newcomer. Resolves with the connected `Peer` once the data channel is
+   * open; rejects with `UnreachableError`, `JoinRefusedError`, `NoAnswerError` (no root
+   * connected?), `ConnectTimeoutError`, `IceFailedError`, `DtlsFailedError`,
+   * `ClosedByRemoteError` or `SignalingClosedError`.
+   */
+  join() {
+    return new Session(this, Negotiation.newcomer(), null).promise;
+  }
+
+  /**
+   * Answers a request (`{origin, destination, signal, rank}` as relayed by the server or
+   * delegated by a tree parent): opens this client's own `/join` and answers the newcomer
+   * `request.origin`. Feed the newcomer's later requests with `answerer.signal(request)`.
+   */
+  answer(request) {
+    if (!request || typeof request.origin !== 'string' || request.origin === '') {
+      throw new BootstrapError('Malformed', 'the request has no origin (it was not relayed by a server)');
+    }
+    return new Answerer(new Session(this, Negotiation.answerer(request.origin), request));
+  }
+}
+
+/** An answer in progress. `connected` resolves with the `Peer` (errors as `join`). */
+export class Answerer {
+  constructor(session) {
+    this.session = session;
+    this.origin = session.negotiation.remoteId;
+    this.connected = session.promise;
+  }
+
+  /** Hands over a later request of the same newcomer. @throws {WrongOriginError} */
+  signal(request) {
+    if (!request || request.origin !== this.origin) {
+      throw new WrongOriginError(this.origin, request ? request.origin : undefined);
+    }
+    this.session.receive(request);
+  }
+
+  /** Gives up: `connected` rejects with `ClosedError`. */
+  close() {
+    this.session.fail(new ClosedError());
+  }
+}
+
+/** One negotiation driven to an open data channel (the IO shell around `Negotiation`). */
+class Session {
+  constructor(client, negotiation, firstRequest) {
+    this.client = client;
+    this.options = client.options;
+    this.negotiation = negotiation;
+    this.settled = false;
+    this.outbox = [];
+    this.iceConnected = false;
+    this.channel = null;
+    // Incoming signals are applied one at a time, in order.
+    this.chain = Promise.resolve();
+    this.timers = [];
+    this.promise = new Promise((resolve, reject) => {
+      this.resolve = resolve;
+      this.reject = reject;
+    });
+    this.log = (line) => this.options.log && this.options.log(`[${negotiation.role}] ${line}`);
+    try {
+      this.start(firstRequest);
+    } catch (error) {
+      this.fail(error instanceof BootstrapError ? error : new WebRtcError('starting', error));
+    }
+  }
+
+  start(firstRequest) {
+    const { timeout, connectTimeout } = this.options;
+    this.timers.push(setTimeout(() => {
+      this.fail(this.negotiation.hasRemoteDescription ? new ConnectTimeoutError(timeout) : new NoAnswerError(timeout));
+    }, timeout));
+    this.openSocket(Math.min(connectTimeout, timeout));
+    const pc = new RTCPeerConnection({ iceServers: this.options.iceServers });
+    this.pc = pc;
+    pc.onicecandidate = (event) => {
+      if (event.candidate) this.sendAll(this.negotiation.localCandidate(event.candidate));
+    };
+    pc.oniceconnectionstatechange = () => {
+      const state = pc.iceConnectionState;
+      if (state === 'connected' || state === 'completed') this.iceConnected = true;
+      if (state === 'failed') this.fail(new IceFailedError());
+    };
+    pc.onconnectionstatechange = () => {
+      if (pc.connectionState === 'failed') {
+        this.fail(this.iceConnected ? new DtlsFailedError() : new IceFailedError());
+      }
+    };
+    if (this.negotiation.role === 'newcomer') {
+      this.watchChannel(pc.createDataChannel(randomLabel()));
+      this.chain = this.chain.then(async () => {
+        try {
+          const offer = await pc.createOffer();
+          await pc.setLocalDescription(offer);
+          this.sendAll(this.negotiation.localDescription(pc.localDescription));
+        } catch (error) {
+          this.fail(new WebRtcError('creating the offer', error));
+        }
+      });
+    } else {
+      pc.ondatachannel = (event) => {
+        if (this.channel === null) this.watchChannel(event.channel);
+      };
+      this.receive(firstRequest);
+    }
+  }
+
+  openSocket(handshakeTimeout) {
+    const url = this.client.server.joinUrl;
+    let socket;
+    try {
+      socket = new WebSocket(url);
+    } catch (error) {
+      throw new UnreachableError(url, String(error && error.message ? error.message : error));
+    }
+    this.socket = socket;
+    this.timers.push(setTimeout(() => {
+      if (socket.readyState === WebSocket.CONNECTING) {
+        this.fail(new UnreachableError(url, `no WebSocket handshake within ${handshakeTimeout} ms`));
+      }
+    }, handshakeTimeout));
+    let opened = false;
+    socket.onopen = () => {
+      opened = true;
+      for (const frame of this.outbox.splice(0)) socket.send(frame);
+    };
+    socket.onmessage = (event) => {
+      if (typeof event.data !== 'string') return; // the server sends text frames only
+      let message;
+      try {
+        message = JSON.parse(event.data);
+      } catch {
+        this.log(`ignored a frame that is not JSON: ${event.data.slice(0, 80)}`);
+        return;
+      }
+      this.receive(message);
+    };
+    socket.onclose = () => {
+      this.socket = null;
+      if (this.settled) return;
+      if (!opened) {
+        classifySocketFailure(this.client.server, url).then((error) => this.fail(error));
+      } else if (!this.negotiation.hasRemoteDescription) {
+        this.fail(new SignalingClosedError());
+      }
+      // Otherwise enough went through; ICE may still finish without more signals.
+    };
+  }
+
+  sendAll(frames) {
+    for (const frame of frames) {
+      if (this.socket && this.socket.readyState === WebSocket.OPEN) this.socket.send(frame);
+      else if (this.socket && this.socket.readyState === WebSocket.CONNECTING) this.outbox.push(frame);
+      // A closed socket: the signal is lost, as with the JS client after its socket closed.
+    }
+  }
+
+  receive(message) {
+    if (this.settled) return;
+    const action = this.negotiation.receive(message);
+    if (action.kind === 'dropped' || action.kind === 'queued') {
+      if (action.kind === 'dropped') this.log(`dropped a signal: ${action.reason}`);
+      return;
+    }
+    this.chain = this.chain.then(() => this.apply(action));
+  }
+
+  async apply(action) {
+    if (this.settled) return;
+    const pc = this.pc;
+    if (action.kind === 'candidate') {
+      await this.addCandidate(action.candidate);
+      return;
+    }
+    try {
+      await pc.setRemoteDescription(action.description);
+      if (action.description.type === 'offer') {
+        await pc.setLocalDescription(await pc.createAnswer());
+        this.sendAll(this.negotiation.localDescription(pc.localDescription));
+      }
+    } catch (error) {
+      this.fail(new WebRtcError('applying the remote description', error));
+      return;
+    }
+    for (const candidate of this.negotiation.remoteApplied()) await this.addCandidate(candidate);
+  }
+
+  async addCandidate(candidate) {
+    // One bad candidate (an unresolvable .local name, say) must not end the negotiation.
+    try {
+      await this.pc.addIceCandidate(candidate);
+    } catch (error) {
+      this.log(`ignored a remote candidate (${error && error.message}): ${candidate.candidate}`);
+    }
+  }
+
+  watchChannel(channel) {
+    this.channel = channel;
+    channel.binaryType = 'arraybuffer';
+    const opened = () => this.succeed();
+    if (channel.readyState === 'open') queueMicrotask(opened);
+    else channel.onopen = opened;
+    channel.onclose = () => this.fail(new ClosedByRemoteError());
+  }
+
+  succeed() {
+    if (this.settled) return;
+    this.settled = true;
+    this.negotiation.finish();
+    this.stop();
+    this.closeSocket();
+    const peer = new Peer(this.pc, this.channel, {
+      remoteId: this.negotiation.remoteId,
+      localId: this.negotiation.localId,
+    });
+    this.resolve(peer);
+  }
+
+  fail(error) {
+    if (this.settled) return;
+    this.settled = true;
+    this.negotiation.finish();
+    this.stop();
+    this.closeSocket();
+    if (this.channel) this.channel.onclose = this.channel.onopen = null;
+    if (this.pc) this.pc.close();
+    this.log(`failed: ${error.message}`);
+    this.reject(error);
+  }
+
+  stop() {
+    for (const timer of this.timers) clearTimeout(timer);
+    this.timers.length = 0;
+  }
+
+  closeSocket() {
+    const socket = this.socket;
+    this.socket = null;
+    if (!socket) return;
+    socket.onopen = socket.onmessage = socket.onclose = null;
+    // "Closed to conserve resources" (PROTOCOL.md §6); the server frees our id at once.
+    if (socket.readyState === WebSocket.CONNECTING) socket.onopen = () => socket.close(1000);
+    else if (socket.readyState === WebSocket.OPEN) socket.close(1000);
+  }
+}
+
+/**
+ * A connected data channel. Events: `message` (`event.detail` is the text) and `close`
+ * (`event.detail` is `'local'`, `'remote'` or `'failed'`). Messages that arrive before the
+ * first `message` listener is added are kept and delivered to it.
+ */
+export class Peer extends EventTarget {
+  constructor(pc, channel, { remoteId = null, localId = null } = {}) {
+    super();
+    this.pc = pc;
+    this.channel = channel;
+    /** The remote side's `/join` id (the answerer's for a newcomer, the newcomer's for an answerer). */
+    this.remoteId = remoteId;
+    /** This side's `/join` id, when the server told it (a newcomer learns it). */
+    this.localId = localId;
+    this.state = 'connected';
+    this.buffered = [];
+    this.listening = false;
+    const decoder = new TextDecoder();
+    channel.onmessage = (event) => {
+      const text = typeof event.data === 'string' ? event.data : decoder.decode(event.data);
+      if (this.listening) this.dispatchEvent(new CustomEvent('message', { detail: text }));
+      else this.buffered.push(text);
+    };
+    channel.onclose = () => this.closed('remote');
+    pc.onconnectionstatechange = () => {
+      if (pc.connectionState === 'failed') this.closed('failed');
+      else if (pc.connectionState === 'closed') this.closed('remote');
+    };
+  }
+
+  addEventListener(type, listener, options) {
+    super.addEventListener(type, listener, options);
+    if (type === 'message' && !this.listening) {
+      this.listening = true;
+      const buffered = this.buffered.splice(0);
+      queueMicrotask(() => {
+        for (const text of buffered) this.dispatchEvent(new CustomEvent('message', { detail: text }));
+      });
+    }
+  }
+
+  /** The largest message this connection sends. */
+  get maxMessageSize() {
+    const advertised = this.pc.sctp && this.pc.sctp.maxMessageSize;
+    return advertised ? Math.min(advertised, MAX_MESSAGE_SIZE) : MAX_MESSAGE_SIZE;
+  }
+
+  /** Sends a text message. @throws {ClosedError | MessageTooLargeError} */
+  send(text) {
+    if (this.state !== 'connected' || this.channel.readyState !== 'open') throw new ClosedError();
+    const size = new TextEncoder().encode(text).length;
+    if (size > this.maxMessageSize) throw new MessageTooLargeError(size, this.maxMessageSize);
+    this.channel.send(text);
+  }
+
+  /** Closes the data channel and the connection. */
+  close() {
+    this.closed('local');
+  }
+
+  closed(reason) {
+    if (this.state === 'closed') return;
+    this.state = 'closed';
+    this.channel.onmessage = this.channel.onclose = null;
+    this.pc.onconnectionstatechange = null;
+    try {
+      this.channel.close();
+      this.pc.close();
+    } catch {
+      // Already closed.
+    }
+    this.dispatchEvent(new CustomEvent('close', { detail: reason }));
+  }
+}

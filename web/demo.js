@@ -1,0 +1,331 @@
+// The live overlay demo: this tab joins the tree as a browser node, shows its state, a
+// message log, a box to send a message to everyone, and the whole tree as the root shares
+// it. Served at `/` by `bootstrap-server --public web`, with `bootstrap-node root` running.
+//
+// Query options: `name` (shown in the tree), `maxDegree` (children this tab accepts,
+// default 2), `timeout` (ms to join, default 30000), `server` (default: the page's host).
+//
+// Stable hooks for tests: `#app[data-state|data-name|data-id|data-parent|data-parent-name|
+// data-children]`, `#tree[data-tree]` (the shared tree as JSON), `#log li.msg[data-from]
+// [data-text]`, `#error[data-code]`.
+
+import { Client } from './bootstrap.js';
+import { Node } from './overlay.js';
+
+/** The options from the query string, with defaults. */
+export function demoOptions(search, location) {
+  const params = new URLSearchParams(search);
+  const number = (key, fallback) => {
+    const value = Number.parseInt(params.get(key) ?? '', 10);
+    return Number.isFinite(value) && value >= 0 ? value : fallback;
+  };
+  const scheme = location.protocol === 'https:' ? 'wss://' : 'ws://';
+  const random = Math.floor(Math.random() * 0x10000).toString(16).padStart(4, '0');
+  const timeout = number('timeout', 30000);
+  return {
+    server: params.get('server') || scheme + location.host,
+    name: (params.get('name') || `tab-${random}`).slice(0, 40),
+    maxDegree: number('maxDegree', 2),
+    timeout,
+    requestTimeout: number('requestTimeout', timeout),
+    debug: params.has('debug'),
+  };
+}
+
+/** What to tell a user about a failed join: `{ title, text }`. */
+export function failureMessage(error, server) {
+  switch (error && error.code) {
+    case 'Unreachable':
+      return {
+        title: 'The bootstrap server is unreachable',
+        text: `Nothing answers at ${server}. Is bootstrap-server running there (bootstrap-server --secret S --port P --public web)?`,
+      };
+    case 'JoinRefused':
+      return {
+        title: 'The server refused to let this tab join',
+        text: `${server} answers, but refused the /join WebSocket: it may be full, or not a webrtc-bootstrap server.`,
+      };
+    case 'NoAnswer':
+      return {
+        title: 'No root is answering',
+        text: `Nobody answered within ${error.timeoutMs / 1000} s. No root seems to be connected to the server: start one with bootstrap-node root --url ${server} --secret S.`,
+      };
+    case 'ConnectTimeout':
+      return {
+        title: 'Timed out while connecting',
+        text: `Signaling worked, but the WebRTC connection did not open within ${error.timeoutMs / 1000} s. A firewall may block UDP between the peers.`,
+      };
+    case 'IceFailed':
+      return {
+        title: 'No network path to the peer',
+        text: 'ICE found no working connection between this tab and the peer that answered (NAT or firewall; a STUN/TURN server may help).',
+      };
+    case 'SignalingClosed':
+      return {
+        title: 'The server closed the connection',
+        text: 'The bootstrap server closed this tab\'s /join socket before an answer arrived (server restarted or timed out).',
+      };
+    default:
+      return { title: 'Could not join the overlay', text: String(error && error.message ? error.message : error) };
+  }
+}
+
+/**
+ * Positions for drawing a tree: leaves side by side, each parent centred over its
+ * children. Returns `{ nodes: [{name, x, y, parent}], width, height }` in abstract units
+ * (one column per leaf, one row per level).
+ */
+export function layoutTree(tree) {
+  const nodes = [];
+  let nextLeaf = 0;
+  let depthMax = 0;
+  const visit = (node, depth, parent) => {
+    const entry = { name: node.name, x: 0, y: depth, parent };
+    nodes.push(entry);
+    depthMax = Math.max(depthMax, depth);
+    const children = Array.isArray(node.children) ? node.children : [];
+    if (children.length === 0) {
+      entry.x = nextLeaf;
+      nextLeaf += 1;
+    } else {
+      const xs = children.map((child) => visit(child, depth + 1, entry).x);
+      entry.x = (Math.min(...xs) + Math.max(...xs)) / 2;
+    }
+    return entry;
+  };
+  if (tree && typeof tree === 'object') visit(tree, 0, null);
+  return { nodes, width: Math.max(1, nextLeaf), height: depthMax + 1 };
+}
+
+/** Number of nodes in a tree. */
+export function treeSize(tree) {
+  if (!tree || typeof tree !== 'object') return 0;
+  return 1 + (Array.isArray(tree.children) ? tree.children.reduce((n, c) => n + treeSize(c), 0) : 0);
+}
+
+/** The name of the parent of the node named `name` in `tree`, or null. */
+export function parentName(tree, name) {
+  if (!tree || !Array.isArray(tree.children)) return null;
+  for (const child of tree.children) {
+    if (child.name === name) return tree.name;
+    const found = parentName(child, name);
+    if (found !== null) return found;
+  }
+  return null;
+}
+
+// ---------------------------------------------------------------------------------------
+// The page.
+
+const SVG = 'http://www.w3.org/2000/svg';
+
+function svg(tag, attributes) {
+  const element = document.createElementNS(SVG, tag);
+  for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, String(value));
+  return element;
+}
+
+function drawTree(figure, tree, ownName) {
+  figure.dataset.tree = JSON.stringify(tree);
+  figure.replaceChildren();
+  const { nodes, width, height } = layoutTree(tree);
+  const colW = 160;
+  const rowH = 90;
+  const pad = 40;
+  const scale = (node) => ({ x: pad + node.x * colW + colW / 2, y: pad + node.y * rowH });
+  const w = width * colW + 2 * pad;
+  const h = (height - 1) * rowH + 2 * pad;
+  const root = svg('svg', {
+    viewBox: `0 0 ${w} ${h}`,
+    width: w,
+    height: h,
+    role: 'img',
+    'aria-label': 'the overlay tree',
+  });
+  for (const node of nodes) {
+    if (!node.parent) continue;
+    const a = scale(node.parent);
+    const b = scale(node);
+    root.append(svg('line', { x1: a.x, y1: a.y, x2: b.x, y2: b.y }));
+  }
+  for (const node of nodes) {
+    const { x, y } = scale(node);
+    const kind = node.name === ownName ? 'self' : !node.parent ? 'root' : node.name.startsWith('?') ? 'unknown' : 'other';
+    const group = svg('g', { class: `node ${kind}`, 'data-name': node.name });
+    group.append(svg('circle', { cx: x, cy: y, r: 16 }));
+    const label = svg('text', { x: x + 24, y: y + 5 });
+    label.textContent = node.name;
+    group.append(label);
+    root.append(group);
+  }
+  figure.append(root);
+}
+
+function clock() {
+  return new Date().toLocaleTimeString([], { hour12: false });
+}
+
+function main() {
+  const options = demoOptions(location.search, location);
+  const $ = (id) => document.getElementById(id);
+  const app = $('app');
+  const log = $('log');
+  let node = null;
+  let tree = null;
+
+  document.title = `${options.name} · webrtc-bootstrap demo`;
+  $('me-name').textContent = options.name;
+  $('server').textContent = options.server;
+  app.dataset.name = options.name;
+
+  const setState = (state, text) => {
+    app.dataset.state = state;
+    $('me-state').dataset.state = state;
+    $('me-state').textContent = state;
+    $('state-text').textContent = text;
+    const ready = state === 'connected';
+    $('text').disabled = !ready;
+    $('send-button').disabled = !ready;
+  };
+
+  const addLog = (entry) => {
+    const item = document.createElement('li');
+    const time = document.createElement('time');
+    time.textContent = clock();
+    item.append(time);
+    if (entry.system) {
+      item.className = 'system';
+      item.append(entry.system);
+    } else {
+      item.className = entry.from === options.name ? 'msg mine' : 'msg';
+      item.dataset.from = entry.from;
+      item.dataset.text = entry.text;
+      const from = document.createElement('span');
+      from.className = 'from';
+      from.textContent = entry.from;
+      const text = document.createElement('span');
+      text.textContent = entry.text;
+      item.append(from, text);
+    }
+    log.prepend(item);
+  };
+
+  const showLinks = () => {
+    if (!node) return;
+    const info = node.info();
+    app.dataset.id = info.id ?? '';
+    app.dataset.parent = info.parent ?? '';
+    app.dataset.children = JSON.stringify(info.children);
+    $('own-id').textContent = info.id ?? '–';
+    const pname = parentName(tree, options.name);
+    app.dataset.parentName = pname ?? '';
+    $('parent').textContent = info.parent
+      ? `${pname ?? '?'} (answered from /join ${info.parent.slice(0, 8)}…)`
+      : info.state === 'rejoining' ? 're-joining…' : '–';
+    const list = $('children');
+    list.replaceChildren();
+    if (info.children.length === 0) {
+      const none = document.createElement('li');
+      none.className = 'none';
+      none.textContent = 'none';
+      list.append(none);
+    }
+    const childNames = (findNode(tree, options.name)?.children ?? []).map((c) => c.name);
+    info.children.forEach((id, i) => {
+      const item = document.createElement('li');
+      item.dataset.id = id;
+      item.textContent = `${childNames[i] ?? '?'} (/join ${id.slice(0, 8)}…)`;
+      list.append(item);
+    });
+    if (info.candidates > 0) {
+      const item = document.createElement('li');
+      item.className = 'none';
+      item.textContent = `${info.candidates} connecting…`;
+      list.append(item);
+    }
+  };
+
+  const start = async () => {
+    $('error').hidden = true;
+    setState('connecting', `joining through ${options.server}…`);
+    let client;
+    try {
+      client = new Client(options.server, {
+        timeout: options.timeout,
+        log: options.debug ? (line) => console.debug(`[${options.name}] ${line}`) : null,
+      });
+      node = await Node.join(client, {
+        name: options.name,
+        maxDegree: options.maxDegree,
+        requestTimeout: options.requestTimeout,
+        reportTopology: true,
+      });
+    } catch (error) {
+      const message = failureMessage(error, options.server);
+      setState('failed', message.title);
+      $('error').dataset.code = error.code ?? 'Error';
+      $('error-title').textContent = message.title;
+      $('error-text').textContent = message.text;
+      $('error').hidden = false;
+      addLog({ system: `${message.title}: ${error.message}` });
+      return;
+    }
+    window.demo = { node, client, options };
+    setState('connected', 'connected to the overlay');
+    addLog({ system: 'joined the overlay' });
+    node.addEventListener('state', (event) => {
+      const info = event.detail;
+      if (info.state === 'rejoining') setState('rejoining', 'parent left; re-joining…');
+      else if (info.state === 'connected' && app.dataset.state !== 'connected') setState('connected', 'connected to the overlay');
+      showLinks();
+    });
+    node.addEventListener('parent-close', () => addLog({ system: 'parent left; re-joining' }));
+    node.addEventListener('parent-connect', () => addLog({ system: 'connected to a parent' }));
+    node.addEventListener('child-connect', () => addLog({ system: 'a child joined under this tab' }));
+    node.addEventListener('child-close', () => addLog({ system: 'a child left' }));
+    node.addEventListener('tree', (event) => {
+      tree = event.detail;
+      drawTree($('tree'), tree, options.name);
+      $('tree-count').textContent = `(${treeSize(tree)} nodes)`;
+      showLinks();
+    });
+    node.addEventListener('data', (event) => {
+      const { data } = event.detail;
+      if (data && typeof data.from === 'string' && typeof data.text === 'string') {
+        addLog({ from: data.from, text: data.text });
+      } else {
+        addLog({ system: `data: ${JSON.stringify(data).slice(0, 200)}` });
+      }
+    });
+    showLinks();
+  };
+
+  $('send').addEventListener('submit', (event) => {
+    event.preventDefault();
+    const input = $('text');
+    const text = input.value.trim();
+    if (!text || !node) return;
+    try {
+      // Up to the root, which broadcasts it to the whole tree (this tab included).
+      node.sendToRoot({ from: options.name, text });
+      input.value = '';
+    } catch (error) {
+      addLog({ system: `not sent: ${error.message}` });
+    }
+  });
+  $('retry').addEventListener('click', () => start());
+  window.addEventListener('pagehide', () => node && node.close());
+  start();
+}
+
+function findNode(tree, name) {
+  if (!tree) return null;
+  if (tree.name === name) return tree;
+  for (const child of tree.children ?? []) {
+    const found = findNode(child, name);
+    if (found) return found;
+  }
+  return null;
+}
+
+if (typeof document !== 'undefined') main();
