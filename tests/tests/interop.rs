@@ -7,13 +7,14 @@
 //! there it sees only `lo`. The JS side lives in `tests/interop/` (`npm ci` there first;
 //! `.ci/run` does it).
 
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
 use bootstrap_peer::{Client, Message, Options, Peer};
+use bootstrap_testkit::netns::INSIDE_ENV;
+use bootstrap_testkit::{in_loopback_netns, report, skip_or_fail};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
@@ -23,59 +24,39 @@ use webrtc_bootstrap_overlay::{Delivery, Event, Node, NodeOptions};
 
 const SECRET: &str = "interop-secret";
 const WAIT: Duration = Duration::from_secs(30);
-const NETNS_ENV: &str = "BOOTSTRAP_INTEROP_NETNS";
 
 fn interop_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop")
 }
 
-/// Runs `body` inside a loopback-only network namespace, in a re-executed copy of this
-/// test binary, and prints the scenario's pass/fail line.
-fn scenario(test: &str, title: &str, body: impl AsyncFnOnce() -> anyhow::Result<()>) {
-    if std::env::var_os(NETNS_ENV).is_some() {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let result = runtime
-            .block_on(async { tokio::time::timeout(Duration::from_secs(120), body()).await });
-        match result {
-            Ok(Ok(())) => return,
-            Ok(Err(error)) => panic!("{title}: {error:#}"),
-            Err(_) => panic!("{title}: timed out after 120 s"),
-        }
-    }
-    if !interop_dir().join("node_modules").is_dir() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "tests/interop/node_modules is missing: .ci/run must run `npm ci` there"
+/// Runs `body` inside a loopback-only network namespace (a re-executed copy of this
+/// test binary), within two minutes, and prints the scenario's pass/fail line.
+fn scenario(
+    test: &str,
+    title: &str,
+    body: impl AsyncFnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let inside = std::env::var_os(INSIDE_ENV).is_some();
+    if !inside && !interop_dir().join("node_modules").is_dir() {
+        return skip_or_fail(
+            test,
+            "tests/interop/node_modules is missing",
+            "npm ci --ignore-scripts --prefix tests/interop",
         );
-        let _ = writeln!(
-            std::io::stderr(),
-            "interop scenario {title}: SKIPPED (run `npm ci --ignore-scripts --prefix tests/interop` first)"
-        );
-        return;
     }
-    let exe = std::env::current_exe().expect("test executable");
-    let status = std::process::Command::new("unshare")
-        .args([
-            "--net",
-            "--",
-            "sh",
-            "-c",
-            "ip link set lo up && exec \"$0\" \"$@\"",
-        ])
-        .arg(exe)
-        .args([test, "--exact", "--nocapture", "--test-threads", "1"])
-        .env(NETNS_ENV, "1")
-        .status()
-        .expect("unshare (needs root and util-linux)");
-    // Straight to the stderr handle: libtest captures print! of passing tests, and this
-    // line is the scenario's report.
-    let verdict = if status.success() { "PASS" } else { "FAIL" };
-    let _ = writeln!(std::io::stderr(), "interop scenario {title}: {verdict}");
-    assert!(status.success(), "interop {title} failed");
+    let result = in_loopback_netns(test, async || {
+        tokio::time::timeout(Duration::from_secs(120), body())
+            .await
+            .context("timed out after 120 s")?
+    })
+    .with_context(|| format!("interop scenario {title}"));
+    if !inside {
+        report(&format!(
+            "interop scenario {title}: {}",
+            if result.is_ok() { "PASS" } else { "FAIL" }
+        ));
+    }
+    result
 }
 
 /// One JS process of the harness.
@@ -271,7 +252,7 @@ async fn hello_both_ways(rust: &mut Peer, js: &mut Js, js_greeting: &str) -> any
 }
 
 #[test]
-fn s1_js_newcomer_rust_server_js_root() {
+fn s1_js_newcomer_rust_server_js_root() -> anyhow::Result<()> {
     scenario(
         "s1_js_newcomer_rust_server_js_root",
         "1 JS newcomer -> Rust server -> JS root",
@@ -300,11 +281,11 @@ fn s1_js_newcomer_rust_server_js_root() {
                 .await?;
             root.expect_no_uncaught(Duration::ZERO).await
         },
-    );
+    )
 }
 
 #[test]
-fn s2_js_newcomer_rust_server_rust_root() {
+fn s2_js_newcomer_rust_server_rust_root() -> anyhow::Result<()> {
     scenario(
         "s2_js_newcomer_rust_server_rust_root",
         "2 JS newcomer -> Rust server -> Rust root",
@@ -319,11 +300,11 @@ fn s2_js_newcomer_rust_server_rust_root() {
                 .expect_no_uncaught(Duration::from_millis(500))
                 .await
         },
-    );
+    )
 }
 
 #[test]
-fn s3_rust_newcomer_rust_server_js_root() {
+fn s3_rust_newcomer_rust_server_js_root() -> anyhow::Result<()> {
     scenario(
         "s3_rust_newcomer_rust_server_js_root",
         "3 Rust newcomer -> Rust server -> JS root",
@@ -341,11 +322,11 @@ fn s3_rust_newcomer_rust_server_js_root() {
             hello_both_ways(&mut peer, &mut root, "hello from the js root").await?;
             root.expect_no_uncaught(Duration::from_millis(500)).await
         },
-    );
+    )
 }
 
 #[test]
-fn s4_rust_peers_through_the_js_server() {
+fn s4_rust_peers_through_the_js_server() -> anyhow::Result<()> {
     scenario(
         "s4_rust_peers_through_the_js_server",
         "4 Rust root and Rust newcomer through the JS server 4.4.1",
@@ -368,7 +349,7 @@ fn s4_rust_peers_through_the_js_server() {
             ensure!(refused.is_err(), "the JS server accepted a wrong secret");
             server.expect_no_uncaught(Duration::from_millis(200)).await
         },
-    );
+    )
 }
 
 fn tree_options(max_degree: usize) -> NodeOptions {
@@ -398,7 +379,7 @@ async fn expect_broadcast(node: &mut Node, expected: &Value) -> anyhow::Result<(
 }
 
 #[test]
-fn s5a_mixed_tree_with_a_rust_root() {
+fn s5a_mixed_tree_with_a_rust_root() -> anyhow::Result<()> {
     scenario(
         "s5a_mixed_tree_with_a_rust_root",
         "5a mixed tree, Rust root (max_degree 2), JS and Rust nodes in alternation",
@@ -442,11 +423,11 @@ fn s5a_mixed_tree_with_a_rust_root() {
             ensure!(js_parents > 0, "no JS node answered a delegated request");
             Ok(())
         },
-    );
+    )
 }
 
 #[test]
-fn s5b_mixed_tree_with_a_js_root() {
+fn s5b_mixed_tree_with_a_js_root() -> anyhow::Result<()> {
     scenario(
         "s5b_mixed_tree_with_a_js_root",
         "5b mixed tree, JS root (max_degree 2), Rust joiners",
@@ -489,11 +470,11 @@ fn s5b_mixed_tree_with_a_js_root() {
             }
             root.expect_no_uncaught(Duration::from_millis(200)).await
         },
-    );
+    )
 }
 
 #[test]
-fn s6_js_clients_survive_what_crashes_the_js_server() {
+fn s6_js_clients_survive_what_crashes_the_js_server() -> anyhow::Result<()> {
     scenario(
         "s6_js_clients_survive_what_crashes_the_js_server",
         "6 JS timeout without a root, and JS peers after malformed input",
@@ -533,5 +514,5 @@ fn s6_js_clients_survive_what_crashes_the_js_server() {
                 .expect_no_uncaught(Duration::from_millis(500))
                 .await
         },
-    );
+    )
 }

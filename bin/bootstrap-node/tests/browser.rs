@@ -20,31 +20,24 @@
 //! (`bash .ci/setup-browser`); without them they print SKIPPED, or fail when `CI` is set.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
+use bootstrap_testkit::Proc;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
+use tokio::process::Command;
 use webrtc_bootstrap_server::{AppState, Config};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bootstrap-node");
-/// Set in the re-executed test, inside the network namespace.
-const IN_NETNS: &str = "BOOTSTRAP_IN_NETNS";
 const SECRET: &str = "browser-secret";
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// The Rust node that joins under a tab, and what it says.
 const RUST_NODE: &str = "rust";
 const RUST_TEXT: &str = "hello from the Rust node";
-/// Longest wait for one line from a process.
-const LINE_WAIT: Duration = Duration::from_secs(30);
 /// Longest a browser driver may run (each gives up after 100 s itself).
 const DRIVE_WAIT: Duration = Duration::from_secs(110);
 
@@ -140,182 +133,63 @@ fn missing(extra: &[(PathBuf, &str)]) -> Option<String> {
 
 /// Skips loudly, or fails in CI, when something is missing.
 fn skip_or_fail(test: &str, what: &str) -> anyhow::Result<()> {
-    if std::env::var_os("CI").is_some() {
-        bail!("{test}: {what}; CI must run `bash .ci/setup-browser` first");
-    }
-    // Straight to the process's stderr: the test harness captures `eprintln!` of passing
-    // tests, and this line must be seen.
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n*** SKIPPED {test}: {what}. Run `bash .ci/setup-browser` to install Chromium and playwright-core. ***\n"
-    );
-    Ok(())
+    bootstrap_testkit::skip_or_fail(test, what, "bash .ci/setup-browser")
 }
 
 /// Outside the namespace: checks the prerequisites and runs `test` again, alone, in a new
 /// network namespace with only loopback up. Inside: runs `scenario` on a Tokio runtime.
-fn in_netns<F, Fut>(test: &str, extra: &[(PathBuf, &str)], scenario: F) -> anyhow::Result<()>
-where
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
-{
-    if std::env::var_os(IN_NETNS).is_some() {
-        return tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?
-            .block_on(scenario());
-    }
-    if let Some(what) = missing(extra) {
+fn in_netns(
+    test: &str,
+    extra: &[(PathBuf, &str)],
+    scenario: impl AsyncFnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let inside = std::env::var_os(bootstrap_testkit::netns::INSIDE_ENV).is_some();
+    if let Some(what) = missing(extra).filter(|_| !inside) {
         return skip_or_fail(test, &what);
     }
     // A test that failed while holding the lock poisons it; the next one may still run.
     let _one = ONE_BROWSER
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let exe = std::env::current_exe().context("the test executable")?;
-    let status = std::process::Command::new("unshare")
-        .args([
-            "--net",
-            "--",
-            "sh",
-            "-c",
-            r#"PATH="$PATH:/usr/sbin:/sbin" ip link set lo up && exec "$0" "$@""#,
-        ])
-        .arg(exe)
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(IN_NETNS, "1")
-        .status()
-        .context("running unshare")?;
-    ensure!(
-        status.success(),
-        "{test} failed inside the network namespace ({status})"
-    );
-    Ok(())
+    bootstrap_testkit::in_loopback_netns(test, scenario)
 }
 
 // ---------------------------------------------------------------------------------------
 // Processes and servers.
 
-/// A child process whose standard output is read line by line.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    lines: mpsc::UnboundedReceiver<String>,
-    seen: Vec<String>,
+/// `bootstrap-node` with these arguments, on loopback.
+fn node_proc(name: &'static str, args: &[&str]) -> anyhow::Result<Proc> {
+    Proc::spawn(
+        name,
+        Command::new(BIN)
+            .args(args)
+            .args(["--udp-bind", "127.0.0.1:0", "--timeout", "20000"]),
+    )
 }
 
-impl Proc {
-    fn spawn(name: &'static str, command: &mut Command) -> anyhow::Result<Self> {
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let (tx, lines) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut reader = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Self {
-            name,
-            child,
-            lines,
-            seen: Vec::new(),
-        })
-    }
+/// `tests/interop/harness.js` (the JS originals) with these arguments.
+fn js_proc(name: &'static str, args: &[&str]) -> anyhow::Result<Proc> {
+    Proc::spawn(
+        name,
+        Command::new("node")
+            .arg("harness.js")
+            .args(args)
+            .current_dir(interop_harness()),
+    )
+}
 
-    /// `bootstrap-node` with these arguments, on loopback.
-    fn node(name: &'static str, args: &[&str]) -> anyhow::Result<Self> {
-        Self::spawn(
-            name,
-            Command::new(BIN)
-                .args(args)
-                .args(["--udp-bind", "127.0.0.1:0", "--timeout", "20000"]),
-        )
-    }
-
-    /// `tests/interop/harness.js` (the JS originals) with these arguments.
-    fn js(name: &'static str, args: &[&str]) -> anyhow::Result<Self> {
-        Self::spawn(
-            name,
-            Command::new("node")
-                .arg("harness.js")
-                .args(args)
-                .current_dir(interop_harness()),
-        )
-    }
-
-    /// The next line, within `wait`; `None` when the process closed its output.
-    async fn next_line(&mut self, wait: Duration) -> anyhow::Result<Option<String>> {
-        match tokio::time::timeout(wait, self.lines.recv()).await {
-            Ok(line) => {
-                if let Some(line) = &line {
-                    self.seen.push(line.clone());
-                }
-                Ok(line)
-            }
-            Err(_) => bail!("{} printed nothing for {wait:?}", self.name),
+/// The next `DRIVE <json>` step of a browser driver (its other lines are echoed), or
+/// `None` once it exited.
+async fn next_step(driver: &mut Proc, deadline: Instant) -> anyhow::Result<Option<Value>> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(line) = driver.next_line(left).await? else {
+            return Ok(None);
+        };
+        match line.strip_prefix("DRIVE ") {
+            Some(step) => return Ok(Some(serde_json::from_str(step).context("a DRIVE line")?)),
+            None => eprintln!("[{}] {line}", driver.name),
         }
-    }
-
-    /// Waits for a line containing `needle` (or finds it among the lines already read).
-    async fn expect(&mut self, needle: &str) -> anyhow::Result<String> {
-        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
-            return Ok(line.clone());
-        }
-        let deadline = Instant::now() + LINE_WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.next_line(left).await {
-                Ok(Some(line)) if line.contains(needle) => return Ok(line),
-                Ok(Some(_)) => {}
-                Ok(None) => bail!(
-                    "{} exited before printing {needle:?}; printed {:?}",
-                    self.name,
-                    self.seen
-                ),
-                Err(error) => bail!("{error} (waiting for {needle:?}; printed {:?})", self.seen),
-            }
-        }
-    }
-
-    async fn type_line(&mut self, line: &str) -> anyhow::Result<()> {
-        let stdin = self.child.stdin.as_mut().context("stdin")?;
-        stdin.write_all(format!("{line}\n").as_bytes()).await?;
-        stdin.flush().await?;
-        Ok(())
-    }
-
-    /// The next `DRIVE <json>` step of a browser driver (its other lines are echoed), or
-    /// `None` once it exited.
-    async fn next_step(&mut self, deadline: Instant) -> anyhow::Result<Option<Value>> {
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Some(line) = self.next_line(left).await? else {
-                return Ok(None);
-            };
-            match line.strip_prefix("DRIVE ") {
-                Some(step) => return Ok(Some(serde_json::from_str(step).context("a DRIVE line")?)),
-                None => eprintln!("[{}] {line}", self.name),
-            }
-        }
-    }
-
-    /// Waits for the process to exit successfully.
-    async fn exit_ok(&mut self) -> anyhow::Result<()> {
-        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .with_context(|| format!("{} did not exit", self.name))??;
-        ensure!(status.success(), "{} failed ({status})", self.name);
-        Ok(())
     }
 }
 
@@ -365,7 +239,7 @@ async fn demo_scenario() -> anyhow::Result<()> {
     let dead_addr = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
 
     let url = format!("ws://{addr}");
-    let mut root = Proc::node(
+    let mut root = node_proc(
         "root",
         &[
             "root",
@@ -396,7 +270,7 @@ async fn demo_scenario() -> anyhow::Result<()> {
     let deadline = Instant::now() + DRIVE_WAIT;
     let mut steps = Vec::new();
     let mut rust_node: Option<Proc> = None;
-    while let Some(step) = drive.next_step(deadline).await? {
+    while let Some(step) = next_step(&mut drive, deadline).await? {
         eprintln!(
             "browser test: {} after {:.1?}",
             step["step"],
@@ -405,7 +279,7 @@ async fn demo_scenario() -> anyhow::Result<()> {
         match step["step"].as_str() {
             Some("pages-joined") => {
                 // The root is full: a tab answers this Rust newcomer.
-                let mut node = Proc::node(
+                let mut node = node_proc(
                     "rust node",
                     &[
                         "join",
@@ -568,7 +442,7 @@ async fn js_scenario() -> anyhow::Result<()> {
     const JS_TEXT: &str = "hello from the JS root";
     let started = Instant::now();
     let (addr, state, _server) = start_web_server().await?;
-    let mut root = Proc::js(
+    let mut root = js_proc(
         "js root",
         &[
             "tree-root",
@@ -584,7 +458,7 @@ async fn js_scenario() -> anyhow::Result<()> {
     )?;
     root.expect(r#""event":"ready""#).await?;
     // The JS root says nothing once its socket is open: ask the server.
-    let wait = Instant::now() + LINE_WAIT;
+    let wait = Instant::now() + bootstrap_testkit::process::LINE_WAIT;
     while !state.health().root_connected {
         ensure!(Instant::now() < wait, "the JS root never connected");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -599,7 +473,7 @@ async fn js_scenario() -> anyhow::Result<()> {
     let deadline = Instant::now() + DRIVE_WAIT;
     let mut js_node: Option<Proc> = None;
     let mut done = false;
-    while let Some(step) = drive.next_step(deadline).await? {
+    while let Some(step) = next_step(&mut drive, deadline).await? {
         eprintln!(
             "browser interop test: {} after {:.1?}",
             step["step"],
@@ -610,7 +484,7 @@ async fn js_scenario() -> anyhow::Result<()> {
                 // The JS root (full) delegated the second tab to the first: it must have
                 // told the first tab with a JOIN-REQUEST, since the JS root has one child.
                 root.expect(r#""event":"child-connect""#).await?;
-                let mut node = Proc::js(
+                let mut node = js_proc(
                     "js node",
                     &[
                         "tree-node",

@@ -1,93 +1,29 @@
-//! The `bootstrap-node` binary end to end: a server, a root and three joiners as
-//! processes, real data channels on loopback; a line typed at one joiner is printed by
-//! all the others.
+//! The `bootstrap-node` binary end to end: a server, a root and joiners as processes,
+//! real data channels on loopback; lines typed at one node are printed by all the others,
+//! a killed node's subtree re-joins, and the defaults work on a loopback-only host.
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use bootstrap_testkit::{Proc, in_loopback_netns};
 use tokio::net::TcpListener;
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
+use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_bootstrap-node");
 
-struct Proc {
-    name: String,
-    child: Child,
-    lines: mpsc::UnboundedReceiver<String>,
-    seen: Vec<String>,
+/// `bootstrap-node ARGS --name NAME` with WebRTC bound to loopback.
+fn node(name: &str, args: &[&str]) -> anyhow::Result<Proc> {
+    node_with(name, args, &["--udp-bind", "127.0.0.1:0"])
 }
 
-impl Proc {
-    fn spawn(name: &str, args: &[&str]) -> anyhow::Result<Self> {
-        Self::spawn_with(name, args, &["--udp-bind", "127.0.0.1:0"])
-    }
-
-    /// Spawns with `extra` arguments instead of the loopback UDP bind.
-    fn spawn_with(name: &str, args: &[&str], extra: &[&str]) -> anyhow::Result<Self> {
-        let mut child = Command::new(BIN)
+/// `bootstrap-node ARGS EXTRA --name NAME`.
+fn node_with(name: &str, args: &[&str], extra: &[&str]) -> anyhow::Result<Proc> {
+    Proc::spawn(
+        name,
+        Command::new(BIN)
             .args(args)
             .args(extra)
-            .args(["--name", name, "--timeout", "20000"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let (tx, lines) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut reader = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Self {
-            name: name.to_owned(),
-            child,
-            lines,
-            seen: Vec::new(),
-        })
-    }
-
-    async fn expect(&mut self, needle: &str) -> anyhow::Result<()> {
-        if self.seen.iter().any(|l| l.contains(needle)) {
-            return Ok(());
-        }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
-                Ok(Some(line)) => {
-                    let found = line.contains(needle);
-                    self.seen.push(line);
-                    if found {
-                        return Ok(());
-                    }
-                }
-                Ok(None) => bail!(
-                    "{} exited before printing {needle:?}; printed {:?}",
-                    self.name,
-                    self.seen
-                ),
-                Err(_) => bail!(
-                    "{} did not print {needle:?}; printed {:?}",
-                    self.name,
-                    self.seen
-                ),
-            }
-        }
-    }
-
-    async fn type_line(&mut self, line: &str) -> anyhow::Result<()> {
-        let stdin = self.child.stdin.as_mut().context("stdin")?;
-        stdin.write_all(format!("{line}\n").as_bytes()).await?;
-        stdin.flush().await?;
-        Ok(())
-    }
+            .args(["--name", name, "--timeout", "20000"]),
+    )
 }
 
 /// Starts a server in this process; it stops when the guard is dropped.
@@ -111,7 +47,7 @@ async fn server() -> anyhow::Result<(String, tokio_util::sync::DropGuard)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_line_typed_at_one_joiner_reaches_every_node() -> anyhow::Result<()> {
     let (url, _server) = server().await?;
-    let mut root = Proc::spawn(
+    let mut root = node(
         "root",
         &[
             "root",
@@ -126,7 +62,7 @@ async fn a_line_typed_at_one_joiner_reaches_every_node() -> anyhow::Result<()> {
     root.expect("ready root as root").await?;
     let mut joiners = Vec::new();
     for i in 1..=3 {
-        let mut joiner = Proc::spawn(
+        let mut joiner = node(
             &format!("j{i}"),
             &["join", "--url", &url, "--max-degree", "2"],
         )?;
@@ -166,7 +102,7 @@ async fn a_line_typed_at_one_joiner_reaches_every_node() -> anyhow::Result<()> {
 async fn children_of_a_killed_node_rejoin_and_hear_the_next_broadcast() -> anyhow::Result<()> {
     let (url, _server) = server().await?;
     // max-degree 1 everywhere: a chain root -> j1 -> j2 -> j3.
-    let mut root = Proc::spawn(
+    let mut root = node(
         "root",
         &[
             "root",
@@ -181,7 +117,7 @@ async fn children_of_a_killed_node_rejoin_and_hear_the_next_broadcast() -> anyho
     root.expect("ready root").await?;
     let mut nodes = Vec::new();
     for i in 1..=3 {
-        let mut node = Proc::spawn(
+        let mut node = node(
             &format!("j{i}"),
             &["join", "--url", &url, "--max-degree", "1"],
         )?;
@@ -207,11 +143,7 @@ async fn children_of_a_killed_node_rejoin_and_hear_the_next_broadcast() -> anyho
             "j2 did not re-join: {:?}",
             nodes[0].seen
         );
-        if let Ok(Some(line)) =
-            tokio::time::timeout(Duration::from_millis(200), nodes[0].lines.recv()).await
-        {
-            nodes[0].seen.push(line);
-        }
+        let _ = nodes[0].next_line(Duration::from_millis(200)).await;
     }
     // j3 kept its parent (j2), so the subtree moved as a whole.
     anyhow::ensure!(
@@ -227,56 +159,25 @@ async fn children_of_a_killed_node_rejoin_and_hear_the_next_broadcast() -> anyho
     Ok(())
 }
 
-/// Set inside the network namespace the next test re-runs itself in.
-const NETNS_ENV: &str = "BOOTSTRAP_NODE_NETNS";
-
 #[test]
-fn defaults_work_on_a_loopback_only_host() {
-    // Re-run this test inside a network namespace whose only interface is `lo`.
-    if std::env::var_os(NETNS_ENV).is_none() {
-        let exe = std::env::current_exe().expect("test executable");
-        let status = std::process::Command::new("unshare")
-            .args([
-                "--net",
-                "--",
-                "sh",
-                "-c",
-                "ip link set lo up && exec \"$0\" \"$@\"",
-            ])
-            .arg(exe)
-            .args([
-                "defaults_work_on_a_loopback_only_host",
-                "--exact",
-                "--nocapture",
-            ])
-            .env(NETNS_ENV, "1")
-            .status()
-            .expect("unshare (needs root)");
-        assert!(status.success(), "the test failed inside the namespace");
-        return;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime
-        .block_on(async {
-            let (url, _server) = server().await?;
-            // No --udp-bind: the default binds every interface plus 127.0.0.1.
-            let mut root = Proc::spawn_with(
-                "root",
-                &["root", "--url", &url, "--secret", "node-secret"],
-                &[],
-            )?;
-            root.expect("ready root").await?;
-            let mut a = Proc::spawn_with("a", &["join", "--url", &url], &[])?;
-            a.expect("ready node").await?;
-            let mut b = Proc::spawn_with("b", &["join", "--url", &url], &[])?;
-            b.expect("ready node").await?;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            a.type_line("only loopback here").await?;
-            root.expect("<a> only loopback here").await?;
-            b.expect("<a> only loopback here").await
-        })
-        .expect("loopback-only run");
+fn defaults_work_on_a_loopback_only_host() -> anyhow::Result<()> {
+    in_loopback_netns("defaults_work_on_a_loopback_only_host", async || {
+        let (url, _server) = server().await?;
+        // No --udp-bind: the default binds every interface plus 127.0.0.1.
+        let mut root = node_with(
+            "root",
+            &["root", "--url", &url, "--secret", "node-secret"],
+            &[],
+        )?;
+        root.expect("ready root").await?;
+        let mut a = node_with("a", &["join", "--url", &url], &[])?;
+        a.expect("ready node").await?;
+        let mut b = node_with("b", &["join", "--url", &url], &[])?;
+        b.expect("ready node").await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        a.type_line("only loopback here").await?;
+        root.expect("<a> only loopback here").await?;
+        b.expect("<a> only loopback here").await?;
+        Ok(())
+    })
 }

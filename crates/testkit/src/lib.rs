@@ -1,0 +1,13 @@
+//! Helpers shared by the workspace's end-to-end tests (never used outside tests, which
+//! is why it returns `anyhow` errors like the tests themselves).
+//!
+//! # Layout
+//! - [`netns`]: re-run a test inside a network namespace whose only interface is
+//!   loopback, and report or skip loudly past libtest's output capture.
+//! - [`process`]: [`Proc`], a child process read line by line, with timeouts.
+
+pub mod netns;
+pub mod process;
+
+pub use netns::{in_loopback_netns, report, skip_or_fail};
+pub use process::Proc;
