@@ -359,3 +359,20 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<Stri
     tokio::time::timeout(WAIT, stream.read_to_string(&mut body)).await??;
     Ok(body)
 }
+
+#[tokio::test]
+async fn a_client_close_gets_the_closing_handshake() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let mut peer = server.join().await?;
+    server.wait_health("joined", |h| h.prospects == 1).await?;
+    peer.close(None).await?;
+    // The server answers the close frame (tungstenite then reports the stream's end)
+    // instead of dropping the connection.
+    let reply = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut peer)).await?;
+    assert!(
+        matches!(reply, Some(Ok(Message::Close(_))) | None),
+        "{reply:?}"
+    );
+    server.wait_health("left", |h| h.prospects == 0).await?;
+    Ok(())
+}

@@ -10,7 +10,7 @@ use crate::report::Report;
 use crate::servers::Kind;
 
 const WIDTH: f64 = 1000.0;
-const HEIGHT: f64 = 700.0;
+const HEIGHT: f64 = 720.0;
 const OURS: &str = "#d9480f";
 const JS: &str = "#1971c2";
 
@@ -27,7 +27,7 @@ pub(crate) fn svg(report: &Report) -> String {
     let groups: Vec<String> = report
         .points
         .iter()
-        .map(|p| format!("C = {}", p.concurrency))
+        .map(crate::report::Point::label)
         .collect();
     let cpu = |r: &crate::load::LoadReport| r.server.map_or(0.0, |s| s.cpu_us_per_handshake);
     let panels = [
@@ -84,6 +84,26 @@ pub(crate) fn svg(report: &Report) -> String {
         escape(&report.date),
         escape(&report.machine),
     );
+    if let Some(p) = report.points.first() {
+        let workers = report
+            .settings
+            .ours
+            .strip_prefix("TOKIO_WORKER_THREADS=")
+            .and_then(|rest| rest.split_whitespace().next())
+            .map_or_else(
+                || "our server on its default threads".to_owned(),
+                |n| format!("our server on {n} worker thread(s)"),
+            );
+        let _ = write!(
+            out,
+            r##"<text x="{}" y="{}" font-size="11" text-anchor="middle" fill="#555">N = {} handshakes per point, K = {} candidates, B = {}-byte SDPs; {workers}; load generator on the same machine</text>"##,
+            WIDTH / 2.0,
+            HEIGHT - 4.0,
+            p.ours.handshakes,
+            p.ours.candidates,
+            p.ours.sdp_bytes,
+        );
+    }
     legend(&mut out);
     for (i, panel) in panels.iter().enumerate() {
         let x = if i % 2 == 0 { 20.0 } else { WIDTH / 2.0 + 10.0 };

@@ -112,7 +112,7 @@ impl<'a> Handshake<'a> {
         let started = Instant::now();
         let deadline = started + ctx.timeout;
         let seed = self.n.wrapping_mul(2_654_435_761);
-        let mut newcomer = WsClient::connect(ctx.server, "/join", None, seed)
+        let mut newcomer = connect(ctx.server, seed, deadline)
             .await
             .map_err(self.connection("newcomer"))?;
         ctx.board.register(self.n, tx);
@@ -139,10 +139,9 @@ impl<'a> Handshake<'a> {
                     self.at_root = 1;
                     self.newcomer_id = Some(origin);
                     // The root answers with a fresh `/join` socket.
-                    let mut socket =
-                        WsClient::connect(ctx.server, "/join", None, seed.rotate_left(16))
-                            .await
-                            .map_err(self.connection("answerer"))?;
+                    let mut socket = connect(ctx.server, seed.rotate_left(16), deadline)
+                        .await
+                        .map_err(self.connection("answerer"))?;
                     for rank in 0..=ctx.script.candidates {
                         self.send(&mut socket, Side::Answerer, rank, Some(origin))
                             .await?;
@@ -374,6 +373,13 @@ enum Event {
     Newcomer(Result<(), WsError>),
     Answerer(Result<(), WsError>),
     Timeout,
+}
+
+/// Opens a `/join` socket, giving up at `deadline`.
+async fn connect(server: SocketAddr, seed: u32, deadline: Instant) -> Result<WsClient, WsError> {
+    tokio::time::timeout_at(deadline, WsClient::connect(server, "/join", None, seed))
+        .await
+        .unwrap_or(Err(WsError::TimedOut))
 }
 
 /// Reads more into the answerer's socket; never completes while there is none.

@@ -40,14 +40,14 @@ pub struct IdleConfig {
 }
 
 impl IdleConfig {
-    /// The measurement: 10 000 and 100 000 sockets, a 256 MiB budget.
+    /// The measurement: 10 000 and 100 000 sockets, a 128 MiB budget.
     #[must_use]
     pub fn new(server: SocketAddr, server_pid: u32) -> Self {
         Self {
             server,
             server_pid,
             checkpoints: vec![10_000, 100_000],
-            budget_mib: 256,
+            budget_mib: 128,
             max_sockets: 200_000,
             step: 10_000,
             source_ips: 8,
@@ -79,9 +79,13 @@ pub struct IdleReport {
     pub curve: Vec<IdlePoint>,
     /// The RSS budget, in MiB (0: not measured).
     pub budget_mib: u64,
-    /// Most sockets held within the budget, interpolated between readings; `None` if
-    /// the budget was never exceeded (then it is at least the last reading's count).
+    /// Most sockets held within the budget, interpolated between readings, or
+    /// extrapolated from the last readings' slope when the budget was not reached.
     pub max_sockets_within_budget: Option<u64>,
+    /// Whether `max_sockets_within_budget` is extrapolated rather than measured.
+    pub budget_extrapolated: bool,
+    /// The open-file limit of this process (and of the server, which inherits it).
+    pub fd_limit: u64,
     /// Why opening stopped.
     pub stopped: String,
 }
@@ -116,10 +120,18 @@ pub async fn run(config: &IdleConfig) -> anyhow::Result<IdleReport> {
         );
     }
     let pid = config.server_pid.to_string();
-    let last_checkpoint = config.checkpoints.iter().copied().max().unwrap_or(0);
+    // Both this process and the server (which inherited our limit) need one descriptor
+    // per socket, plus a few of their own.
+    let fd_limit = rlimit::Resource::NOFILE
+        .get()
+        .map_or(u64::MAX, |(soft, _)| soft);
+    let cap = usize::try_from(fd_limit.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX);
+    let mut checkpoints: Vec<usize> = config.checkpoints.iter().map(|&c| c.min(cap)).collect();
+    checkpoints.dedup();
+    let last_checkpoint = checkpoints.iter().copied().max().unwrap_or(0);
     let budget_kib = config.budget_mib * 1024;
     let limit = if budget_kib > 0 {
-        config.max_sockets.max(last_checkpoint)
+        config.max_sockets.max(last_checkpoint).min(cap)
     } else {
         last_checkpoint
     };
@@ -150,7 +162,7 @@ pub async fn run(config: &IdleConfig) -> anyhow::Result<IdleReport> {
             stopped = format!("stopped at {} sockets: {e:#}", opener.sockets.len());
             break;
         }
-        let checkpoint = config.checkpoints.contains(&target);
+        let checkpoint = checkpoints.contains(&target);
         let settle = if checkpoint {
             config.settle
         } else {
@@ -179,15 +191,23 @@ pub async fn run(config: &IdleConfig) -> anyhow::Result<IdleReport> {
             break;
         }
     }
-    let max_sockets_within_budget = (budget_kib > 0)
+    if limit == cap && opener.sockets.len() == cap {
+        stopped = format!("reached {cap} sockets: the open-file limit is {fd_limit} per process");
+    }
+    let measured = (budget_kib > 0)
         .then(|| within_budget(baseline, &curve, budget_kib))
+        .flatten();
+    let estimated = (budget_kib > 0 && measured.is_none())
+        .then(|| extrapolate(baseline, &curve, budget_kib))
         .flatten();
     Ok(IdleReport {
         baseline_rss_kib: baseline,
         points,
         curve,
         budget_mib: config.budget_mib,
-        max_sockets_within_budget,
+        max_sockets_within_budget: measured.or(estimated),
+        budget_extrapolated: estimated.is_some(),
+        fd_limit,
         stopped,
     })
 }
@@ -210,6 +230,26 @@ fn within_budget(baseline: u64, curve: &[IdlePoint], budget_kib: u64) -> Option<
     }
     None
 }
+
+/// Longest one connection may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sockets at which RSS would reach `budget_kib`, following the slope of the last half
+/// of the readings (the marginal cost of one more socket).
+fn extrapolate(baseline: u64, curve: &[IdlePoint], budget_kib: u64) -> Option<u64> {
+    let last = curve.last()?;
+    let first = curve
+        .get(curve.len() / 2)
+        .filter(|p| p.sockets < last.sockets);
+    let (c0, r0) = first.map_or((0, baseline), |p| (p.sockets, p.rss_kib));
+    let slope = (last.rss_kib as f64 - r0 as f64) / (last.sockets - c0) as f64;
+    (slope > 0.0).then(|| {
+        (last.sockets as f64 + (budget_kib as f64 - last.rss_kib as f64) / slope).max(0.0) as u64
+    })
+}
+
+/// Descriptors kept free for everything but the measured sockets.
+const FD_RESERVE: u64 = 100;
 
 /// Opens sockets and keeps them.
 struct Opener {
@@ -255,9 +295,13 @@ impl Opener {
                 for i in first..first + n {
                     let source = sources[i % sources.len()];
                     let seed = u32::try_from(i).unwrap_or(u32::MAX);
-                    match WsClient::connect(server, "/join", source, seed).await {
-                        Ok(socket) => sockets.push(socket),
-                        Err(e) => return (sockets, Some(format!("{e} (from {source:?})"))),
+                    let connect = WsClient::connect(server, "/join", source, seed);
+                    match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+                        Ok(Ok(socket)) => sockets.push(socket),
+                        Ok(Err(e)) => return (sockets, Some(format!("{e} (from {source:?})"))),
+                        Err(_) => {
+                            return (sockets, Some(format!("no answer in {CONNECT_TIMEOUT:?}")));
+                        }
                     }
                 }
                 (sockets, None)
@@ -291,5 +335,7 @@ mod tests {
         assert_eq!(within_budget(100, &curve, 350), Some(25));
         assert_eq!(within_budget(100, &curve, 1000), None);
         assert_eq!(within_budget(500, &curve, 400), Some(0));
+        // 10 KiB per socket from the middle reading on: 1000 KiB more is 100 sockets.
+        assert_eq!(extrapolate(100, &curve, 1400), Some(130));
     }
 }

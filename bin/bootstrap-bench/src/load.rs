@@ -47,6 +47,9 @@ pub struct LoadConfig {
     pub handshake_timeout: Duration,
     /// The server's process id, for its CPU time and memory.
     pub server_pid: Option<u32>,
+    /// Start handshakes at this rate (per second) instead of as fast as the concurrency
+    /// allows: an open-loop load, to compare latencies at equal load.
+    pub rate: Option<f64>,
 }
 
 impl LoadConfig {
@@ -65,6 +68,7 @@ impl LoadConfig {
             threads: 1,
             handshake_timeout: Duration::from_secs(30),
             server_pid: None,
+            rate: None,
         }
     }
 }
@@ -76,6 +80,10 @@ pub struct ServerUsage {
     pub cpu_seconds: f64,
     /// `cpu_seconds` per measured handshake, in microseconds: the headline figure.
     pub cpu_us_per_handshake: f64,
+    /// The user-space part of it (the server's own code), in microseconds.
+    pub user_us_per_handshake: f64,
+    /// The kernel part of it (system calls, loopback TCP), in microseconds.
+    pub system_us_per_handshake: f64,
     /// Peak resident memory since the server started (`VmHWM`), in KiB.
     pub peak_rss_kib: u64,
     /// Resident memory at the end, in KiB.
@@ -97,6 +105,9 @@ pub struct LoadReport {
     pub sdp_bytes: usize,
     /// Generator threads.
     pub threads: usize,
+    /// Offered rate in handshakes per second, for an open-loop point.
+    #[serde(default)]
+    pub rate: Option<f64>,
     /// Wall time of the measured handshakes, in seconds.
     pub seconds: f64,
     /// Completed handshakes per second.
@@ -113,6 +124,9 @@ pub struct LoadReport {
     pub server: Option<ServerUsage>,
     /// The generator's own CPU use, in cores (1.0 = one core busy all the time).
     pub generator_cores: f64,
+    /// CPU used by everything else on the machine during the run, in cores (other
+    /// processes compete with the server and the generator for the same cores).
+    pub background_cores: f64,
     /// Handshakes that failed verification (lost, duplicated, misrouted, altered).
     pub failed_handshakes: u64,
     /// Failures outside any one handshake (at the root).
@@ -176,27 +190,43 @@ pub async fn run(config: &LoadConfig) -> anyhow::Result<LoadReport> {
     let (stop, stopped) = oneshot::channel();
     let root = tokio::spawn(crate::root::run(Arc::clone(&ctx), root_ws, stopped));
 
-    let mut warm = phase(&ctx, 0, config.warmup, config.concurrency).await;
+    let mut warm = phase(&ctx, 0, config.warmup, config.concurrency, config.rate).await;
     let pid = config.server_pid.map(|p| p.to_string());
-    let server_before = pid.as_deref().map(procfs::cpu_time).transpose()?;
+    let server_before = pid.as_deref().map(procfs::cpu_times).transpose()?;
     let own_before = procfs::cpu_time("self")?;
+    let busy_before = procfs::machine_busy()?;
     let started = Instant::now();
-    let mut samples = phase(&ctx, config.warmup, config.handshakes, config.concurrency).await;
+    let mut samples = phase(
+        &ctx,
+        config.warmup,
+        config.handshakes,
+        config.concurrency,
+        config.rate,
+    )
+    .await;
     let seconds = started.elapsed().as_secs_f64();
     let own_cpu = procfs::cpu_time("self")?.saturating_sub(own_before);
+    let busy = procfs::machine_busy()?.saturating_sub(busy_before);
+    let per_handshake = |d: Duration| d.as_secs_f64() * 1e6 / f64::from(config.handshakes.max(1));
     let server = match (pid.as_deref(), server_before) {
-        (Some(pid), Some(before)) => {
-            let cpu = procfs::cpu_time(pid)?.saturating_sub(before).as_secs_f64();
+        (Some(pid), Some((user0, system0))) => {
+            let (user1, system1) = procfs::cpu_times(pid)?;
+            let (user, system) = (user1.saturating_sub(user0), system1.saturating_sub(system0));
             let memory = procfs::memory(pid)?;
             Some(ServerUsage {
-                cpu_seconds: cpu,
-                cpu_us_per_handshake: cpu * 1e6 / f64::from(config.handshakes.max(1)),
+                cpu_seconds: (user + system).as_secs_f64(),
+                cpu_us_per_handshake: per_handshake(user + system),
+                user_us_per_handshake: per_handshake(user),
+                system_us_per_handshake: per_handshake(system),
                 peak_rss_kib: memory.peak_kib,
                 rss_kib: memory.rss_kib,
             })
         }
         _ => None,
     };
+    let server_cpu = server.map_or(0.0, |s| s.cpu_seconds);
+    let background_cores =
+        ((busy.as_secs_f64() - server_cpu - own_cpu.as_secs_f64()) / seconds).max(0.0);
     let _ = stop.send(());
     let stray = root.await.context("the root task panicked")?;
 
@@ -220,6 +250,7 @@ pub async fn run(config: &LoadConfig) -> anyhow::Result<LoadReport> {
         early,
         sdp_bytes: config.sdp_bytes,
         threads: config.threads,
+        rate: config.rate,
         seconds,
         handshakes_per_second: completed as f64 / seconds,
         messages,
@@ -228,16 +259,25 @@ pub async fn run(config: &LoadConfig) -> anyhow::Result<LoadReport> {
         handshake_ms: Percentiles::of(&mut samples.handshake_ns, 1e6),
         server,
         generator_cores: own_cpu.as_secs_f64() / seconds,
+        background_cores,
         failed_handshakes: failed,
         stray_failures: stray.len() as u64,
         failure_samples,
     })
 }
 
-/// Runs handshakes `first..first + count` with at most `concurrency` in flight.
-async fn phase(ctx: &Arc<Ctx>, first: u32, count: u32, concurrency: u32) -> Samples {
+/// Runs handshakes `first..first + count` with at most `concurrency` in flight, and if
+/// `rate` is given, starts handshake `first + i` no earlier than `i / rate` seconds in.
+async fn phase(
+    ctx: &Arc<Ctx>,
+    first: u32,
+    count: u32,
+    concurrency: u32,
+    rate: Option<f64>,
+) -> Samples {
     let next = Arc::new(AtomicU32::new(first));
     let end = first.saturating_add(count);
+    let started = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..concurrency.clamp(1, count.max(1)) {
         let ctx = Arc::clone(ctx);
@@ -248,6 +288,10 @@ async fn phase(ctx: &Arc<Ctx>, first: u32, count: u32, concurrency: u32) -> Samp
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 if n >= end {
                     break samples;
+                }
+                if let Some(rate) = rate.filter(|r| *r > 0.0) {
+                    let at = Duration::from_secs_f64(f64::from(n - first) / rate);
+                    tokio::time::sleep_until(started + at).await;
                 }
                 if let Err(failure) = handshake::run(&ctx, n, &mut samples).await {
                     samples.failures.push(failure);

@@ -37,6 +37,12 @@ enum Command {
     Idle(IdleArgs),
     /// Run the load points and idle memory against our server and the JS server.
     Compare(CompareArgs),
+    /// Rewrite signaling.md and signaling.svg from signaling.json (no measurement).
+    Render {
+        /// Directory holding signaling.json.
+        #[arg(long, default_value = "docs/bench")]
+        dir: PathBuf,
+    },
     /// WebRTC join time (not implemented yet: needs crates/peer).
     Webrtc,
 }
@@ -76,6 +82,9 @@ struct LoadArgs {
     /// The server's process id, to report its CPU time and memory.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Start handshakes at this many per second (open loop) instead of as fast as -c allows.
+    #[arg(long)]
+    rate: Option<f64>,
     /// Also write the figures as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -93,7 +102,7 @@ struct IdleArgs {
     #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
     counts: Vec<usize>,
     /// RSS budget in MiB for the most sockets held within it (0: skip).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 128)]
     budget_mib: u64,
     /// Most sockets opened while looking for the budget.
     #[arg(long, default_value_t = 200_000)]
@@ -149,7 +158,7 @@ struct CompareArgs {
     #[arg(long, value_delimiter = ',')]
     idle_counts: Option<Vec<usize>>,
     /// RSS budget in MiB for the most idle sockets held within it [quick: skipped].
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 128)]
     budget_mib: u64,
     /// Most idle sockets opened while looking for the budget.
     #[arg(long, default_value_t = 200_000)]
@@ -157,6 +166,22 @@ struct CompareArgs {
     /// Node's V8 old-space limit in MiB.
     #[arg(long, default_value_t = 8192)]
     node_heap_mib: u64,
+    /// Worker threads of our server (0: one per core). The JS server runs on one thread
+    /// and the generator needs the other core of a 2-core machine.
+    #[arg(long, default_value_t = 1)]
+    server_workers: usize,
+    /// Runs of each point per server, alternating; the run the rest of the machine
+    /// disturbed least is reported [default: 2; quick: 1].
+    #[arg(long)]
+    repeat: Option<u32>,
+    /// Seconds to wait for a quiet machine (other processes using under 0.2 cores)
+    /// before each run [default: 60; quick: 0].
+    #[arg(long)]
+    quiet_wait: Option<u64>,
+    /// Open-loop point: offered handshakes per second at the largest concurrency, so
+    /// both servers are compared at the same load (0: skip) [default: 1000; quick: 0].
+    #[arg(long)]
+    paced_rate: Option<f64>,
 }
 
 fn main() -> ExitCode {
@@ -175,6 +200,16 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Load(args) => run_load(&args),
         Command::Idle(args) => run_idle(&args),
         Command::Compare(args) => run_compare(args),
+        Command::Render { dir } => {
+            let path = dir.join("signaling.json");
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let mut report: bootstrap_bench::report::Report = serde_json::from_str(&text)?;
+            report.evaluate_targets();
+            compare::write(&report, &dir)?;
+            println!("{}", report.markdown());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Webrtc => {
             // TODO(webrtc): measure WebRTC join time (newcomer connect to open data
             // channel) through both servers once crates/peer exists: N joins with real
@@ -210,6 +245,7 @@ fn run_load(args: &LoadArgs) -> anyhow::Result<ExitCode> {
     config.threads = args.threads;
     config.handshake_timeout = Duration::from_secs(args.handshake_timeout);
     config.server_pid = args.server_pid;
+    config.rate = args.rate;
     let report = load::run_blocking(&config)?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     if let Some(path) = &args.json {
@@ -254,23 +290,30 @@ fn run_compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
         max_sockets: if quick { 0 } else { args.max_sockets },
         step: if quick { 1000 } else { 10_000 },
     });
+    let points = args.points.unwrap_or_else(|| {
+        if quick {
+            vec![1, 10, 50]
+        } else {
+            vec![1, 50, 500]
+        }
+    });
     let config = CompareConfig {
         programs: Programs {
             server_bin,
             node: args.node,
             js_dir: args.js_dir,
             node_heap_mib: args.node_heap_mib,
+            server_workers: (args.server_workers > 0).then_some(args.server_workers),
         },
         out_dir: args
             .out
             .or_else(|| (!quick).then(|| PathBuf::from("docs/bench"))),
-        points: args.points.unwrap_or_else(|| {
-            if quick {
-                vec![1, 10, 50]
-            } else {
-                vec![1, 50, 500]
-            }
-        }),
+        paced: {
+            let rate = args.paced_rate.unwrap_or(if quick { 0.0 } else { 1000.0 });
+            let c = points.iter().copied().max().unwrap_or(1);
+            (rate > 0.0).then_some((c, rate))
+        },
+        points,
         handshakes: args.handshakes.unwrap_or(if quick { 300 } else { 20_000 }),
         candidates: args.candidates,
         sdp_bytes: args.sdp_bytes,
@@ -284,6 +327,8 @@ fn run_compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
         } else {
             JsMode::Required
         },
+        repeat: args.repeat.unwrap_or(if quick { 1 } else { 2 }),
+        quiet_wait: Duration::from_secs(args.quiet_wait.unwrap_or(if quick { 0 } else { 60 })),
         command: std::env::args()
             .enumerate()
             .map(|(i, a)| {

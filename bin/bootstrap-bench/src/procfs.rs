@@ -12,6 +12,15 @@ use anyhow::{Context as _, bail};
 /// # Errors
 /// When `/proc/PID/stat` cannot be read or parsed.
 pub fn cpu_time(pid: &str) -> anyhow::Result<Duration> {
+    let (user, system) = cpu_times(pid)?;
+    Ok(user + system)
+}
+
+/// User and system CPU time used so far by process `pid`, all threads.
+///
+/// # Errors
+/// When `/proc/PID/stat` cannot be read or parsed.
+pub fn cpu_times(pid: &str) -> anyhow::Result<(Duration, Duration)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("cannot read /proc/{pid}/stat"))?;
     // The command name (field 2) may hold spaces; fields after it are plain numbers.
@@ -28,8 +37,38 @@ pub fn cpu_time(pid: &str) -> anyhow::Result<Duration> {
             .parse()
             .context("malformed /proc/PID/stat")
     };
-    let total = ticks(11)? + ticks(12)?;
-    Ok(Duration::from_secs_f64(total as f64 / clock_ticks() as f64))
+    let hz = clock_ticks() as f64;
+    Ok((
+        Duration::from_secs_f64(ticks(11)? as f64 / hz),
+        Duration::from_secs_f64(ticks(12)? as f64 / hz),
+    ))
+}
+
+/// CPU time the whole machine has spent busy (every core: user, nice, system, irq,
+/// softirq, steal), from `/proc/stat`.
+///
+/// # Errors
+/// When `/proc/stat` cannot be read or parsed.
+pub fn machine_busy() -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .context("no cpu line in /proc/stat")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal: skip idle (3) and iowait (4).
+    let busy: u64 = fields
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum();
+    Ok(Duration::from_secs_f64(busy as f64 / clock_ticks() as f64))
 }
 
 /// Memory of a process, in KiB.
@@ -128,5 +167,6 @@ mod tests {
         let mem = memory("self").expect("status");
         assert!(mem.rss_kib > 0 && mem.peak_kib >= mem.rss_kib);
         assert!(machine().contains("cores"));
+        assert!(machine_busy().expect("stat") > Duration::ZERO);
     }
 }

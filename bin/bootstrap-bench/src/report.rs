@@ -43,6 +43,9 @@ pub struct Settings {
     pub generator_threads: usize,
     /// Unmeasured handshakes before each point.
     pub warmup: u32,
+    /// Runs of each point per server; the one with the least background CPU is reported.
+    #[serde(default)]
+    pub repeat: u32,
 }
 
 /// One load point against both servers.
@@ -50,6 +53,9 @@ pub struct Settings {
 pub struct Point {
     /// Concurrency (C).
     pub concurrency: u32,
+    /// Offered handshakes per second for an open-loop point; `None`: closed loop.
+    #[serde(default)]
+    pub rate: Option<f64>,
     /// Our server's figures.
     pub ours: LoadReport,
     /// The JS server's figures, if it ran.
@@ -78,11 +84,23 @@ pub struct Target {
     pub met: Option<bool>,
 }
 
+impl Point {
+    /// `C = 500`, or `C = 500 at 1000/s` for an open-loop point.
+    #[must_use]
+    pub fn label(&self) -> String {
+        match self.rate {
+            Some(rate) => format!("C = {} at {rate:.0}/s", self.concurrency),
+            None => format!("C = {}", self.concurrency),
+        }
+    }
+}
+
 impl Report {
     /// Evaluates the targets from the points and idle entries.
     pub fn evaluate_targets(&mut self) {
         let mut targets = Vec::new();
-        if let Some(point) = self.points.iter().max_by_key(|p| p.concurrency) {
+        let closed = self.points.iter().filter(|p| p.rate.is_none());
+        if let Some(point) = closed.max_by_key(|p| p.concurrency) {
             let c = point.concurrency;
             let cpu = |r: &LoadReport| r.server.map(|s| s.cpu_us_per_handshake);
             let ratio = point
@@ -146,39 +164,38 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "| C | server | handshakes/s | messages/s | relay latency p50 / p90 / p99 / max (µs) \
-             | handshake p50 / p99 (ms) | server CPU per handshake (µs) | server peak RSS (MiB) \
-             | generator CPU (cores) | verified |"
+            "| load | server | handshakes/s | messages/s | relay latency p50 / p90 / p99 / max (µs) \
+             | handshake p50 / p99 (ms) | server CPU per handshake, user + system (µs) \
+             | server peak RSS (MiB) | generator / other CPU (cores) | verified |"
         );
         let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
         for p in &self.points {
-            row(&mut out, p.concurrency, "ours", &p.ours);
+            let label = p.label();
+            row(&mut out, &label, "ours", &p.ours);
             if let Some(js) = &p.js {
-                row(&mut out, p.concurrency, "JS 4.4.1", js);
+                row(&mut out, &label, "JS 4.4.1", js);
                 let cpu = |r: &LoadReport| r.server.map_or(f64::NAN, |s| s.cpu_us_per_handshake);
                 let rss = |r: &LoadReport| r.server.map_or(f64::NAN, |s| s.peak_rss_kib as f64);
                 let (o, j) = (&p.ours, js);
                 let _ = writeln!(
                     out,
-                    "| {} | **ours vs JS** | **×{:.1}** | ×{:.1} | ×{:.1} / ×{:.1} / **×{:.1}** / ×{:.1} \
-                     | ×{:.1} / ×{:.1} | **÷{:.1}** | ÷{:.1} | | |",
-                    p.concurrency,
-                    o.handshakes_per_second / j.handshakes_per_second,
-                    o.messages_per_second / j.messages_per_second,
-                    j.relay_latency_us.p50 / o.relay_latency_us.p50,
-                    j.relay_latency_us.p90 / o.relay_latency_us.p90,
-                    j.relay_latency_us.p99 / o.relay_latency_us.p99,
-                    j.relay_latency_us.max / o.relay_latency_us.max,
-                    j.handshake_ms.p50 / o.handshake_ms.p50,
-                    j.handshake_ms.p99 / o.handshake_ms.p99,
-                    cpu(j) / cpu(o),
-                    rss(j) / rss(o),
+                    "| {label} | **ours vs JS** | **{}** | {} | {} / {} / **{}** / {} | {} / {} | **{}** | {} | | |",
+                    times(o.handshakes_per_second / j.handshakes_per_second),
+                    times(o.messages_per_second / j.messages_per_second),
+                    times(j.relay_latency_us.p50 / o.relay_latency_us.p50),
+                    times(j.relay_latency_us.p90 / o.relay_latency_us.p90),
+                    times(j.relay_latency_us.p99 / o.relay_latency_us.p99),
+                    times(j.relay_latency_us.max / o.relay_latency_us.max),
+                    times(j.handshake_ms.p50 / o.handshake_ms.p50),
+                    times(j.handshake_ms.p99 / o.handshake_ms.p99),
+                    times(cpu(j) / cpu(o)),
+                    times(rss(j) / rss(o)),
                 );
             }
         }
         out.push_str(
-            "\n×: ours is that many times higher (throughput) or faster (latency); \
-             ÷: ours uses that many times less.\n",
+            "\n**ours vs JS**: how many times better ours is (higher throughput; lower latency, \
+             CPU and memory); below ×1 the JS server is better.\n",
         );
         if !self.idle.is_empty() {
             out.push_str(
@@ -199,13 +216,14 @@ impl Report {
                         )
                     })
                     .collect();
+                let last = e.report.curve.last().map_or(0, |p| p.sockets);
                 let max = match e.report.max_sockets_within_budget {
-                    Some(n) => format!("{n} in {} MiB", e.report.budget_mib),
-                    None => format!(
-                        "more than {} in {} MiB (not reached)",
-                        e.report.curve.last().map_or(0, |p| p.sockets),
+                    Some(n) if e.report.budget_extrapolated => format!(
+                        "≈{n} in {} MiB (extrapolated from {last} sockets)",
                         e.report.budget_mib
                     ),
+                    Some(n) => format!("{n} in {} MiB (measured)", e.report.budget_mib),
+                    None => "not measured".to_owned(),
                 };
                 let name = match e.server {
                     crate::servers::Kind::Ours => "ours",
@@ -237,6 +255,15 @@ impl Report {
     }
 }
 
+/// A ratio as `×3.4`, or `×0.42` below 1.
+fn times(ratio: f64) -> String {
+    if ratio >= 1.0 {
+        format!("×{ratio:.1}")
+    } else {
+        format!("×{ratio:.2}")
+    }
+}
+
 fn target(name: String, goal: &str, ratio: Option<f64>, at_least: f64) -> Target {
     Target {
         name,
@@ -246,14 +273,20 @@ fn target(name: String, goal: &str, ratio: Option<f64>, at_least: f64) -> Target
     }
 }
 
-fn row(out: &mut String, c: u32, name: &str, r: &LoadReport) {
+fn row(out: &mut String, load: &str, name: &str, r: &LoadReport) {
     let l = &r.relay_latency_us;
-    let (cpu, rss) = r.server.map_or((f64::NAN, f64::NAN), |s| {
-        (s.cpu_us_per_handshake, s.peak_rss_kib as f64 / 1024.0)
+    let (cpu, rss) = r.server.map_or(("n/a".to_owned(), f64::NAN), |s| {
+        (
+            format!(
+                "{:.0} = {:.0} + {:.0}",
+                s.cpu_us_per_handshake, s.user_us_per_handshake, s.system_us_per_handshake
+            ),
+            s.peak_rss_kib as f64 / 1024.0,
+        )
     });
     let _ = writeln!(
         out,
-        "| {c} | {name} | {:.0} | {:.0} | {:.0} / {:.0} / {:.0} / {:.0} | {:.2} / {:.2} | {cpu:.0} | {rss:.1} | {:.2} | {} |",
+        "| {load} | {name} | {:.0} | {:.0} | {:.0} / {:.0} / {:.0} / {:.0} | {:.2} / {:.2} | {cpu} | {rss:.1} | {:.2} / {:.2} | {} |",
         r.handshakes_per_second,
         r.messages_per_second,
         l.p50,
@@ -263,6 +296,7 @@ fn row(out: &mut String, c: u32, name: &str, r: &LoadReport) {
         r.handshake_ms.p50,
         r.handshake_ms.p99,
         r.generator_cores,
+        r.background_cores,
         if r.verified() {
             "yes".to_owned()
         } else {

@@ -67,6 +67,10 @@ pub struct Programs {
     /// The JS server's V8 old-space limit in MiB (100 000 sockets need more than the
     /// default).
     pub node_heap_mib: u64,
+    /// Worker threads of our server (`TOKIO_WORKER_THREADS`); `None`: one per core.
+    /// On a 2-core machine the load generator needs a core of its own, so the bench
+    /// gives each server one: the JS server runs its JavaScript on one thread too.
+    pub server_workers: Option<usize>,
 }
 
 /// A server process; killed when dropped.
@@ -99,6 +103,10 @@ impl Spawned {
                     .arg(port.to_string())
                     .args(our_flags())
                     .env("RUST_LOG", "warn");
+                match programs.server_workers {
+                    Some(n) => c.env("TOKIO_WORKER_THREADS", n.to_string()),
+                    None => c.env_remove("TOKIO_WORKER_THREADS"),
+                };
                 c
             }
             Kind::Js => {

@@ -37,6 +37,8 @@ pub(crate) enum WsError {
     Closed,
     /// The server sent something this client does not support.
     Protocol(&'static str),
+    /// The server did not answer in time.
+    TimedOut,
 }
 
 impl std::error::Error for WsError {}
@@ -48,6 +50,7 @@ impl std::fmt::Display for WsError {
             Self::Refused(status) => write!(f, "upgrade refused: {status}"),
             Self::Closed => f.write_str("connection closed by the server"),
             Self::Protocol(what) => write!(f, "unsupported WebSocket frame: {what}"),
+            Self::TimedOut => f.write_str("timed out"),
         }
     }
 }

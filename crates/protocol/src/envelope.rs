@@ -6,9 +6,9 @@
 //! value is kept as the exact bytes the sender wrote, only `origin` is replaced.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt;
 
-use indexmap::IndexMap;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -73,27 +73,38 @@ pub enum EnvelopeError {
 /// # Errors
 /// [`EnvelopeError`] when the frame is not a JSON object.
 pub fn relay(frame: &str, origin: &PeerId) -> Result<Relayed, EnvelopeError> {
-    let Fields(mut fields) = serde_json::from_str(frame).map_err(|e| match e.classify() {
+    let fields: Fields<'_> = serde_json::from_str(frame).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => EnvelopeError::NotAnObject,
         _ => EnvelopeError::Malformed(e.to_string()),
     })?;
+    let fields = fields.entries;
     let destination = fields
-        .get("destination")
-        .map_or(Destination::Root, |raw| destination_of(raw));
-    let origin_json = format!("\"{origin}\"");
-    let origin_raw: &RawValue =
-        serde_json::from_str(&origin_json).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
-    fields.insert(Cow::Borrowed("origin"), origin_raw);
+        .iter()
+        .find(|(key, _)| key == "destination")
+        .map_or(Destination::Root, |(_, raw)| destination_of(raw));
 
     let mut text = String::with_capacity(frame.len() + ID_JSON_LEN);
     text.push('{');
+    let mut has_origin = false;
     for (i, (key, value)) in fields.iter().enumerate() {
         if i > 0 {
             text.push(',');
         }
         push_json_string(&mut text, key);
         text.push(':');
-        text.push_str(value.get());
+        if key == "origin" {
+            has_origin = true;
+            push_id(&mut text, origin);
+        } else {
+            text.push_str(value.get());
+        }
+    }
+    if !has_origin {
+        if !fields.is_empty() {
+            text.push(',');
+        }
+        text.push_str("\"origin\":");
+        push_id(&mut text, origin);
     }
     text.push('}');
     Ok(Relayed { destination, text })
@@ -101,6 +112,13 @@ pub fn relay(frame: &str, origin: &PeerId) -> Result<Relayed, EnvelopeError> {
 
 /// Room for `"origin":"<32 hex>"` when the sender had no `origin` key.
 const ID_JSON_LEN: usize = 44;
+
+/// Writes an id as a JSON string (ids are hex: nothing to escape).
+fn push_id(out: &mut String, id: &PeerId) {
+    out.push('"');
+    out.push_str(id.as_str());
+    out.push('"');
+}
 
 /// JS truthiness of a `destination` value, and the id it names.
 fn destination_of(raw: &RawValue) -> Destination {
@@ -132,8 +150,44 @@ fn push_json_string(out: &mut String, s: &str) {
     }
 }
 
-/// A JSON object's fields in order, values left as raw text.
-struct Fields<'a>(IndexMap<Cow<'a, str>, &'a RawValue>);
+/// A JSON object's fields in order, values left as raw text, duplicate keys merged.
+///
+/// Signaling envelopes have four or five keys, so a vector searched linearly beats a
+/// hash map (no hashing, one allocation). From [`INDEX_FROM`] keys on, an index keeps a
+/// frame with thousands of keys linear in time.
+struct Fields<'a> {
+    entries: Vec<(Cow<'a, str>, &'a RawValue)>,
+    index: Option<HashMap<Cow<'a, str>, usize>>,
+}
+
+/// Number of keys from which duplicates are found through a hash map.
+const INDEX_FROM: usize = 16;
+
+impl<'a> Fields<'a> {
+    fn insert(&mut self, key: Cow<'a, str>, value: &'a RawValue) {
+        let found = match &self.index {
+            Some(index) => index.get(&key).copied(),
+            None => self.entries.iter().position(|(k, _)| *k == key),
+        };
+        if let Some(at) = found {
+            self.entries[at].1 = value;
+            return;
+        }
+        if let Some(index) = &mut self.index {
+            index.insert(key.clone(), self.entries.len());
+        }
+        self.entries.push((key, value));
+        if self.index.is_none() && self.entries.len() >= INDEX_FROM {
+            let index = self
+                .entries
+                .iter()
+                .enumerate()
+                .map(|(i, (k, _))| (k.clone(), i))
+                .collect();
+            self.index = Some(index);
+        }
+    }
+}
 
 impl<'de> Deserialize<'de> for Fields<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -151,12 +205,15 @@ impl<'de> Visitor<'de> for FieldsVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut fields = IndexMap::with_capacity(map.size_hint().unwrap_or(4));
+        let mut fields = Fields {
+            entries: Vec::with_capacity(map.size_hint().unwrap_or(5).min(INDEX_FROM)),
+            index: None,
+        };
         while let Some(key) = map.next_key::<Key<'de>>()? {
             let value: &'de RawValue = map.next_value()?;
             fields.insert(key.0, value);
         }
-        Ok(Fields(fields))
+        Ok(fields)
     }
 }
 
@@ -250,6 +307,22 @@ mod tests {
             r.text,
             format!(r#"{{"destination":null,"a":1,"origin":"{ID}"}}"#)
         );
+    }
+
+    #[test]
+    fn many_keys_and_late_duplicates() {
+        let keys: Vec<String> = (0..40).map(|i| format!("\"k{i}\":{i}")).collect();
+        let frame = format!(
+            "{{{},\"k3\":\"x\",\"origin\":1,\"k39\":[]}}",
+            keys.join(",")
+        );
+        let r = relayed(&frame);
+        let mut expected = keys;
+        expected[3] = "\"k3\":\"x\"".to_owned();
+        expected[39] = "\"k39\":[]".to_owned();
+        expected.push(format!("\"origin\":\"{ID}\""));
+        assert_eq!(r.text, format!("{{{}}}", expected.join(",")));
+        assert_eq!(r.destination, Destination::Root);
     }
 
     #[test]

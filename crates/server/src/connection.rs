@@ -5,18 +5,21 @@
 //! (`/join`), heartbeat and ping (root), the outbound queue, and inbound frames.
 //! Cleanup (leaving the registry) happens once, after the loop.
 
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bootstrap_protocol::{PeerId, close, paths::HEARTBEAT, relay};
 use futures_util::SinkExt;
-use futures_util::stream::{SplitSink, StreamExt};
-use tokio::sync::mpsc;
-use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep, timeout};
-use tokio_util::sync::CancellationToken;
+use futures_util::stream::{SplitSink, SplitStream, StreamExt};
+use tokio::time::{Instant, Interval, MissedTickBehavior, interval_at, sleep, timeout};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::{debug, info, warn};
 
 use crate::policy::{Offence, Policy, Verdict};
+use crate::queue::{self, TrySendError};
 use crate::registry::{RootTicket, Undeliverable};
 use crate::state::Shared;
 use crate::stats::Stats;
@@ -34,6 +37,8 @@ pub(crate) enum Role {
 #[derive(Debug)]
 enum End {
     /// The peer closed or the connection broke: nothing more to send.
+    /// The peer sent a close frame: answer it, then stop.
+    ClosedByPeer,
     Gone,
     /// Close with this code and reason.
     Close(u16, &'static str),
@@ -48,16 +53,35 @@ const WRITE_BATCH: usize = 64;
 
 type Sink = SplitSink<WebSocket, Message>;
 
+type Stream = SplitStream<WebSocket>;
+
 /// Runs one socket until it ends, then unregisters it.
-pub(crate) async fn serve(
+///
+/// Not an `async fn`: an async fn keeps its arguments in its state for its whole life,
+/// and the unsplit `WebSocket` is ~370 bytes that every open socket would carry. The
+/// socket is split first and only the two small halves go into the future.
+pub(crate) fn serve(
     socket: WebSocket,
     role: Role,
-    mut rx: mpsc::Receiver<Utf8Bytes>,
-    replaced: CancellationToken,
+    rx: queue::Receiver<Utf8Bytes>,
+    replaced: Option<CancellationToken>,
+    shared: Arc<Shared>,
+) -> impl Future<Output = ()> {
+    let (sink, stream) = socket.split();
+    // Only a root can be replaced; its wait is boxed so `/join` sockets carry 8 bytes.
+    let replaced = replaced.map(|token| Box::pin(token.cancelled_owned()));
+    run(sink, stream, role, rx, replaced, shared)
+}
+
+async fn run(
+    mut sink: Sink,
+    mut stream: Stream,
+    role: Role,
+    mut rx: queue::Receiver<Utf8Bytes>,
+    mut replaced: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     shared: Arc<Shared>,
 ) {
     let config = &shared.config;
-    let (mut sink, mut stream) = socket.split();
     let opened = Instant::now();
     let mut policy = Policy::new(
         config.rate_per_second,
@@ -68,11 +92,22 @@ pub(crate) async fn serve(
     let is_root = matches!(role, Role::Root(_));
     let lifetime = sleep(config.timeout);
     tokio::pin!(lifetime);
-    let mut heartbeat = interval_at(
-        opened + config.heartbeat_interval,
-        config.heartbeat_interval,
-    );
-    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Only the root has a heartbeat: `/join` sockets allocate no interval.
+    let mut heartbeat = is_root.then(|| {
+        let mut heartbeat = interval_at(
+            opened + config.heartbeat_interval,
+            config.heartbeat_interval,
+        );
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        heartbeat
+    });
+    // Created once, not on every turn of the loop: each creation registers a waiter with
+    // the token, and the shutdown token is shared by every socket (one lock for all).
+    let shutdown = shared.shutdown.cancelled();
+    tokio::pin!(shutdown);
+    // Reused for every write, so a write allocates nothing.
+    let mut frames: Vec<Message> = Vec::new();
+    let mut texts: Vec<Utf8Bytes> = Vec::new();
     let mut ping_sent: Option<Instant> = None;
     // Since when the outbound queue has been full after every write: a peer that reads
     // too slowly to ever drain it is closed after `write_timeout`.
@@ -81,41 +116,36 @@ pub(crate) async fn serve(
     let end = loop {
         tokio::select! {
             biased;
-            () = shared.shutdown.cancelled() => break End::Close(close::GOING_AWAY, close::REASON_SHUTDOWN),
-            () = replaced.cancelled() => break End::Close(close::ROOT_REPLACED, close::REASON_ROOT_REPLACED),
+            () = &mut shutdown => break End::Close(close::GOING_AWAY, close::REASON_SHUTDOWN),
+            () = cancelled(&mut replaced) => break End::Close(close::ROOT_REPLACED, close::REASON_ROOT_REPLACED),
             () = &mut lifetime, if !is_root => {
                 Stats::bump(&shared.stats.timeouts);
                 break End::CloseNoStatus;
             }
-            _ = heartbeat.tick(), if is_root => {
+            _ = tick(&mut heartbeat) => {
                 let now = Instant::now();
                 if ping_sent.is_some_and(|sent| now.duration_since(sent) >= config.root_ping_timeout) {
                     warn!("root did not answer ping in time; dropping it");
                     break End::Close(close::ROOT_UNRESPONSIVE, "no pong");
                 }
-                let mut frames = vec![Message::Text(Utf8Bytes::from_static(HEARTBEAT))];
+                frames.push(Message::Text(Utf8Bytes::from_static(HEARTBEAT)));
                 if ping_sent.is_none() {
                     frames.push(Message::Ping(Vec::new().into()));
                     ping_sent = Some(now);
                 }
-                if let Some(end) = write_all(&mut sink, frames, &shared).await {
+                if let Some(end) = write_all(&mut sink, &mut frames, &shared).await {
                     break end;
                 }
             }
             queued = rx.recv() => {
                 let Some(first) = queued else { break End::Gone };
-                let mut frames = Vec::with_capacity(4);
-                frames.push(Message::Text(first));
-                while frames.len() < WRITE_BATCH {
-                    match rx.try_recv() {
-                        Ok(text) => frames.push(Message::Text(text)),
-                        Err(_) => break,
-                    }
-                }
-                if let Some(end) = write_all(&mut sink, frames, &shared).await {
+                texts.push(first);
+                rx.drain_into(&mut texts, WRITE_BATCH - 1);
+                frames.extend(texts.drain(..).map(Message::Text));
+                if let Some(end) = write_all(&mut sink, &mut frames, &shared).await {
                     break end;
                 }
-                if rx.capacity() == 0 {
+                if rx.is_full() {
                     let now = Instant::now();
                     let since = *full_since.get_or_insert(now);
                     if now.duration_since(since) >= config.write_timeout {
@@ -146,8 +176,13 @@ pub(crate) async fn serve(
         Role::Root(ticket) => shared.registry().root_left(ticket),
     }
     debug!(?role, ?end, "socket ended");
+    if matches!(end, End::ClosedByPeer) {
+        // tungstenite queued the reply to the peer's close frame; send it, so the peer
+        // sees a clean closing handshake rather than a dropped connection.
+        let _ = timeout(config.write_timeout, sink.flush()).await;
+    }
     let goodbye = match end {
-        End::Gone | End::Abandon => None,
+        End::Gone | End::ClosedByPeer | End::Abandon => None,
         End::Close(code, reason) => Some(Message::Close(Some(CloseFrame {
             code,
             reason: Utf8Bytes::from_static(reason),
@@ -160,15 +195,41 @@ pub(crate) async fn serve(
     }
 }
 
-/// Writes frames and flushes, within the write timeout.
-async fn write_all(sink: &mut Sink, frames: Vec<Message>, shared: &Shared) -> Option<End> {
+/// Waits for a root's replacement; never completes for `/join` sockets.
+async fn cancelled(replaced: &mut Option<Pin<Box<WaitForCancellationFutureOwned>>>) {
+    match replaced {
+        Some(replaced) => replaced.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits for the root's next heartbeat; never completes for `/join` sockets.
+async fn tick(heartbeat: &mut Option<Interval>) -> Instant {
+    match heartbeat {
+        Some(heartbeat) => heartbeat.tick().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes (and empties) `frames` and flushes, within the write timeout.
+async fn write_all(sink: &mut Sink, frames: &mut Vec<Message>, shared: &Shared) -> Option<End> {
     let write = async {
-        for frame in frames {
+        for frame in frames.drain(..) {
             sink.feed(frame).await?;
         }
         sink.flush().await
     };
-    match timeout(shared.config.write_timeout, write).await {
+    let mut write = std::pin::pin!(write);
+    // Almost every write completes at once (the socket buffer has room). Only a write
+    // that has to wait arms the timeout, which costs a timer registration.
+    let first = poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+    // Whichever way it ends, the drain has emptied `frames` when `write` is dropped.
+    // The slow path's timer is boxed, so every socket's state stays small.
+    let result = match first {
+        Poll::Ready(result) => Ok(result),
+        Poll::Pending => Box::pin(timeout(shared.config.write_timeout, write)).await,
+    };
+    match result {
         Ok(Ok(())) => None,
         Ok(Err(error)) => {
             debug!(%error, "write failed");
@@ -195,7 +256,7 @@ fn on_message(message: Message, role: Role, policy: &mut Policy, shared: &Shared
             }
         },
         Message::Ping(_) | Message::Pong(_) => return None,
-        Message::Close(_) => return Some(End::Gone),
+        Message::Close(_) => return Some(End::ClosedByPeer),
     };
     if !policy.admit(Instant::now()) {
         Stats::bump(&shared.stats.flood_messages);
@@ -218,18 +279,22 @@ fn on_join_text(text: &str, id: &PeerId, policy: &mut Policy, shared: &Shared) -
         }
     };
     let stats = &shared.stats;
-    let target = shared.registry().route(&relayed.destination);
-    match target {
-        Ok(handle) => match handle.tx.try_send(relayed.text.into()) {
+    // Queueing never waits, so it happens under the lock: no handle is cloned.
+    let sent = shared
+        .registry()
+        .route(&relayed.destination)
+        .map(|handle| handle.tx.try_send(relayed.text.into()));
+    match sent {
+        Ok(sent) => match sent {
             Ok(()) => match relayed.destination {
                 bootstrap_protocol::Destination::Root => Stats::bump(&stats.relayed_to_root),
                 _ => Stats::bump(&stats.relayed_to_peer),
             },
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(TrySendError::Full) => {
                 Stats::bump(&stats.dropped_queue_full);
                 debug!(%id, destination = ?relayed.destination, "destination queue full; dropped");
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
+            Err(TrySendError::Closed) => {
                 Stats::bump(&stats.dropped_unknown_destination);
                 debug!(%id, destination = ?relayed.destination, "destination closing; dropped");
             }

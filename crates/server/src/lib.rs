@@ -13,6 +13,7 @@
 //! - `registry`: the IO-free relay state (root, prospects, ids).
 //! - `policy`: the IO-free per-socket rate limit and bad-message count.
 //! - `connection`: one socket's task.
+//! - `queue`: the bounded outbound queue of a socket.
 //! - `routes`: [`router`], the HTTP handlers.
 //! - [`stats`]: counters reported by `/healthz`.
 //!
@@ -27,6 +28,7 @@
 pub mod config;
 mod connection;
 mod policy;
+mod queue;
 mod registry;
 mod routes;
 mod state;
@@ -34,8 +36,9 @@ pub mod stats;
 
 use std::future::Future;
 
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use config::{Config, ConfigError};
 pub use routes::router;
@@ -70,6 +73,28 @@ pub async fn run(
     serve(listener, state, shutdown).await
 }
 
+/// Pending connections the kernel queues for `accept`.
+///
+/// `TcpListener::bind` uses the standard library's 128, which a burst of joins overflows
+/// (500 peers connecting at once in the benchmark): each overflow costs the client a
+/// one-second SYN retransmission. The JS server's `listen` uses 511. The kernel caps
+/// this at `net.core.somaxconn` (4096 by default).
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Raises the accept backlog of an already listening socket. `listen(2)` on a listening
+/// socket only updates its backlog; the detour through `TcpStream` is how to reach
+/// `TcpSocket::listen` for an existing descriptor without `unsafe`.
+#[cfg(unix)]
+fn with_backlog(listener: TcpListener, backlog: u32) -> std::io::Result<TcpListener> {
+    let fd = std::os::fd::OwnedFd::from(listener.into_std()?);
+    tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd)).listen(backlog)
+}
+
+#[cfg(not(unix))]
+fn with_backlog(listener: TcpListener, _backlog: u32) -> std::io::Result<TcpListener> {
+    Ok(listener)
+}
+
 /// Like [`run`], with a state built beforehand (so callers can read its health).
 ///
 /// # Errors
@@ -79,6 +104,7 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    let listener = with_backlog(listener, LISTEN_BACKLOG).map_err(Error::Serve)?;
     let token = state.shutdown_token();
     let shared = std::sync::Arc::clone(&state.0);
     if let Ok(addr) = listener.local_addr() {
@@ -89,6 +115,14 @@ pub async fn serve(
         tokio::select! {
             () = shutdown => trigger.cancel(),
             () = trigger.cancelled() => {}
+        }
+    });
+    // Signaling messages are small and latency-bound: with Nagle's algorithm a second
+    // message written before the peer acknowledged the first waits for that ACK, which
+    // the peer may delay by up to 40 ms. The JS server's `ws` disables it too.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            debug!(%error, "cannot set TCP_NODELAY");
         }
     });
     let served = axum::serve(listener, router(state))

@@ -34,7 +34,7 @@ pub(crate) enum Undeliverable {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Full;
 
-impl<T: Clone> Registry<T> {
+impl<T> Registry<T> {
     pub(crate) fn new(ids: IdGenerator, max_prospects: usize) -> Self {
         Self {
             ids,
@@ -79,18 +79,18 @@ impl<T: Clone> Registry<T> {
         }
     }
 
-    /// The handle a message for `destination` goes to.
-    pub(crate) fn route(&self, destination: &Destination) -> Result<T, Undeliverable> {
+    /// The handle a message for `destination` goes to. Borrowed, not cloned: the caller
+    /// queues the message while holding the lock (queueing never waits).
+    pub(crate) fn route(&self, destination: &Destination) -> Result<&T, Undeliverable> {
         match destination {
             Destination::Root => self
                 .root
                 .as_ref()
-                .map(|(_, h)| h.clone())
+                .map(|(_, h)| h)
                 .ok_or(Undeliverable::NoRoot),
             Destination::Peer(id) => self
                 .prospects
                 .get(id)
-                .cloned()
                 .ok_or(Undeliverable::UnknownDestination),
             Destination::Unknown => Err(Undeliverable::UnknownDestination),
         }
@@ -122,13 +122,13 @@ mod tests {
         let a = r.admit("a").expect("room");
         let b = r.admit("b").expect("room");
         assert_ne!(a, b);
-        assert_eq!(r.route(&Destination::Peer(b)), Ok("b"));
+        assert_eq!(r.route(&Destination::Peer(b)), Ok(&"b"));
         assert_eq!(
             r.route(&Destination::Unknown),
             Err(Undeliverable::UnknownDestination)
         );
         r.set_root("root");
-        assert_eq!(r.route(&Destination::Root), Ok("root"));
+        assert_eq!(r.route(&Destination::Root), Ok(&"root"));
         r.leave(&b);
         assert_eq!(
             r.route(&Destination::Peer(b)),
@@ -145,7 +145,7 @@ mod tests {
         let (second, old) = r.set_root("r2");
         assert_eq!(old, Some("r1"));
         r.root_left(first);
-        assert_eq!(r.route(&Destination::Root), Ok("r2"));
+        assert_eq!(r.route(&Destination::Root), Ok(&"r2"));
         r.root_left(second);
         assert!(!r.has_root());
     }

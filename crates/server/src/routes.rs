@@ -12,14 +12,15 @@ use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{any, get};
 use bootstrap_protocol::{PeerId, paths};
+use futures_util::FutureExt as _;
 use subtle::ConstantTimeEq;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tower_http::services::ServeDir;
 use tracing::info;
 
 use crate::config::Config;
 use crate::connection::{self, Role};
+use crate::queue;
 use crate::state::{AppState, Health, Shared, SocketHandle};
 use crate::stats::Stats;
 
@@ -47,17 +48,24 @@ async fn healthz(State(state): State<AppState>) -> Json<Health> {
 
 /// Applies the configured limits to the WebSocket: small buffers for idle sockets, a
 /// message size cap, and a bounded write buffer.
+///
+/// The write buffer is only a staging area: the connection task flushes after every
+/// batch of queued messages, so a batch goes out in one write instead of one write per
+/// message (a write buffer size of 0 writes each frame eagerly). It allocates nothing
+/// until the socket sends.
 fn limited(ws: WebSocketUpgrade, config: &Config) -> WebSocketUpgrade {
     ws.read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
+        .write_buffer_size(config.max_frame_bytes)
         .max_write_buffer_size(config.max_frame_bytes.saturating_mul(4))
         .max_message_size(config.max_frame_bytes)
         .max_frame_size(config.max_frame_bytes)
 }
 
-/// Read chunk size: tungstenite's default (128 KiB) is far more than a signaling
-/// message needs and would dominate the memory of idle sockets.
-const READ_BUFFER: usize = 4096;
+/// Read chunk size, allocated for every socket when it opens and zero-filled before
+/// every read by tungstenite: its default (128 KiB) would dominate the memory of idle
+/// sockets. 2 KiB holds a typical signaling message (an SDP of 500 to 1500 bytes in its
+/// envelope) in one read; larger ones take a second read.
+const READ_BUFFER: usize = 2048;
 
 async fn join(
     State(state): State<AppState>,
@@ -68,12 +76,9 @@ async fn join(
         Err(rejection) => return rejection.into_response(),
     };
     let shared = Arc::clone(&state.0);
-    let (tx, rx) = mpsc::channel(shared.config.join_queue);
-    let handle = SocketHandle {
-        tx,
-        replaced: CancellationToken::new(),
-    };
-    let admitted = shared.registry().admit(handle.clone());
+    let (tx, rx) = queue::channel(shared.config.join_queue);
+    let handle = SocketHandle { tx, replaced: None };
+    let admitted = shared.registry().admit(handle);
     let Ok(id) = admitted else {
         Stats::bump(&shared.stats.joins_refused);
         return (
@@ -90,10 +95,13 @@ async fn join(
         armed: true,
     };
     let task = shared.tracker.token();
-    limited(ws, &shared.config).on_upgrade(move |socket| async move {
-        let _task = task;
+    // The callback hands the socket over synchronously: a future that captured the
+    // unsplit socket would carry its ~370 bytes for as long as the socket is open.
+    // (An `async move` block would also hold the inner future twice: once captured, once
+    // being awaited.) The tracker token is released when the socket's future completes.
+    limited(ws, &shared.config).on_upgrade(move |socket| {
         let (shared, id) = guard.disarm();
-        connection::serve(socket, Role::Join(id), rx, handle.replaced, shared).await;
+        connection::serve(socket, Role::Join(id), rx, None, shared).map(move |()| drop(task))
     })
 }
 
@@ -143,21 +151,23 @@ async fn root(
     let task = shared.tracker.token();
     limited(ws, &shared.config).on_upgrade(move |socket| async move {
         let _task = task;
-        let (tx, rx) = mpsc::channel(shared.config.root_queue);
+        let (tx, rx) = queue::channel(shared.config.root_queue);
+        let replaced = CancellationToken::new();
         let handle = SocketHandle {
             tx,
-            replaced: CancellationToken::new(),
+            replaced: Some(replaced.clone()),
         };
-        let replaced = handle.replaced.clone();
         let (ticket, old) = shared.registry().set_root(handle);
         Stats::bump(&shared.stats.roots);
         if let Some(old) = old {
-            old.replaced.cancel();
+            if let Some(token) = &old.replaced {
+                token.cancel();
+            }
             info!("root connected, replacing the previous root");
         } else {
             info!("root connected");
         }
-        connection::serve(socket, Role::Root(ticket), rx, replaced, shared).await;
+        connection::serve(socket, Role::Root(ticket), rx, Some(replaced), shared).await;
         info!("root disconnected");
     })
 }

@@ -6,22 +6,23 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use axum::extract::ws::Utf8Bytes;
 use bootstrap_protocol::IdGenerator;
 use serde::Serialize;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::Error;
 use crate::config::Config;
+use crate::queue;
 use crate::registry::Registry;
 use crate::stats::{Stats, StatsSnapshot};
 
-/// How the relay reaches one socket's task: its bounded outbound queue, and a token that
-/// tells a root it was replaced.
-#[derive(Debug, Clone)]
+/// How the relay reaches one socket's task: its bounded outbound queue, and for the
+/// root a token that tells it it was replaced (`/join` sockets have none: one token
+/// fewer to allocate per open socket).
+#[derive(Debug)]
 pub(crate) struct SocketHandle {
-    pub(crate) tx: mpsc::Sender<Utf8Bytes>,
-    pub(crate) replaced: CancellationToken,
+    pub(crate) tx: queue::Sender<Utf8Bytes>,
+    pub(crate) replaced: Option<CancellationToken>,
 }
 
 /// The server's state, cheap to clone (one `Arc`).

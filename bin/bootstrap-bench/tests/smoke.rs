@@ -1,0 +1,224 @@
+//! Smoke test of the benchmarks, quick enough for CI: small load points against our
+//! server running in this process, a run that must detect lost messages, a small idle
+//! measurement, and (only if `bench/js/node_modules` is installed) the JS server.
+//!
+//! Timing is never asserted: only that every message was verified, and that a server
+//! which drops messages fails verification.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bootstrap_bench::idle::{self, IdleConfig};
+use bootstrap_bench::load::{self, LoadConfig, LoadReport};
+use bootstrap_bench::servers::{self, Kind, Programs, Spawned};
+use bootstrap_bench::{FailureKind, report};
+use webrtc_bootstrap_server::{AppState, Config};
+
+const SECRET: &str = "smoke-secret";
+
+/// Our server on 127.0.0.1:0 on its own runtime thread; stops when dropped.
+struct InProcess {
+    addr: SocketAddr,
+    cancel: Option<Box<dyn FnOnce() + Send>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(cancel) = self.cancel.take() {
+            cancel();
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl InProcess {
+    fn start(adjust: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Config::new(SECRET);
+        config.timeout = Duration::from_secs(600);
+        config.max_prospects = 100_000;
+        config.rate_per_second = 1_000_000;
+        config.rate_burst = 1_000_000;
+        adjust(&mut config);
+        let state = AppState::new(config).expect("valid config");
+        let token = state.shutdown_token();
+        let cancel = token.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
+                ready_tx
+                    .send(listener.local_addr().expect("addr"))
+                    .expect("ready");
+                let stop = token.clone();
+                webrtc_bootstrap_server::serve(listener, state, async move {
+                    stop.cancelled().await;
+                })
+                .await
+                .expect("serve");
+            });
+        });
+        let addr = ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("server ready");
+        Self {
+            addr,
+            cancel: Some(Box::new(move || cancel.cancel())),
+            thread: Some(thread),
+        }
+    }
+}
+
+fn load_config(addr: SocketAddr, handshakes: u32, concurrency: u32) -> LoadConfig {
+    let mut config = LoadConfig::new(addr, SECRET, concurrency);
+    config.handshakes = handshakes;
+    config.warmup = 20;
+    config.handshake_timeout = Duration::from_secs(20);
+    config
+}
+
+fn assert_verified(report: &LoadReport) {
+    assert!(
+        report.verified(),
+        "verification failed: {:?}",
+        report.failure_samples
+    );
+    assert_eq!(
+        report.messages,
+        u64::from(report.handshakes) * 2 * (u64::from(report.candidates) + 1)
+    );
+    assert!(report.relay_latency_us.max > 0.0 && report.handshake_ms.max > 0.0);
+}
+
+#[test]
+fn every_message_is_verified_at_several_concurrencies() {
+    let server = InProcess::start(|_| {});
+    for concurrency in [1, 25] {
+        let report = load::run_blocking(&load_config(server.addr, 150, concurrency))
+            .expect("load point runs");
+        assert_verified(&report);
+        println!(
+            "C = {concurrency}: {:.0} handshakes/s, relay p99 {:.0} µs",
+            report.handshakes_per_second, report.relay_latency_us.p99
+        );
+    }
+    // Every newcomer candidate through the root, none through it, no candidates at all;
+    // a paced run; a small SDP; two generator threads.
+    for (candidates, early) in [(3, 3), (3, 0), (0, 0)] {
+        let mut config = load_config(server.addr, 40, 8);
+        config.candidates = candidates;
+        config.early = Some(early);
+        config.sdp_bytes = 80;
+        config.threads = 2;
+        assert_verified(&load::run_blocking(&config).expect("load point runs"));
+    }
+    let mut config = load_config(server.addr, 40, 8);
+    config.rate = Some(400.0);
+    assert_verified(&load::run_blocking(&config).expect("paced point runs"));
+}
+
+#[test]
+fn a_server_that_drops_messages_fails_verification() {
+    // Two messages per socket, then everything is dropped: the newcomer's third
+    // message (its second root-bound candidate) never arrives.
+    let server = InProcess::start(|config| {
+        config.rate_per_second = 1;
+        config.rate_burst = 2;
+        config.max_bad_messages = 1000;
+    });
+    let mut config = load_config(server.addr, 3, 3);
+    config.warmup = 0;
+    config.handshake_timeout = Duration::from_secs(2);
+    let report = load::run_blocking(&config).expect("load point runs");
+    assert!(!report.verified(), "lost messages went unnoticed");
+    assert_eq!(report.failed_handshakes, 3);
+    assert!(
+        report
+            .failure_samples
+            .iter()
+            .all(|f| f.starts_with(&format!("{:?}", FailureKind::Lost))),
+        "{:?}",
+        report.failure_samples
+    );
+}
+
+#[test]
+fn idle_sockets_are_counted() {
+    let server = InProcess::start(|_| {});
+    let mut config = IdleConfig::new(server.addr, std::process::id());
+    config.checkpoints = vec![300];
+    config.budget_mib = 0;
+    config.step = 150;
+    config.source_ips = 2;
+    config.settle = Duration::from_millis(50);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let report = runtime.block_on(idle::run(&config)).expect("idle run");
+    assert_eq!(report.points.len(), 1);
+    assert_eq!(report.points[0].sockets, 300);
+    assert_eq!(report.curve.len(), 2);
+}
+
+#[test]
+fn the_js_server_when_installed() {
+    let js_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bench/js");
+    if !servers::js_installed(&js_dir) || servers::version_of("node").is_none() {
+        println!(
+            "note: JS server skipped: run `npm ci --ignore-scripts` in {} (and install node)",
+            js_dir.display()
+        );
+        return;
+    }
+    let programs = Programs {
+        server_bin: PathBuf::new(),
+        node: "node".to_owned(),
+        js_dir,
+        node_heap_mib: 1024,
+        server_workers: None,
+    };
+    let server = Spawned::start(Kind::Js, &programs, SECRET).expect("JS server starts");
+    let mut config = load_config(server.addr, 100, 10);
+    config.server_pid = Some(server.pid());
+    let report = load::run_blocking(&config).expect("load point runs");
+    assert_verified(&report);
+    assert!(report.server.is_some_and(|s| s.cpu_seconds >= 0.0));
+    // The report renders with a JS column.
+    let mut full = report::Report {
+        date: report::today(),
+        machine: String::new(),
+        command: String::new(),
+        node: None,
+        settings: report::Settings {
+            ours: String::new(),
+            js: String::new(),
+            generator_threads: 1,
+            warmup: 20,
+            repeat: 1,
+        },
+        points: vec![report::Point {
+            concurrency: 10,
+            rate: None,
+            ours: report.clone(),
+            js: Some(report),
+        }],
+        idle: Vec::new(),
+        targets: Vec::new(),
+        webrtc: None,
+        notes: Vec::new(),
+    };
+    full.evaluate_targets();
+    assert!(full.markdown().contains("JS 4.4.1"));
+    server.stop();
+}

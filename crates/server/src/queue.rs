@@ -1,0 +1,200 @@
+//! The bounded outbound queue of one socket, which allocates nothing until used.
+//!
+//! tokio's `mpsc::channel` allocates its state and a first block of 32 slots (about
+//! 1.5 KiB) when it is created. Every open `/join` socket has a queue, and most never
+//! receive a message, so that was the largest part of an idle socket's memory. This
+//! queue is one small `Arc` (a mutex around a `VecDeque`, which allocates on the first
+//! message, and an `AtomicWaker`), with the same `try_send` / `recv` semantics: bounded,
+//! never blocks the sender, ends when every sender is gone.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+
+use futures_util::task::AtomicWaker;
+
+/// Sends into a queue; cloning adds a sender.
+#[derive(Debug)]
+pub(crate) struct Sender<T> {
+    inner: Arc<Inner<T>>,
+}
+
+/// Receives from a queue; dropping it closes the queue.
+#[derive(Debug)]
+pub(crate) struct Receiver<T> {
+    inner: Arc<Inner<T>>,
+}
+
+/// Why [`Sender::try_send`] did not queue the item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TrySendError {
+    /// The queue holds `capacity` items.
+    Full,
+    /// The receiver is gone.
+    Closed,
+}
+
+#[derive(Debug)]
+struct Inner<T> {
+    state: Mutex<State<T>>,
+    waker: AtomicWaker,
+    capacity: usize,
+}
+
+#[derive(Debug)]
+struct State<T> {
+    items: VecDeque<T>,
+    senders: usize,
+    receiver_alive: bool,
+}
+
+/// A queue that holds at most `capacity` items.
+pub(crate) fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
+    let inner = Arc::new(Inner {
+        state: Mutex::new(State {
+            items: VecDeque::new(),
+            senders: 1,
+            receiver_alive: true,
+        }),
+        waker: AtomicWaker::new(),
+        capacity,
+    });
+    (
+        Sender {
+            inner: Arc::clone(&inner),
+        },
+        Receiver { inner },
+    )
+}
+
+impl<T> Inner<T> {
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        // Nothing panics while holding the lock; the state stays consistent anyway.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl<T> Sender<T> {
+    /// Queues `item` unless the queue is full or closed. Never waits.
+    pub(crate) fn try_send(&self, item: T) -> Result<(), TrySendError> {
+        {
+            let mut state = self.inner.lock();
+            if !state.receiver_alive {
+                return Err(TrySendError::Closed);
+            }
+            if state.items.len() >= self.inner.capacity {
+                return Err(TrySendError::Full);
+            }
+            state.items.push_back(item);
+        }
+        self.inner.waker.wake();
+        Ok(())
+    }
+}
+
+impl<T> Clone for Sender<T> {
+    fn clone(&self) -> Self {
+        self.inner.lock().senders += 1;
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<T> Drop for Sender<T> {
+    fn drop(&mut self) {
+        let last = {
+            let mut state = self.inner.lock();
+            state.senders -= 1;
+            state.senders == 0
+        };
+        if last {
+            self.inner.waker.wake();
+        }
+    }
+}
+
+/// Above this many slots, an emptied queue gives its buffer back.
+const KEEP_SLOTS: usize = 8;
+
+impl<T> Receiver<T> {
+    /// The next item; `None` once the queue is empty and every sender is gone.
+    /// Cancel-safe: an item is only taken when this returns it.
+    pub(crate) async fn recv(&mut self) -> Option<T> {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        // Register before looking, so an item queued right after the look wakes us.
+        self.inner.waker.register(cx.waker());
+        let mut state = self.inner.lock();
+        match state.items.pop_front() {
+            Some(item) => Poll::Ready(Some(item)),
+            None if state.senders == 0 => Poll::Ready(None),
+            None => Poll::Pending,
+        }
+    }
+
+    /// Moves up to `max` queued items to `out` without waiting.
+    pub(crate) fn drain_into(&mut self, out: &mut Vec<T>, max: usize) {
+        let mut state = self.inner.lock();
+        let n = state.items.len().min(max);
+        out.extend(state.items.drain(..n));
+        if state.items.is_empty() && state.items.capacity() > KEEP_SLOTS {
+            state.items = VecDeque::new();
+        }
+    }
+
+    /// Whether the queue holds `capacity` items.
+    pub(crate) fn is_full(&self) -> bool {
+        self.inner.lock().items.len() >= self.inner.capacity
+    }
+}
+
+impl<T> Drop for Receiver<T> {
+    fn drop(&mut self) {
+        let mut state = self.inner.lock();
+        state.receiver_alive = false;
+        state.items = VecDeque::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bounded_fifo_that_ends_with_its_senders() {
+        let (tx, mut rx) = channel(2);
+        assert_eq!(tx.try_send(1), Ok(()));
+        let tx2 = tx.clone();
+        assert_eq!(tx2.try_send(2), Ok(()));
+        assert_eq!(tx.try_send(3), Err(TrySendError::Full));
+        assert!(rx.is_full());
+        assert_eq!(rx.recv().await, Some(1));
+        let mut out = Vec::new();
+        rx.drain_into(&mut out, 10);
+        assert_eq!(out, [2]);
+        drop(tx);
+        assert_eq!(tx2.try_send(4), Ok(()));
+        drop(tx2);
+        assert_eq!(rx.recv().await, Some(4));
+        assert_eq!(rx.recv().await, None);
+    }
+
+    #[tokio::test]
+    async fn wakes_a_waiting_receiver_and_reports_a_closed_queue() {
+        let (tx, mut rx) = channel(4);
+        let waiter = tokio::spawn(async move {
+            let first = rx.recv().await;
+            (first, rx)
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(tx.try_send("x"), Ok(()));
+        let (first, rx) = waiter.await.expect("task");
+        assert_eq!(first, Some("x"));
+        drop(rx);
+        assert_eq!(tx.try_send("y"), Err(TrySendError::Closed));
+    }
+}
