@@ -15,11 +15,38 @@ const OURS: &str = "#d9480f";
 const JS: &str = "#1971c2";
 
 /// One panel: a value per group for ours and (optionally) JS.
-struct Panel {
-    title: String,
-    groups: Vec<String>,
-    ours: Vec<f64>,
-    js: Vec<Option<f64>>,
+pub(crate) struct Panel {
+    pub(crate) title: String,
+    pub(crate) groups: Vec<String>,
+    pub(crate) ours: Vec<f64>,
+    pub(crate) js: Vec<Option<f64>>,
+}
+
+/// Two panels side by side under `title` and `subtitle`, ours only (no legend).
+pub(crate) fn pair_svg(title: &str, subtitle: &str, panels: &[Panel; 2]) -> String {
+    const PAIR_HEIGHT: f64 = 400.0;
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{PAIR_HEIGHT}" viewBox="0 0 {WIDTH} {PAIR_HEIGHT}" font-family="sans-serif"><rect width="100%" height="100%" fill="#ffffff"/><text x="{}" y="26" font-size="18" text-anchor="middle" font-weight="bold">{}</text><text x="{}" y="46" font-size="12" text-anchor="middle" fill="#555">{}</text>"##,
+        WIDTH / 2.0,
+        escape(title),
+        WIDTH / 2.0,
+        escape(subtitle),
+    );
+    for (i, panel) in panels.iter().enumerate() {
+        let x = if i == 0 { 20.0 } else { WIDTH / 2.0 + 10.0 };
+        draw(
+            &mut out,
+            panel,
+            x,
+            60.0,
+            WIDTH / 2.0 - 30.0,
+            PAIR_HEIGHT - 70.0,
+        );
+    }
+    out.push_str("</svg>\n");
+    out
 }
 
 /// The chart for `report`.

@@ -9,6 +9,7 @@
 //! - [`compare`]: runs the same points against both servers and writes the results.
 //! - [`report`]: the results file and the table; `chart` draws the SVG.
 //! - [`procfs`]: CPU time and memory of a process from `/proc`.
+//! - [`webrtc`]: join time between Rust peers and join storms of tree-overlay nodes.
 //! - `ws`, `script`, `root`, `handshake`, `verify`: the generator's WebSocket client,
 //!   message content, root task, handshake task and failure bookkeeping.
 
@@ -24,6 +25,7 @@ mod script;
 pub mod servers;
 pub mod stats;
 mod verify;
+pub mod webrtc;
 mod ws;
 
 pub use verify::{Failure, FailureKind};

@@ -43,8 +43,21 @@ enum Command {
         #[arg(long, default_value = "docs/bench")]
         dir: PathBuf,
     },
-    /// WebRTC join time (not implemented yet: needs crates/peer).
-    Webrtc,
+    /// WebRTC join time between Rust peers, and join storms of tree-overlay nodes.
+    Webrtc(WebrtcArgs),
+}
+
+#[derive(Debug, Args)]
+struct WebrtcArgs {
+    /// Joins timed one after the other.
+    #[arg(long, default_value_t = 50)]
+    runs: usize,
+    /// Node counts of the join storms, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "25,50,100")]
+    storms: Vec<usize>,
+    /// Where to write webrtc.json, webrtc.md and webrtc.svg; nothing is written without it.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -210,15 +223,45 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("{}", report.markdown());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Webrtc => {
-            // TODO(webrtc): measure WebRTC join time (newcomer connect to open data
-            // channel) through both servers once crates/peer exists: N joins with real
-            // peers, p50/p99 join time, ours vs a JS peer on the JS server. No numbers
-            // are reported until then.
-            eprintln!("bootstrap-bench webrtc: not implemented yet (needs the peer library)");
-            Ok(ExitCode::from(2))
-        }
+        Command::Webrtc(args) => run_webrtc(&args),
     }
+}
+
+fn run_webrtc(args: &WebrtcArgs) -> anyhow::Result<ExitCode> {
+    let config = bootstrap_bench::webrtc::WebrtcConfig {
+        runs: args.runs,
+        storms: args.storms.clone(),
+        ..bootstrap_bench::webrtc::WebrtcConfig::default()
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut report = runtime.block_on(bootstrap_bench::webrtc::run(&config))?;
+    report.command = format!(
+        "bootstrap-bench webrtc --runs {} --storms {}",
+        args.runs,
+        args.storms
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    println!("{}", bootstrap_bench::webrtc::markdown(&report));
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(
+            dir.join("webrtc.json"),
+            serde_json::to_string_pretty(&report)? + "\n",
+        )?;
+        std::fs::write(
+            dir.join("webrtc.md"),
+            bootstrap_bench::webrtc::markdown(&report),
+        )?;
+        std::fs::write(
+            dir.join("webrtc.svg"),
+            bootstrap_bench::webrtc::svg(&report),
+        )?;
+        println!("wrote {}/webrtc.{{json,md,svg}}", dir.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn parse_url(url: &str) -> anyhow::Result<SocketAddr> {

@@ -222,3 +222,22 @@ fn the_js_server_when_installed() {
     assert!(full.markdown().contains("JS 4.4.1"));
     server.stop();
 }
+
+/// The WebRTC benchmark on a small scale: real data channels, every node connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webrtc_join_times_and_a_small_storm() -> anyhow::Result<()> {
+    let config = bootstrap_bench::webrtc::WebrtcConfig {
+        runs: 3,
+        storms: vec![6],
+        ..bootstrap_bench::webrtc::WebrtcConfig::default()
+    };
+    let report = bootstrap_bench::webrtc::run(&config).await?;
+    assert_eq!(report.join.runs, 3);
+    assert!(report.join.ms.p50 > 0.0 && report.join.ms.max >= report.join.ms.p50);
+    let storm = &report.storms[0];
+    assert_eq!((storm.nodes, storm.connected), (6, 6), "{storm:?}");
+    assert!(storm.depth >= 2, "6 nodes of degree 4 need two levels: {storm:?}");
+    assert!(bootstrap_bench::webrtc::svg(&report).starts_with("<svg"));
+    assert!(bootstrap_bench::webrtc::markdown(&report).contains("| 6 | 6 |"));
+    Ok(())
+}
