@@ -236,7 +236,10 @@ async fn webrtc_join_times_and_a_small_storm() -> anyhow::Result<()> {
     assert!(report.join.ms.p50 > 0.0 && report.join.ms.max >= report.join.ms.p50);
     let storm = &report.storms[0];
     assert_eq!((storm.nodes, storm.connected), (6, 6), "{storm:?}");
-    assert!(storm.depth >= 2, "6 nodes of degree 4 need two levels: {storm:?}");
+    assert!(
+        storm.depth >= 2,
+        "6 nodes of degree 4 need two levels: {storm:?}"
+    );
     assert!(bootstrap_bench::webrtc::svg(&report).starts_with("<svg"));
     assert!(bootstrap_bench::webrtc::markdown(&report).contains("| 6 | 6 |"));
     Ok(())
