@@ -178,6 +178,16 @@ struct RustServer {
 }
 
 impl RustServer {
+    /// A JS root of the harness (`role` `root` or `tree-root`) connected to this server.
+    async fn js_root(&self, role: &str, extra: &[&str]) -> anyhow::Result<Js> {
+        let mut args = vec!["--url", self.host.as_str(), "--secret", SECRET];
+        args.extend_from_slice(extra);
+        let mut root = Js::spawn(role, "js-root", &args)?;
+        root.expect_event("ready").await?;
+        self.wait_for_root().await?;
+        Ok(root)
+    }
+
     /// Waits until a root is connected (the JS tree overlay's `becomeRoot` has no
     /// callback, so only the server can tell).
     async fn wait_for_root(&self) -> anyhow::Result<()> {
@@ -258,13 +268,7 @@ fn s1_js_newcomer_rust_server_js_root() -> anyhow::Result<()> {
         "1 JS newcomer -> Rust server -> JS root",
         async || {
             let server = rust_server().await?;
-            let mut root = Js::spawn(
-                "root",
-                "js-root",
-                &["--url", &server.host, "--secret", SECRET],
-            )?;
-            root.expect_event("ready").await?;
-            server.wait_for_root().await?;
+            let mut root = server.js_root("root", &[]).await?;
             let mut newcomer = Js::spawn("newcomer", "js-newcomer", &["--url", &server.host])?;
             newcomer.expect_event("connected").await?;
             root.expect_event("connected").await?;
@@ -310,13 +314,7 @@ fn s3_rust_newcomer_rust_server_js_root() -> anyhow::Result<()> {
         "3 Rust newcomer -> Rust server -> JS root",
         async || {
             let server = rust_server().await?;
-            let mut root = Js::spawn(
-                "root",
-                "js-root",
-                &["--url", &server.host, "--secret", SECRET],
-            )?;
-            root.expect_event("ready").await?;
-            server.wait_for_root().await?;
+            let mut root = server.js_root("root", &[]).await?;
             let mut peer = client(&server.host)?.join().await?;
             root.expect_event("connected").await?;
             hello_both_ways(&mut peer, &mut root, "hello from the js root").await?;
@@ -433,20 +431,7 @@ fn s5b_mixed_tree_with_a_js_root() -> anyhow::Result<()> {
         "5b mixed tree, JS root (max_degree 2), Rust joiners",
         async || {
             let server = rust_server().await?;
-            let mut root = Js::spawn(
-                "tree-root",
-                "js-root",
-                &[
-                    "--url",
-                    &server.host,
-                    "--secret",
-                    SECRET,
-                    "--max-degree",
-                    "2",
-                ],
-            )?;
-            root.expect_event("ready").await?;
-            server.wait_for_root().await?;
+            let mut root = server.js_root("tree-root", &["--max-degree", "2"]).await?;
             let mut nodes = Vec::new();
             for _ in 0..4 {
                 nodes.push(Node::join(client(&server.host)?, tree_options(2)).await?);
@@ -500,13 +485,7 @@ fn s6_js_clients_survive_what_crashes_the_js_server() -> anyhow::Result<()> {
                 bad.send(tokio_tungstenite::tungstenite::Message::text(frame))
                     .await?;
             }
-            let mut root = Js::spawn(
-                "root",
-                "js-root",
-                &["--url", &server.host, "--secret", SECRET],
-            )?;
-            root.expect_event("ready").await?;
-            server.wait_for_root().await?;
+            let mut root = server.js_root("root", &[]).await?;
             let mut newcomer = Js::spawn("newcomer", "js-newcomer", &["--url", &server.host])?;
             newcomer.expect_data("hello from the js root").await?;
             root.expect_data("hello from the js newcomer").await?;

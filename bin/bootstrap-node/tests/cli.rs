@@ -44,31 +44,37 @@ async fn server() -> anyhow::Result<(String, tokio_util::sync::DropGuard)> {
     Ok((url, guard))
 }
 
+/// A server, a root and `joiners` nodes `j1`, `j2`… joined one after the other, every
+/// node with `--max-degree max_degree`.
+async fn tree(
+    max_degree: &str,
+    joiners: usize,
+) -> anyhow::Result<(tokio_util::sync::DropGuard, Proc, Vec<Proc>)> {
+    let (url, server) = server().await?;
+    let root_args = [
+        "root",
+        "--url",
+        &url,
+        "--secret",
+        "node-secret",
+        "--max-degree",
+        max_degree,
+    ];
+    let mut root = node("root", &root_args)?;
+    root.expect("ready root as root").await?;
+    let mut nodes = Vec::new();
+    for i in 1..=joiners {
+        let name = format!("j{i}");
+        let mut joiner = node(&name, &["join", "--url", &url, "--max-degree", max_degree])?;
+        joiner.expect(&format!("ready node as {name}")).await?;
+        nodes.push(joiner);
+    }
+    Ok((server, root, nodes))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_line_typed_at_one_joiner_reaches_every_node() -> anyhow::Result<()> {
-    let (url, _server) = server().await?;
-    let mut root = node(
-        "root",
-        &[
-            "root",
-            "--url",
-            &url,
-            "--secret",
-            "node-secret",
-            "--max-degree",
-            "2",
-        ],
-    )?;
-    root.expect("ready root as root").await?;
-    let mut joiners = Vec::new();
-    for i in 1..=3 {
-        let mut joiner = node(
-            &format!("j{i}"),
-            &["join", "--url", &url, "--max-degree", "2"],
-        )?;
-        joiner.expect(&format!("ready node as j{i}")).await?;
-        joiners.push(joiner);
-    }
+    let (_server, mut root, mut joiners) = tree("2", 3).await?;
     // The answering side registers its child a moment after the newcomer's channel opens.
     tokio::time::sleep(Duration::from_millis(500)).await;
     root.type_line("/status").await?;
@@ -100,30 +106,8 @@ async fn a_line_typed_at_one_joiner_reaches_every_node() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn children_of_a_killed_node_rejoin_and_hear_the_next_broadcast() -> anyhow::Result<()> {
-    let (url, _server) = server().await?;
     // max-degree 1 everywhere: a chain root -> j1 -> j2 -> j3.
-    let mut root = node(
-        "root",
-        &[
-            "root",
-            "--url",
-            &url,
-            "--secret",
-            "node-secret",
-            "--max-degree",
-            "1",
-        ],
-    )?;
-    root.expect("ready root").await?;
-    let mut nodes = Vec::new();
-    for i in 1..=3 {
-        let mut node = node(
-            &format!("j{i}"),
-            &["join", "--url", &url, "--max-degree", "1"],
-        )?;
-        node.expect("ready node").await?;
-        nodes.push(node);
-    }
+    let (_server, mut root, mut nodes) = tree("1", 3).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Kill j1 without letting it close anything: its child notices through ICE.
     let mut killed = nodes.remove(0);
