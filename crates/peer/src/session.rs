@@ -21,17 +21,23 @@ use crate::peer::Peer;
 use crate::request::Request;
 use crate::signaling::{self, Server, Socket};
 
-/// Joins as a newcomer: opens `/join`, offers, and waits for the data channel.
-pub(crate) async fn join(server: &Server, options: &Options) -> Result<Peer, Error> {
-    let deadline = Instant::now() + options.timeout;
+/// Opens this side's `/join` socket and its peer connection. They do not depend on each
+/// other, so both are set up at once.
+async fn open(server: &Server, options: &Options) -> Result<(Socket, Rtc, RtcEvents), Error> {
     let url = server.join_url();
-    // The socket and the peer connection do not depend on each other: set both up at once.
     let (socket, rtc) = tokio::join!(
         signaling::connect(&url, options.connect_timeout.min(options.timeout)),
         Rtc::new(options)
     );
     let socket = socket.map_err(|e| e.for_join(&url))?;
-    let (mut rtc, events) = rtc?;
+    let (rtc, events) = rtc?;
+    Ok((socket, rtc, events))
+}
+
+/// Joins as a newcomer: opens `/join`, offers, and waits for the data channel.
+pub(crate) async fn join(server: &Server, options: &Options) -> Result<Peer, Error> {
+    let deadline = Instant::now() + options.timeout;
+    let (socket, mut rtc, events) = open(server, options).await?;
     let setup = async {
         let channel = rtc.create_data_channel().await?;
         let offer = rtc.create_offer().await?;
@@ -75,13 +81,7 @@ pub(crate) async fn answer(
     cancelled: impl Future<Output = ()>,
 ) -> Result<Peer, Error> {
     let deadline = Instant::now() + options.timeout;
-    let url = server.join_url();
-    let (socket, rtc) = tokio::join!(
-        signaling::connect(&url, options.connect_timeout.min(options.timeout)),
-        Rtc::new(options)
-    );
-    let socket = socket.map_err(|e| e.for_join(&url))?;
-    let (rtc, events) = rtc?;
+    let (socket, rtc, events) = open(server, options).await?;
     let mut session = Session {
         rtc,
         events,
