@@ -99,7 +99,7 @@ impl Node {
         match start {
             Start::Root(root) => {
                 let feeder = feed_root(root, task.inputs.clone(), task.options.request_timeout);
-                task.root_feeder = Some(tokio::spawn(feeder));
+                task.root_feeder = Some(AbortOnDrop(tokio::spawn(feeder)));
             }
             Start::Parent(peer) => task.adopt_parent(peer),
         }
@@ -238,10 +238,22 @@ enum Command {
     Close(oneshot::Sender<()>),
 }
 
+/// A task aborted when this handle is dropped, so nothing a node started outlives it
+/// (a dropped [`Node`] aborts its own task, and with it every such handle).
+#[derive(Debug)]
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A pending candidate: the sender of its later requests and the task awaiting it.
 struct Candidate {
     signals: SignalSender,
-    task: JoinHandle<()>,
+    /// Held only to abort the answer when the candidate is dropped.
+    _task: AbortOnDrop,
 }
 
 struct NodeTask {
@@ -254,10 +266,10 @@ struct NodeTask {
     info: watch::Sender<NodeInfo>,
     parent: Option<(String, mpsc::Sender<String>)>,
     parent_generation: u64,
-    rejoin: Option<JoinHandle<()>>,
+    rejoin: Option<AbortOnDrop>,
     children: HashMap<String, mpsc::Sender<String>>,
     candidates: HashMap<String, Candidate>,
-    root_feeder: Option<JoinHandle<()>>,
+    root_feeder: Option<AbortOnDrop>,
     name: String,
     topology: Option<Topology>,
 }
@@ -300,18 +312,13 @@ impl NodeTask {
     }
 
     fn shutdown(&mut self) {
-        if let Some(feeder) = self.root_feeder.take() {
-            feeder.abort();
-        }
-        if let Some(rejoin) = self.rejoin.take() {
-            rejoin.abort();
-        }
-        // Dropping a link's sender makes its pump close the peer connection.
+        // Dropping these aborts their tasks; dropping a link's sender makes its pump
+        // close the peer connection.
+        self.root_feeder = None;
+        self.rejoin = None;
         self.parent = None;
         self.children.clear();
-        for (_, candidate) in self.candidates.drain() {
-            candidate.task.abort();
-        }
+        self.candidates.clear();
         self.core.clear();
     }
 
@@ -403,11 +410,17 @@ impl NodeTask {
                 let signals = answerer.signal_sender();
                 let inputs = self.inputs.clone();
                 let key = origin.clone();
-                let task = tokio::spawn(async move {
+                let task = AbortOnDrop(tokio::spawn(async move {
                     let result = answerer.connected().await;
                     let _ = inputs.send(Input::Answered { origin, result }).await;
-                });
-                self.candidates.insert(key, Candidate { signals, task });
+                }));
+                self.candidates.insert(
+                    key,
+                    Candidate {
+                        signals,
+                        _task: task,
+                    },
+                );
             }
             Decision::Forward { child, request } => {
                 debug!(%origin, %child, "delegating a join request");
@@ -585,21 +598,21 @@ impl NodeTask {
         options.timeout = options.timeout.min(self.options.rejoin_timeout);
         let client = Client::with_options(self.client.address(), options);
         let inputs = self.inputs.clone();
-        self.rejoin = Some(tokio::spawn(async move {
+        self.rejoin = Some(AbortOnDrop(tokio::spawn(async move {
             sleep(delay).await;
             let result = match client {
                 Ok(client) => client.join().await,
                 Err(error) => Err(error),
             };
             let _ = inputs.send(Input::Rejoined { attempt, result }).await;
-        }));
+        })));
     }
 
     fn expire(&mut self) {
         let expired = self.core.expire(Instant::now());
         for origin in expired.candidates {
-            if let Some(candidate) = self.candidates.remove(&origin) {
-                candidate.task.abort();
+            // Dropping the candidate aborts its answer.
+            if self.candidates.remove(&origin).is_some() {
                 info!(%origin, "candidate timed out");
             }
         }

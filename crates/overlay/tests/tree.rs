@@ -14,6 +14,7 @@ const SECRET: &str = "tree-secret";
 
 struct Server {
     url: String,
+    state: AppState,
     token: CancellationToken,
 }
 
@@ -31,10 +32,10 @@ async fn server() -> anyhow::Result<Server> {
     let stop = token.clone();
     tokio::spawn(webrtc_bootstrap_server::serve(
         listener,
-        state,
+        state.clone(),
         async move { stop.cancelled().await },
     ));
-    Ok(Server { url, token })
+    Ok(Server { url, state, token })
 }
 
 fn client(server: &Server) -> anyhow::Result<Client> {
@@ -453,5 +454,28 @@ async fn every_node_gets_the_picture_of_the_whole_tree() -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_nodes_releases_their_sockets() -> anyhow::Result<()> {
+    let server = server().await?;
+    let root = Node::root(client(&server)?, SECRET, options(2)).await?;
+    let node = Node::join(client(&server)?, options(2)).await?;
+    wait_until("root and child", || {
+        server.state.health().root_connected && root.info().children.len() == 1
+    })
+    .await?;
+    // Dropped without close(): the root's socket and the child link go all the same.
+    drop(node);
+    wait_until("the root saw its child go", || {
+        root.info().children.is_empty()
+    })
+    .await?;
+    drop(root);
+    wait_until("the root socket closed", || {
+        !server.state.health().root_connected
+    })
+    .await?;
     Ok(())
 }
