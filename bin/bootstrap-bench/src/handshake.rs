@@ -10,6 +10,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
@@ -237,6 +238,38 @@ impl<'a> Handshake<'a> {
             .push(nanos(at.saturating_duration_since(sent)));
     }
 
+    /// The next complete text frame buffered on `who`'s socket, answering pings on the
+    /// way; `None` when no complete frame is buffered. Binary and close frames fail the
+    /// handshake.
+    async fn next_text(
+        &self,
+        socket: &mut WsClient,
+        who: &str,
+    ) -> Result<Option<BytesMut>, Failure> {
+        while let Some(frame) = socket.next_frame().map_err(self.connection(who))? {
+            match frame {
+                Frame::Text(text) => return Ok(Some(text)),
+                Frame::Ping(payload) => {
+                    socket.pong(&payload).await.map_err(self.connection(who))?
+                }
+                Frame::Pong => {}
+                Frame::Binary(_) => {
+                    return Err(self.failure(
+                        FailureKind::Altered,
+                        format_args!("{who} got a binary frame"),
+                    ));
+                }
+                Frame::Close => {
+                    return Err(self.failure(
+                        FailureKind::Connection,
+                        format_args!("{who} closed by server"),
+                    ));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// Frames the newcomer received: the answerer's answer and candidates, in order.
     async fn on_newcomer_frames(
         &mut self,
@@ -244,24 +277,7 @@ impl<'a> Handshake<'a> {
         samples: &mut Samples,
     ) -> Result<(), Failure> {
         let at = Instant::now();
-        while let Some(frame) = socket.next_frame().map_err(self.connection("newcomer"))? {
-            let text = match frame {
-                Frame::Text(text) => text,
-                Frame::Ping(payload) => {
-                    socket
-                        .pong(&payload)
-                        .await
-                        .map_err(self.connection("newcomer"))?;
-                    continue;
-                }
-                Frame::Pong => continue,
-                Frame::Binary(_) => {
-                    return Err(self.failure(FailureKind::Altered, "newcomer got a binary frame"));
-                }
-                Frame::Close => {
-                    return Err(self.failure(FailureKind::Connection, "newcomer closed by server"));
-                }
-            };
+        while let Some(text) = self.next_text(socket, "newcomer").await? {
             let rank = self.at_newcomer;
             if rank > self.ctx.script.candidates {
                 return Err(self.failure(FailureKind::Duplicated, "newcomer got an extra message"));
@@ -317,24 +333,7 @@ impl<'a> Handshake<'a> {
         samples: &mut Samples,
     ) -> Result<(), Failure> {
         let at = Instant::now();
-        while let Some(frame) = socket.next_frame().map_err(self.connection("answerer"))? {
-            let text = match frame {
-                Frame::Text(text) => text,
-                Frame::Ping(payload) => {
-                    socket
-                        .pong(&payload)
-                        .await
-                        .map_err(self.connection("answerer"))?;
-                    continue;
-                }
-                Frame::Pong => continue,
-                Frame::Binary(_) => {
-                    return Err(self.failure(FailureKind::Altered, "answerer got a binary frame"));
-                }
-                Frame::Close => {
-                    return Err(self.failure(FailureKind::Connection, "answerer closed by server"));
-                }
-            };
+        while let Some(text) = self.next_text(socket, "answerer").await? {
             let script = &self.ctx.script;
             let rank = script.early + 1 + self.at_answerer;
             let (Some(newcomer_id), Some(answerer_id)) = (self.newcomer_id, self.answerer_id)

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{SECRET, TestServer, init_tracing, options, within};
+use common::{SECRET, TestServer, echo_root, init_tracing, options, within};
 use webrtc_bootstrap_peer::{Client, Message, Options};
 
 const JOINS: usize = 200;
@@ -51,21 +51,7 @@ async fn two_hundred_joins_leave_no_sockets_or_tasks_behind() {
     init_tracing();
     let server = TestServer::start().await;
     let client = Client::with_options(&server.url(), options()).expect("client");
-    let mut root = client.root(SECRET).await.expect("root");
-    let answering = tokio::spawn(async move {
-        while let Some(incoming) = root.next().await {
-            tokio::spawn(async move {
-                let Ok(mut peer) = incoming.accept().connected().await else {
-                    return;
-                };
-                while let Some(message) = peer.recv().await {
-                    if peer.send(&message).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
+    let answering = echo_root(client.root(SECRET).await.expect("root"));
 
     // Warm up lazily created state (thread pools, TLS/crypto providers, caches).
     for i in 0..AT_ONCE {

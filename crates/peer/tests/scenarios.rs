@@ -6,30 +6,12 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::{SECRET, TestServer, init_tracing, options, within};
+use common::{SECRET, TestServer, echo_root, init_tracing, options, within};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use webrtc_bootstrap_peer::{
     Client, Error, Message, Options, Reconnect, Request, RootStatus, Signal,
 };
-
-/// Answers every newcomer of `root` in its own task and echoes what it receives.
-fn echo_root(mut root: webrtc_bootstrap_peer::Root) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        while let Some(incoming) = root.next().await {
-            tokio::spawn(async move {
-                let Ok(mut peer) = incoming.accept().connected().await else {
-                    return;
-                };
-                while let Some(message) = peer.recv().await {
-                    if peer.send(&message).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    })
-}
 
 async fn wait_status(
     status: &mut tokio::sync::watch::Receiver<RootStatus>,

@@ -149,3 +149,21 @@ pub fn init_tracing() {
         .with_test_writer()
         .try_init();
 }
+
+/// Answers every newcomer of `root` in its own task and echoes what it receives.
+pub fn echo_root(mut root: webrtc_bootstrap_peer::Root) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(incoming) = root.next().await {
+            tokio::spawn(async move {
+                let Ok(mut peer) = incoming.accept().connected().await else {
+                    return;
+                };
+                while let Some(message) = peer.recv().await {
+                    if peer.send(&message).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    })
+}
