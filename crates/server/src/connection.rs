@@ -2,18 +2,28 @@
 //! enforces the socket's lifetime, heartbeat and abuse limits.
 //!
 //! A single task per socket `select!`s over: shutdown, replacement (root), lifetime
-//! (`/join`), heartbeat and ping (root), the outbound queue, and inbound frames.
+//! (`/join`), heartbeat and ping (root), the outbound queue, and inbound bytes.
 //! Cleanup (leaving the registry) happens once, after the loop.
+//!
+//! The task speaks WebSocket over the raw connection with the IO-free
+//! [`Decoder`](bootstrap_protocol::ws::Decoder). It reads into a buffer on the stack of
+//! the poll that found bytes, so a socket waiting for its peer holds no read buffer,
+//! and writes from a buffer it only holds while writing.
 
 use std::future::{Future, poll_fn};
+use std::mem::MaybeUninit;
+use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use bootstrap_protocol::ws::{Decoder, FrameError, Inbound, encode_close, encode_frame, opcode};
 use bootstrap_protocol::{PeerId, close, paths::HEARTBEAT, relay};
-use futures_util::SinkExt;
-use futures_util::stream::{SplitSink, SplitStream, StreamExt};
+use futures_util::future::Either;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, Interval, MissedTickBehavior, interval_at, sleep, timeout};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::{debug, info, warn};
@@ -36,10 +46,10 @@ pub(crate) enum Role {
 /// How the loop ended, and so how the socket is closed.
 #[derive(Debug)]
 enum End {
-    /// The peer closed or the connection broke: nothing more to send.
-    /// The peer sent a close frame: answer it, then stop.
-    ClosedByPeer,
+    /// The connection ended or broke: nothing more to send.
     Gone,
+    /// The peer sent a close frame (with this code): answer it, then stop.
+    ClosedByPeer(Option<u16>),
     /// Close with this code and reason.
     Close(u16, &'static str),
     /// Close without a status code, as the JS server does at the `/join` timeout.
@@ -48,47 +58,82 @@ enum End {
     Abandon,
 }
 
-/// Most queued messages written before one flush.
+/// Most queued messages written at once.
 const WRITE_BATCH: usize = 64;
 
-type Sink = SplitSink<WebSocket, Message>;
+/// Bytes read at once, into a buffer that lives on the stack for one poll. 8 KiB holds
+/// a typical signaling burst (an SDP of 500 to 1500 bytes in its envelope, then
+/// candidates); a larger message takes several reads.
+const READ_CHUNK: usize = 8 * 1024;
 
-type Stream = SplitStream<WebSocket>;
-
-/// Runs one socket until it ends, then unregisters it.
+/// Runs one upgraded socket until it ends, then unregisters it.
 ///
-/// Not an `async fn`: an async fn keeps its arguments in its state for its whole life,
-/// and the unsplit `WebSocket` is ~370 bytes that every open socket would carry. The
-/// socket is split first and only the two small halves go into the future.
+/// Behind `axum::serve` the connection is a plain `TcpStream`, which is taken back
+/// out of hyper's wrapper; any other transport is served through the wrapper.
+/// Not an `async fn`: its arguments would stay in every socket's state.
 pub(crate) fn serve(
-    socket: WebSocket,
+    upgraded: Upgraded,
     role: Role,
-    rx: queue::Receiver<Utf8Bytes>,
+    rx: queue::Receiver<String>,
     replaced: Option<CancellationToken>,
     shared: Arc<Shared>,
 ) -> impl Future<Output = ()> {
-    let (sink, stream) = socket.split();
     // Only a root can be replaced; its wait is boxed so `/join` sockets carry 8 bytes.
     let replaced = replaced.map(|token| Box::pin(token.cancelled_owned()));
-    run(sink, stream, role, rx, replaced, shared)
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            // Bytes the client sent right after its request, before our answer.
+            let early = parts.read_buf.to_vec();
+            let io = parts.io.into_inner();
+            Either::Left(run(io, early, role, rx, replaced, shared))
+        }
+        Err(upgraded) => Either::Right(run(
+            TokioIo::new(upgraded),
+            Vec::new(),
+            role,
+            rx,
+            replaced,
+            shared,
+        )),
+    }
 }
 
-async fn run(
-    mut sink: Sink,
-    mut stream: Stream,
+/// Per-socket state the read path needs besides the connection.
+struct Inbox<'a> {
+    decoder: Decoder,
+    handler: Handler<'a>,
+}
+
+/// Handles the messages of one socket.
+struct Handler<'a> {
     role: Role,
-    mut rx: queue::Receiver<Utf8Bytes>,
+    policy: Policy,
+    shared: &'a Shared,
+}
+
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    mut io: S,
+    mut early: Vec<u8>,
+    role: Role,
+    mut rx: queue::Receiver<String>,
     mut replaced: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     shared: Arc<Shared>,
 ) {
     let config = &shared.config;
     let opened = Instant::now();
-    let mut policy = Policy::new(
-        config.rate_per_second,
-        config.rate_burst,
-        config.max_bad_messages,
-        opened,
-    );
+    let mut inbox = Inbox {
+        decoder: Decoder::new(config.max_frame_bytes),
+        handler: Handler {
+            role,
+            policy: Policy::new(
+                config.rate_per_second,
+                config.rate_burst,
+                config.max_bad_messages,
+                opened,
+            ),
+            shared: &shared,
+        },
+    };
     let is_root = matches!(role, Role::Root(_));
     let lifetime = sleep(config.timeout);
     tokio::pin!(lifetime);
@@ -105,15 +150,19 @@ async fn run(
     // the token, and the shutdown token is shared by every socket (one lock for all).
     let shutdown = shared.shutdown.cancelled();
     tokio::pin!(shutdown);
-    // Reused for every write, so a write allocates nothing.
-    let mut frames: Vec<Message> = Vec::new();
-    let mut texts: Vec<Utf8Bytes> = Vec::new();
+    // Frames to write (queued messages, pongs, heartbeats); emptied by every write.
+    let mut out: Vec<u8> = Vec::new();
     let mut ping_sent: Option<Instant> = None;
     // Since when the outbound queue has been full after every write: a peer that reads
     // too slowly to ever drain it is closed after `write_timeout`.
     let mut full_since: Option<Instant> = None;
 
+    let mut first = (!early.is_empty()).then(|| inbox.on_bytes(&mut early, &mut out));
+    drop(early);
     let end = loop {
+        if let Some(end) = first.take().flatten() {
+            break end;
+        }
         tokio::select! {
             biased;
             () = &mut shutdown => break End::Close(close::GOING_AWAY, close::REASON_SHUTDOWN),
@@ -128,21 +177,22 @@ async fn run(
                     warn!("root did not answer ping in time; dropping it");
                     break End::Close(close::ROOT_UNRESPONSIVE, "no pong");
                 }
-                frames.push(Message::Text(Utf8Bytes::from_static(HEARTBEAT)));
+                encode_frame(&mut out, opcode::TEXT, HEARTBEAT.as_bytes(), None);
                 if ping_sent.is_none() {
-                    frames.push(Message::Ping(Vec::new().into()));
+                    encode_frame(&mut out, opcode::PING, &[], None);
                     ping_sent = Some(now);
                 }
-                if let Some(end) = write_all(&mut sink, &mut frames, &shared).await {
+                if let Some(end) = write_out(&mut io, &mut out, &shared).await {
                     break end;
                 }
             }
             queued = rx.recv() => {
-                let Some(first) = queued else { break End::Gone };
-                texts.push(first);
-                rx.drain_into(&mut texts, WRITE_BATCH - 1);
-                frames.extend(texts.drain(..).map(Message::Text));
-                if let Some(end) = write_all(&mut sink, &mut frames, &shared).await {
+                let Some(text) = queued else { break End::Gone };
+                encode_frame(&mut out, opcode::TEXT, text.as_bytes(), None);
+                rx.drain_each(WRITE_BATCH - 1, |text| {
+                    encode_frame(&mut out, opcode::TEXT, text.as_bytes(), None);
+                });
+                if let Some(end) = write_out(&mut io, &mut out, &shared).await {
                     break end;
                 }
                 if rx.is_full() {
@@ -157,14 +207,15 @@ async fn run(
                     full_since = None;
                 }
             }
-            frame = stream.next() => {
-                ping_sent = None; // any frame shows the peer is alive
-                let outcome = match frame {
-                    None => Some(End::Gone),
-                    Some(Ok(message)) => on_message(message, role, &mut policy, &shared),
-                    Some(Err(error)) => Some(on_error(&error, role, &shared)),
-                };
-                if let Some(end) = outcome {
+            read = read_some(&mut io, &mut inbox, &mut out) => {
+                ping_sent = None; // any bytes show the peer is alive
+                if let Some(end) = read {
+                    break end;
+                }
+                // Pongs for the pings just read.
+                if !out.is_empty()
+                    && let Some(end) = write_out(&mut io, &mut out, &shared).await
+                {
                     break end;
                 }
             }
@@ -176,23 +227,20 @@ async fn run(
         Role::Root(ticket) => shared.registry().root_left(ticket),
     }
     debug!(?role, ?end, "socket ended");
-    if matches!(end, End::ClosedByPeer) {
-        // tungstenite queued the reply to the peer's close frame; send it, so the peer
-        // sees a clean closing handshake rather than a dropped connection.
-        let _ = timeout(config.write_timeout, sink.flush()).await;
+    out.clear();
+    match end {
+        End::Gone | End::Abandon => return,
+        // Echo the peer's status code, as RFC 6455 suggests.
+        End::ClosedByPeer(code) => encode_close(&mut out, code, ""),
+        End::Close(code, reason) => encode_close(&mut out, Some(code), reason),
+        End::CloseNoStatus => encode_close(&mut out, None, ""),
     }
-    let goodbye = match end {
-        End::Gone | End::ClosedByPeer | End::Abandon => None,
-        End::Close(code, reason) => Some(Message::Close(Some(CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        }))),
-        End::CloseNoStatus => Some(Message::Close(None)),
+    // Best effort: a peer that is gone or stuck must not hold the task.
+    let goodbye = async {
+        io.write_all(&out).await?;
+        io.shutdown().await
     };
-    if let Some(goodbye) = goodbye {
-        // Best effort: a peer that is gone or stuck must not hold the task.
-        let _ = timeout(config.write_timeout, sink.send(goodbye)).await;
-    }
+    let _ = timeout(config.write_timeout, goodbye).await;
 }
 
 /// Waits for a root's replacement; never completes for `/join` sockets.
@@ -211,19 +259,47 @@ async fn tick(heartbeat: &mut Option<Interval>) -> Instant {
     }
 }
 
-/// Writes (and empties) `frames` and flushes, within the write timeout.
-async fn write_all(sink: &mut Sink, frames: &mut Vec<Message>, shared: &Shared) -> Option<End> {
-    let write = async {
-        for frame in frames.drain(..) {
-            sink.feed(frame).await?;
+/// Waits for bytes from the peer and handles every complete frame in them; `Some`
+/// ends the loop. Frames to answer with (pongs) are appended to `out`.
+///
+/// The bytes are read into a buffer on the stack of the poll that finds them ready:
+/// while the peer is silent, the socket holds no read buffer at all.
+fn read_some<S: AsyncRead + Unpin>(
+    io: &mut S,
+    inbox: &mut Inbox<'_>,
+    out: &mut Vec<u8>,
+) -> impl Future<Output = Option<End>> {
+    poll_fn(move |cx| {
+        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut buf = ReadBuf::uninit(&mut chunk);
+        match Pin::new(&mut *io).poll_read(cx, &mut buf) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(error)) => {
+                debug!(role = ?inbox.handler.role, %error, "socket read error");
+                Poll::Ready(Some(End::Gone))
+            }
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(Some(End::Gone)),
+            Poll::Ready(Ok(())) => Poll::Ready(inbox.on_bytes(buf.filled_mut(), out)),
         }
-        sink.flush().await
+    })
+}
+
+/// Writes (and empties) `out` within the write timeout.
+async fn write_out<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    out: &mut Vec<u8>,
+    shared: &Shared,
+) -> Option<End> {
+    // Taken, so an idle socket holds no write buffer either.
+    let bytes = std::mem::take(out);
+    let write = async {
+        io.write_all(&bytes).await?;
+        io.flush().await
     };
     let mut write = std::pin::pin!(write);
     // Almost every write completes at once (the socket buffer has room). Only a write
     // that has to wait arms the timeout, which costs a timer registration.
     let first = poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
-    // Whichever way it ends, the drain has emptied `frames` when `write` is dropped.
     // The slow path's timer is boxed, so every socket's state stays small.
     let result = match first {
         Poll::Ready(result) => Ok(result),
@@ -243,29 +319,73 @@ async fn write_all(sink: &mut Sink, frames: &mut Vec<Message>, shared: &Shared) 
     }
 }
 
-/// Handles one inbound message; `Some` ends the loop.
-fn on_message(message: Message, role: Role, policy: &mut Policy, shared: &Shared) -> Option<End> {
-    let text: &str = match &message {
-        Message::Text(text) => text.as_str(),
-        Message::Binary(bytes) => match std::str::from_utf8(bytes) {
-            Ok(text) => text,
-            Err(_) => {
-                Stats::bump(&shared.stats.invalid_messages);
-                debug!(?role, "binary frame is not UTF-8; dropped");
-                return offend(policy, Offence::InvalidPayload, shared);
+impl Inbox<'_> {
+    /// Decodes bytes just read and handles each message; `Some` ends the loop.
+    fn on_bytes(&mut self, bytes: &mut [u8], out: &mut Vec<u8>) -> Option<End> {
+        let mut end = None;
+        let handler = &mut self.handler;
+        let decoded = self.decoder.decode(bytes, |inbound| {
+            end = handler.on_inbound(inbound, out);
+            if end.is_some() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
             }
-        },
-        Message::Ping(_) | Message::Pong(_) => return None,
-        Message::Close(_) => return Some(End::ClosedByPeer),
-    };
-    if !policy.admit(Instant::now()) {
-        Stats::bump(&shared.stats.flood_messages);
-        debug!(?role, "over the message rate; dropped");
-        return offend(policy, Offence::Flood, shared);
+        });
+        match decoded {
+            Ok(_) => end,
+            Err(error) => Some(self.handler.on_frame_error(error)),
+        }
     }
-    match role {
-        Role::Join(id) => on_join_text(text, &id, policy, shared),
-        Role::Root(_) => on_root_text(text, policy, shared),
+}
+
+impl Handler<'_> {
+    /// Handles one message or control frame; `Some` ends the loop.
+    fn on_inbound(&mut self, inbound: Inbound<'_>, out: &mut Vec<u8>) -> Option<End> {
+        let (role, shared) = (self.role, self.shared);
+        let text = match inbound {
+            Inbound::Text(text) => text,
+            Inbound::Binary(bytes) => match std::str::from_utf8(bytes) {
+                Ok(text) => text,
+                Err(_) => {
+                    Stats::bump(&shared.stats.invalid_messages);
+                    debug!(?role, "binary frame is not UTF-8; dropped");
+                    return offend(&mut self.policy, Offence::InvalidPayload, shared);
+                }
+            },
+            Inbound::Ping(payload) => {
+                // Answering costs a write: pings count against the message rate too.
+                if !self.policy.admit(Instant::now()) {
+                    Stats::bump(&shared.stats.flood_messages);
+                    return offend(&mut self.policy, Offence::Flood, shared);
+                }
+                encode_frame(out, opcode::PONG, payload, None);
+                return None;
+            }
+            Inbound::Pong => return None,
+            Inbound::Close(code) => return Some(End::ClosedByPeer(code)),
+        };
+        if !self.policy.admit(Instant::now()) {
+            Stats::bump(&shared.stats.flood_messages);
+            debug!(?role, "over the message rate; dropped");
+            return offend(&mut self.policy, Offence::Flood, shared);
+        }
+        match role {
+            Role::Join(id) => on_join_text(text, &id, &mut self.policy, shared),
+            Role::Root(_) => on_root_text(text, &mut self.policy, shared),
+        }
+    }
+
+    /// A frame broke the protocol or the size limit: the socket is closed.
+    fn on_frame_error(&self, error: FrameError) -> End {
+        Stats::bump(&self.shared.stats.abusive_closes);
+        info!(role = ?self.role, %error, "closing a socket after a bad frame");
+        let reason = match error {
+            FrameError::TooBig { .. } => "message too big",
+            FrameError::InvalidUtf8 => "text frame is not UTF-8",
+            _ => "WebSocket protocol error",
+        };
+        End::Close(error.close_code(), reason)
     }
 }
 
@@ -283,7 +403,7 @@ fn on_join_text(text: &str, id: &PeerId, policy: &mut Policy, shared: &Shared) -
     let sent = shared
         .registry()
         .route(&relayed.destination)
-        .map(|handle| handle.tx.try_send(relayed.text.into()));
+        .map(|handle| handle.tx.try_send(relayed.text));
     match sent {
         Ok(sent) => match sent {
             Ok(()) => match relayed.destination {
@@ -334,26 +454,4 @@ fn offend(policy: &mut Policy, offence: Offence, shared: &Shared) -> Option<End>
             Some(End::Close(offence.close_code(), offence.close_reason()))
         }
     }
-}
-
-/// Maps a read error to how the socket ends.
-fn on_error(error: &axum::Error, role: Role, shared: &Shared) -> End {
-    use tungstenite::Error as WsError;
-    let inner = std::error::Error::source(error).and_then(|e| e.downcast_ref::<WsError>());
-    let end = match inner {
-        Some(WsError::Capacity(_)) => End::Close(close::TOO_BIG, "message too big"),
-        Some(WsError::Utf8(_)) => End::Close(close::INVALID_PAYLOAD, "text frame is not UTF-8"),
-        Some(WsError::Protocol(
-            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-        )) => End::Gone,
-        Some(WsError::Protocol(_)) => End::Close(close::PROTOCOL_ERROR, "WebSocket protocol error"),
-        _ => End::Gone,
-    };
-    if !matches!(end, End::Gone) {
-        Stats::bump(&shared.stats.abusive_closes);
-        info!(?role, %error, "closing a socket after a bad frame");
-    } else {
-        debug!(?role, %error, "socket read error");
-    }
-    end
 }

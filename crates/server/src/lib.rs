@@ -15,6 +15,7 @@
 //! - `connection`: one socket's task.
 //! - `queue`: the bounded outbound queue of a socket.
 //! - `routes`: [`router`], the HTTP handlers.
+//! - `upgrade`: the WebSocket opening handshake.
 //! - [`stats`]: counters reported by `/healthz`.
 //!
 //! ```no_run
@@ -33,6 +34,7 @@ mod registry;
 mod routes;
 mod state;
 pub mod stats;
+mod upgrade;
 
 use std::future::Future;
 

@@ -136,11 +136,11 @@ impl<T> Receiver<T> {
         }
     }
 
-    /// Moves up to `max` queued items to `out` without waiting.
-    pub(crate) fn drain_into(&mut self, out: &mut Vec<T>, max: usize) {
+    /// Takes up to `max` queued items without waiting, passing each to `each`.
+    pub(crate) fn drain_each(&mut self, max: usize, each: impl FnMut(T)) {
         let mut state = self.inner.lock();
         let n = state.items.len().min(max);
-        out.extend(state.items.drain(..n));
+        state.items.drain(..n).for_each(each);
         if state.items.is_empty() && state.items.capacity() > KEEP_SLOTS {
             state.items = VecDeque::new();
         }
@@ -174,7 +174,7 @@ mod tests {
         assert!(rx.is_full());
         assert_eq!(rx.recv().await, Some(1));
         let mut out = Vec::new();
-        rx.drain_into(&mut out, 10);
+        rx.drain_each(10, |item| out.push(item));
         assert_eq!(out, [2]);
         drop(tx);
         assert_eq!(tx2.try_send(4), Ok(()));

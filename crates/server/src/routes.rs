@@ -6,23 +6,21 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
-use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
-use axum::http::{StatusCode, Uri};
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{any, get};
 use bootstrap_protocol::{PeerId, paths};
-use futures_util::FutureExt as _;
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 use tower_http::services::ServeDir;
 use tracing::info;
 
-use crate::config::Config;
 use crate::connection::{self, Role};
 use crate::queue;
 use crate::state::{AppState, Health, Shared, SocketHandle};
 use crate::stats::Stats;
+use crate::upgrade::Upgrade;
 
 /// The server's routes over `state`.
 pub fn router(state: AppState) -> Router {
@@ -46,34 +44,10 @@ async fn healthz(State(state): State<AppState>) -> Json<Health> {
     Json(state.health())
 }
 
-/// Applies the configured limits to the WebSocket: small buffers for idle sockets, a
-/// message size cap, and a bounded write buffer.
-///
-/// The write buffer is only a staging area: the connection task flushes after every
-/// batch of queued messages, so a batch goes out in one write instead of one write per
-/// message (a write buffer size of 0 writes each frame eagerly). It allocates nothing
-/// until the socket sends.
-fn limited(ws: WebSocketUpgrade, config: &Config) -> WebSocketUpgrade {
-    ws.read_buffer_size(READ_BUFFER)
-        .write_buffer_size(config.max_frame_bytes)
-        .max_write_buffer_size(config.max_frame_bytes.saturating_mul(4))
-        .max_message_size(config.max_frame_bytes)
-        .max_frame_size(config.max_frame_bytes)
-}
-
-/// Read chunk size, allocated for every socket when it opens and zero-filled before
-/// every read by tungstenite: its default (128 KiB) would dominate the memory of idle
-/// sockets. 2 KiB holds a typical signaling message (an SDP of 500 to 1500 bytes in its
-/// envelope) in one read; larger ones take a second read.
-const READ_BUFFER: usize = 2048;
-
-async fn join(
-    State(state): State<AppState>,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    let ws = match ws {
-        Ok(ws) => ws,
-        Err(rejection) => return rejection.into_response(),
+async fn join(State(state): State<AppState>, mut request: Request) -> Response {
+    let upgrade = match Upgrade::accept(&mut request) {
+        Ok(upgrade) => upgrade,
+        Err(refused) => return refused.into_response(),
     };
     let shared = Arc::clone(&state.0);
     let (tx, rx) = queue::channel(shared.config.join_queue);
@@ -88,21 +62,22 @@ async fn join(
             .into_response();
     };
     Stats::bump(&shared.stats.joins);
-    // If the upgrade never completes, the callback is dropped and the guard unregisters.
+    // If the upgrade never completes, the guard is dropped and unregisters the id.
     let guard = Registered {
         shared: Arc::clone(&shared),
         id,
         armed: true,
     };
-    let task = shared.tracker.token();
-    // The callback hands the socket over synchronously: a future that captured the
-    // unsplit socket would carry its ~370 bytes for as long as the socket is open.
-    // (An `async move` block would also hold the inner future twice: once captured, once
-    // being awaited.) The tracker token is released when the socket's future completes.
-    limited(ws, &shared.config).on_upgrade(move |socket| {
+    let response = upgrade.response();
+    let on_upgrade = upgrade.on_upgrade;
+    shared.tracker.spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
         let (shared, id) = guard.disarm();
-        connection::serve(socket, Role::Join(id), rx, None, shared).map(move |()| drop(task))
-    })
+        connection::serve(upgraded, Role::Join(id), rx, None, shared).await;
+    });
+    response
 }
 
 /// Unregisters a `/join` id when dropped before its socket task takes over.
@@ -128,14 +103,11 @@ impl Drop for Registered {
     }
 }
 
-async fn root(
-    State(state): State<AppState>,
-    uri: Uri,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
+async fn root(State(state): State<AppState>, mut request: Request) -> Response {
     // Compare the raw (still percent-encoded) path segment, as the JS server does, in
     // constant time. Never log it.
-    let given = uri
+    let given = request
+        .uri()
         .path()
         .strip_prefix('/')
         .and_then(|p| p.strip_suffix(paths::ROOT_SUFFIX))
@@ -144,13 +116,17 @@ async fn root(
     if !bool::from(given.as_bytes().ct_eq(shared.config.secret.as_bytes())) {
         return not_found().await;
     }
-    let ws = match ws {
-        Ok(ws) => ws,
-        Err(rejection) => return rejection.into_response(),
+    let upgrade = match Upgrade::accept(&mut request) {
+        Ok(upgrade) => upgrade,
+        Err(refused) => return refused.into_response(),
     };
-    let task = shared.tracker.token();
-    limited(ws, &shared.config).on_upgrade(move |socket| async move {
-        let _task = task;
+    let response = upgrade.response();
+    let on_upgrade = upgrade.on_upgrade;
+    let tracker = shared.tracker.clone();
+    tracker.spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
         let (tx, rx) = queue::channel(shared.config.root_queue);
         let replaced = CancellationToken::new();
         let handle = SocketHandle {
@@ -167,7 +143,8 @@ async fn root(
         } else {
             info!("root connected");
         }
-        connection::serve(socket, Role::Root(ticket), rx, Some(replaced), shared).await;
+        connection::serve(upgraded, Role::Root(ticket), rx, Some(replaced), shared).await;
         info!("root disconnected");
-    })
+    });
+    response
 }

@@ -3,7 +3,6 @@
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use axum::extract::ws::Utf8Bytes;
 use bootstrap_protocol::IdGenerator;
 use serde::Serialize;
 use tokio::time::Instant;
@@ -21,7 +20,7 @@ use crate::stats::{Stats, StatsSnapshot};
 /// fewer to allocate per open socket).
 #[derive(Debug)]
 pub(crate) struct SocketHandle {
-    pub(crate) tx: queue::Sender<Utf8Bytes>,
+    pub(crate) tx: queue::Sender<String>,
     pub(crate) replaced: Option<CancellationToken>,
 }
 
