@@ -15,6 +15,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use bootstrap_protocol::ws::{self, encode_frame, opcode};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -146,14 +147,14 @@ impl WsClient {
 
     /// Sends one text message.
     pub(crate) async fn send_text(&mut self, payload: &[u8]) -> Result<(), WsError> {
-        self.queue(OP_TEXT, payload);
+        self.queue(opcode::TEXT, payload);
         self.flush().await
     }
 
     /// Appends a frame to the write buffer without sending it.
     fn queue(&mut self, opcode: u8, payload: &[u8]) {
         let mask = self.next_mask().to_ne_bytes();
-        encode_frame(&mut self.write, opcode, payload, mask);
+        encode_frame(&mut self.write, opcode, payload, Some(mask));
     }
 
     /// Writes everything queued.
@@ -178,25 +179,23 @@ impl WsClient {
         let Some((header, len)) = parse_header(&self.read)? else {
             return Ok(None);
         };
-        if self.read.len() < header + len {
+        if self.read.len() < header.len + len {
             return Ok(None);
         }
-        let opcode = self.read[0] & 0x0f;
-        self.read.advance(header);
+        self.read.advance(header.len);
         let payload = self.read.split_to(len);
-        Ok(Some(match opcode {
-            OP_TEXT => Frame::Text(payload),
-            OP_BINARY => Frame::Binary(payload),
-            OP_CLOSE => Frame::Close,
-            OP_PING => Frame::Ping(payload),
-            OP_PONG => Frame::Pong,
-            _ => return Err(WsError::Protocol("unknown opcode")),
+        Ok(Some(match header.opcode {
+            opcode::TEXT => Frame::Text(payload),
+            opcode::BINARY => Frame::Binary(payload),
+            opcode::CLOSE => Frame::Close,
+            opcode::PING => Frame::Ping(payload),
+            _ => Frame::Pong,
         }))
     }
 
     /// Answers a ping.
     pub(crate) async fn pong(&mut self, payload: &[u8]) -> Result<(), WsError> {
-        self.queue(OP_PONG, payload);
+        self.queue(opcode::PONG, payload);
         self.flush().await
     }
 
@@ -204,7 +203,7 @@ impl WsClient {
     /// or the end of the connection. Returns the text messages that arrived meanwhile:
     /// for a finished handshake there must be none.
     pub(crate) async fn close(mut self, wait: Duration) -> Result<Vec<BytesMut>, WsError> {
-        self.queue(OP_CLOSE, &1000u16.to_be_bytes());
+        self.queue(opcode::CLOSE, &1000u16.to_be_bytes());
         self.flush().await?;
         let mut stray = Vec::new();
         let drain = async {
@@ -240,78 +239,23 @@ impl WsClient {
     }
 }
 
-const OP_TEXT: u8 = 0x1;
-const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xa;
-
-/// Header length and payload length of the frame at the start of `buf`, once the whole
-/// header is there.
-fn parse_header(buf: &[u8]) -> Result<Option<(usize, usize)>, WsError> {
-    let [b0, b1, ..] = *buf else {
-        return Ok(None);
+/// The header and payload length of the server frame at the start of `buf`, once the
+/// whole header is there.
+fn parse_header(buf: &[u8]) -> Result<Option<(ws::Header, usize)>, WsError> {
+    let header = match ws::parse_header(buf) {
+        Ok(Some(header)) => header,
+        Ok(None) => return Ok(None),
+        Err(_) => return Err(WsError::Protocol("invalid frame header")),
     };
-    if b0 & 0x80 == 0 || b0 & 0x0f == 0 {
+    if !header.fin || header.opcode == opcode::CONTINUATION {
         return Err(WsError::Protocol("fragmented message"));
     }
-    if b0 & 0x70 != 0 {
-        return Err(WsError::Protocol("reserved bits set"));
-    }
-    if b1 & 0x80 != 0 {
+    if header.mask.is_some() {
         return Err(WsError::Protocol("masked frame from the server"));
     }
-    let (header, len) = match b1 & 0x7f {
-        126 => match buf.get(2..4) {
-            Some(b) => (4, u64::from(u16::from_be_bytes([b[0], b[1]]))),
-            None => return Ok(None),
-        },
-        127 => match buf.get(2..10).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
-            Some(b) => (10, u64::from_be_bytes(b)),
-            None => return Ok(None),
-        },
-        n => (2, u64::from(n)),
-    };
-    match usize::try_from(len) {
+    match usize::try_from(header.payload_len) {
         Ok(len) if len <= MAX_FRAME => Ok(Some((header, len))),
         _ => Err(WsError::Protocol("oversized frame")),
-    }
-}
-
-/// Appends one masked client frame to `out`.
-fn encode_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: [u8; 4]) {
-    out.push(0x80 | opcode);
-    let len = payload.len();
-    if len < 126 {
-        // Fits in 7 bits: checked just above.
-        out.push(0x80 | len as u8);
-    } else if let Ok(len16) = u16::try_from(len) {
-        out.push(0x80 | 126);
-        out.extend_from_slice(&len16.to_be_bytes());
-    } else {
-        out.push(0x80 | 127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-    out.extend_from_slice(&mask);
-    let start = out.len();
-    out.extend_from_slice(payload);
-    apply_mask(&mut out[start..], mask);
-}
-
-/// XORs `data` with the 4-byte `mask`, eight bytes at a time.
-fn apply_mask(data: &mut [u8], mask: [u8; 4]) {
-    let wide = u64::from_ne_bytes([
-        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
-    ]);
-    let mut chunks = data.chunks_exact_mut(8);
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        chunk.copy_from_slice(&(u64::from_ne_bytes(word) ^ wide).to_ne_bytes());
-    }
-    // The remainder starts at a multiple of 8, so the mask index restarts at 0.
-    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
-        *b ^= mask[i & 3];
     }
 }
 
@@ -345,39 +289,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn frames_round_trip_through_the_mask() {
-        for len in [0usize, 5, 125, 126, 1500, 65_535, 65_536] {
-            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-            let mut out = Vec::new();
-            encode_frame(&mut out, OP_TEXT, &payload, [1, 2, 3, 4]);
-            // Unmask as a server would.
-            let header = match len {
-                0..=125 => 2,
-                126..=65_535 => 4,
-                _ => 10,
-            };
-            let mask = [
-                out[header],
-                out[header + 1],
-                out[header + 2],
-                out[header + 3],
-            ];
-            let mut body = out[header + 4..].to_vec();
-            apply_mask(&mut body, mask);
-            assert_eq!(body, payload, "len {len}");
-            assert_eq!(out[0], 0x81);
-            assert_eq!(out[1] & 0x80, 0x80);
-        }
-    }
-
-    #[test]
     fn parses_server_headers() {
-        assert_eq!(parse_header(&[0x81]).ok(), Some(None));
-        assert_eq!(parse_header(&[0x81, 5]).ok(), Some(Some((2, 5))));
-        assert_eq!(parse_header(&[0x81, 126, 1]).ok(), Some(None));
-        assert_eq!(parse_header(&[0x81, 126, 1, 0]).ok(), Some(Some((4, 256))));
+        let ok = |buf: &[u8]| {
+            parse_header(buf)
+                .ok()
+                .map(|h| h.map(|(h, len)| (h.len, len)))
+        };
+        assert_eq!(ok(&[0x81]), Some(None));
+        assert_eq!(ok(&[0x81, 5]), Some(Some((2, 5))));
+        assert_eq!(ok(&[0x81, 126, 1]), Some(None));
+        assert_eq!(ok(&[0x81, 126, 1, 0]), Some(Some((4, 256))));
         assert!(parse_header(&[0x01, 5]).is_err(), "fragment");
-        assert!(parse_header(&[0x81, 0x85]).is_err(), "masked");
+        assert!(parse_header(&[0x81, 0x85, 0, 0, 0, 0]).is_err(), "masked");
     }
 
     #[test]
