@@ -1,9 +1,9 @@
 //! One WebSocket's task: reads frames and relays them, writes its outbound queue, and
 //! enforces the socket's lifetime, heartbeat and abuse limits.
 //!
-//! A single task per socket `select!`s over: shutdown, replacement (root), lifetime
-//! (`/join`), heartbeat and ping (root), the outbound queue, and inbound bytes.
-//! Cleanup (leaving the registry) happens once, after the loop.
+//! A single task per socket `select!`s over its queue (messages, and commands such as
+//! close on shutdown or the root's heartbeat), its connection, and for `/join` sockets
+//! their lifetime. Cleanup (leaving the registry) happens once, after the loop.
 //!
 //! The task speaks WebSocket over the raw connection with the IO-free
 //! [`Decoder`](bootstrap_protocol::ws::Decoder). It reads into a buffer on the stack of
@@ -22,14 +22,15 @@ use bootstrap_protocol::{PeerId, close, paths::HEARTBEAT, relay};
 use futures_util::future::Either;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Interval, MissedTickBehavior, interval_at, sleep, timeout};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep, timeout};
 use tracing::{debug, info, warn};
 
 use crate::policy::{Offence, Policy, Verdict};
-use crate::queue::{self, TrySendError};
+use crate::queue::{self, Received, TrySendError};
 use crate::registry::{RootTicket, Undeliverable};
 use crate::state::Shared;
 use crate::stats::Stats;
@@ -41,6 +42,17 @@ pub(crate) enum Role {
     Join(PeerId),
     /// The root, with its registration ticket.
     Root(RootTicket),
+}
+
+/// What a socket's task is told through its queue, ahead of any message. Ordered:
+/// a pending command is only replaced by a greater one, so a close is never lost to
+/// a heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Command {
+    /// Time for the root's heartbeat and ping.
+    Heartbeat,
+    /// Close with this code and reason (shutdown, or a root replaced).
+    Close(u16, &'static str),
 }
 
 /// How the loop ended, and so how the socket is closed.
@@ -66,168 +78,129 @@ const WRITE_BATCH: usize = 64;
 /// candidates); a larger message takes several reads.
 const READ_CHUNK: usize = 8 * 1024;
 
-/// Runs one upgraded socket until it ends, then unregisters it.
-///
-/// Behind `axum::serve` the connection is a plain `TcpStream`, which is taken back
-/// out of hyper's wrapper; any other transport is served through the wrapper.
-/// Not an `async fn`: its arguments would stay in every socket's state.
-pub(crate) fn serve(
-    upgraded: Upgraded,
-    role: Role,
-    rx: queue::Receiver<String>,
-    replaced: Option<CancellationToken>,
-    shared: Arc<Shared>,
-) -> impl Future<Output = ()> {
-    // Only a root can be replaced; its wait is boxed so `/join` sockets carry 8 bytes.
-    let replaced = replaced.map(|token| Box::pin(token.cancelled_owned()));
-    match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => {
-            // Bytes the client sent right after its request, before our answer.
-            let early = parts.read_buf.to_vec();
-            let io = parts.io.into_inner();
-            Either::Left(run(io, early, role, rx, replaced, shared))
-        }
-        Err(upgraded) => Either::Right(run(
-            TokioIo::new(upgraded),
-            Vec::new(),
-            role,
-            rx,
-            replaced,
-            shared,
-        )),
+/// Tells every registered socket to close with `command` (on shutdown).
+pub(crate) fn close_all(shared: &Shared, command: Command) {
+    for handle in shared.registry().handles() {
+        let _ = handle.tx.control(command);
     }
 }
 
-/// Per-socket state the read path needs besides the connection.
-struct Inbox<'a> {
-    decoder: Decoder,
-    handler: Handler<'a>,
+/// Sends the root a [`Command::Heartbeat`] every `period` until its queue closes.
+pub(crate) async fn heartbeats(tx: queue::Sender<String, Command>, period: Duration) {
+    let mut ticks = interval_at(Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if tx.control(Command::Heartbeat).is_err() {
+            return;
+        }
+    }
 }
 
-/// Handles the messages of one socket.
-struct Handler<'a> {
+/// Runs one upgraded socket until it ends, then unregisters it.
+///
+/// Behind [`crate::serve`] the connection is a plain `TcpStream`, which is taken back
+/// out of hyper's wrapper; any other transport (a router served by another server)
+/// is served through the wrapper. Not an `async fn`: its arguments would stay in every
+/// socket's state.
+pub(crate) fn serve(
+    upgraded: Upgraded,
     role: Role,
-    policy: Policy,
-    shared: &'a Shared,
-}
-
-async fn run<S: AsyncRead + AsyncWrite + Unpin>(
-    mut io: S,
-    mut early: Vec<u8>,
-    role: Role,
-    mut rx: queue::Receiver<String>,
-    mut replaced: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    rx: queue::Receiver<String, Command>,
     shared: Arc<Shared>,
-) {
-    let config = &shared.config;
-    let opened = Instant::now();
-    let mut inbox = Inbox {
-        decoder: Decoder::new(config.max_frame_bytes),
+) -> impl Future<Output = ()> {
+    let socket = |early| Socket {
+        decoder: Decoder::new(shared.config.max_frame_bytes),
         handler: Handler {
             role,
             policy: Policy::new(
-                config.rate_per_second,
-                config.rate_burst,
-                config.max_bad_messages,
-                opened,
+                shared.config.rate_per_second,
+                shared.config.rate_burst,
+                shared.config.max_bad_messages,
+                Instant::now(),
             ),
-            shared: &shared,
+            ping_sent: None,
+            shared: Arc::clone(&shared),
         },
+        rx,
+        out: early,
+        full_since: None,
     };
-    let is_root = matches!(role, Role::Root(_));
-    let lifetime = sleep(config.timeout);
-    tokio::pin!(lifetime);
-    // Only the root has a heartbeat: `/join` sockets allocate no interval.
-    let mut heartbeat = is_root.then(|| {
-        let mut heartbeat = interval_at(
-            opened + config.heartbeat_interval,
-            config.heartbeat_interval,
-        );
-        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        heartbeat
-    });
-    // Created once, not on every turn of the loop: each creation registers a waiter with
-    // the token, and the shutdown token is shared by every socket (one lock for all).
-    let shutdown = shared.shutdown.cancelled();
-    tokio::pin!(shutdown);
-    // Frames to write (queued messages, pongs, heartbeats); emptied by every write.
-    let mut out: Vec<u8> = Vec::new();
-    let mut ping_sent: Option<Instant> = None;
-    // Since when the outbound queue has been full after every write: a peer that reads
-    // too slowly to ever drain it is closed after `write_timeout`.
-    let mut full_since: Option<Instant> = None;
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        // `out` carries the bytes the client sent right after its request, if any.
+        Ok(parts) => Either::Left(run(parts.io.into_inner(), socket(parts.read_buf.to_vec()))),
+        Err(upgraded) => Either::Right(run(TokioIo::new(upgraded), socket(Vec::new()))),
+    }
+}
 
-    let mut first = (!early.is_empty()).then(|| inbox.on_bytes(&mut early, &mut out));
-    drop(early);
+/// A socket's state besides its connection.
+struct Socket {
+    decoder: Decoder,
+    handler: Handler,
+    rx: queue::Receiver<String, Command>,
+    /// Frames to write (queued messages, pongs, heartbeats); emptied by every write.
+    out: Vec<u8>,
+    /// Since when the outbound queue has been full after every write: a peer that
+    /// reads too slowly to ever drain it is closed after `write_timeout`.
+    full_since: Option<Instant>,
+}
+
+/// Handles the messages of one socket.
+struct Handler {
+    role: Role,
+    policy: Policy,
+    /// When the unanswered ping to the root was sent.
+    ping_sent: Option<Instant>,
+    shared: Arc<Shared>,
+}
+
+/// The socket's loop. It waits on three things only: its queue (messages and
+/// commands), its connection, and for `/join` sockets their lifetime.
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, mut socket: Socket) {
+    let shared = Arc::clone(&socket.handler.shared);
+    let is_root = matches!(socket.handler.role, Role::Root(_));
+    let lifetime = sleep(shared.config.timeout);
+    tokio::pin!(lifetime);
+    let mut end = None;
+    if !socket.out.is_empty() {
+        let mut early = std::mem::take(&mut socket.out);
+        end = socket
+            .handler
+            .on_bytes(&mut socket.decoder, &mut early, &mut socket.out);
+    }
+    // Registered before this check, or told by `close_all` after it: either way a
+    // socket that opens during shutdown is closed.
+    if shared.shutdown.is_cancelled() {
+        end = Some(End::Close(close::GOING_AWAY, close::REASON_SHUTDOWN));
+    }
     let end = loop {
-        if let Some(end) = first.take().flatten() {
+        if let Some(end) = end.take() {
             break end;
         }
         tokio::select! {
             biased;
-            () = &mut shutdown => break End::Close(close::GOING_AWAY, close::REASON_SHUTDOWN),
-            () = cancelled(&mut replaced) => break End::Close(close::ROOT_REPLACED, close::REASON_ROOT_REPLACED),
+            received = socket.rx.recv() => end = socket.on_received(received),
             () = &mut lifetime, if !is_root => {
                 Stats::bump(&shared.stats.timeouts);
-                break End::CloseNoStatus;
+                end = Some(End::CloseNoStatus);
             }
-            _ = tick(&mut heartbeat) => {
-                let now = Instant::now();
-                if ping_sent.is_some_and(|sent| now.duration_since(sent) >= config.root_ping_timeout) {
-                    warn!("root did not answer ping in time; dropping it");
-                    break End::Close(close::ROOT_UNRESPONSIVE, "no pong");
-                }
-                encode_frame(&mut out, opcode::TEXT, HEARTBEAT.as_bytes(), None);
-                if ping_sent.is_none() {
-                    encode_frame(&mut out, opcode::PING, &[], None);
-                    ping_sent = Some(now);
-                }
-                if let Some(end) = write_out(&mut io, &mut out, &shared).await {
-                    break end;
-                }
-            }
-            queued = rx.recv() => {
-                let Some(text) = queued else { break End::Gone };
-                encode_frame(&mut out, opcode::TEXT, text.as_bytes(), None);
-                rx.drain_each(WRITE_BATCH - 1, |text| {
-                    encode_frame(&mut out, opcode::TEXT, text.as_bytes(), None);
-                });
-                if let Some(end) = write_out(&mut io, &mut out, &shared).await {
-                    break end;
-                }
-                if rx.is_full() {
-                    let now = Instant::now();
-                    let since = *full_since.get_or_insert(now);
-                    if now.duration_since(since) >= config.write_timeout {
-                        Stats::bump(&shared.stats.abusive_closes);
-                        info!(?role, "outbound queue stayed full; closing the socket");
-                        break End::Close(close::POLICY, "not reading fast enough");
-                    }
-                } else {
-                    full_since = None;
-                }
-            }
-            read = read_some(&mut io, &mut inbox, &mut out) => {
-                ping_sent = None; // any bytes show the peer is alive
-                if let Some(end) = read {
-                    break end;
-                }
-                // Pongs for the pings just read.
-                if !out.is_empty()
-                    && let Some(end) = write_out(&mut io, &mut out, &shared).await
-                {
-                    break end;
-                }
+            read = read_some(&mut io, &mut socket.decoder, &mut socket.handler, &mut socket.out) => end = read,
+        }
+        if end.is_none() && !socket.out.is_empty() {
+            end = write_out(&mut io, &mut socket.out, &shared).await;
+            if end.is_none() {
+                end = socket.check_backlog();
             }
         }
     };
 
+    let role = socket.handler.role;
     match role {
         Role::Join(id) => shared.registry().leave(&id),
         Role::Root(ticket) => shared.registry().root_left(ticket),
     }
     debug!(?role, ?end, "socket ended");
-    out.clear();
+    let mut out = Vec::new();
     match end {
         End::Gone | End::Abandon => return,
         // Echo the peer's status code, as RFC 6455 suggests.
@@ -240,23 +213,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         io.write_all(&out).await?;
         io.shutdown().await
     };
-    let _ = timeout(config.write_timeout, goodbye).await;
-}
-
-/// Waits for a root's replacement; never completes for `/join` sockets.
-async fn cancelled(replaced: &mut Option<Pin<Box<WaitForCancellationFutureOwned>>>) {
-    match replaced {
-        Some(replaced) => replaced.as_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Waits for the root's next heartbeat; never completes for `/join` sockets.
-async fn tick(heartbeat: &mut Option<Interval>) -> Instant {
-    match heartbeat {
-        Some(heartbeat) => heartbeat.tick().await,
-        None => std::future::pending().await,
-    }
+    let _ = Box::pin(timeout(shared.config.write_timeout, goodbye)).await;
 }
 
 /// Waits for bytes from the peer and handles every complete frame in them; `Some`
@@ -264,22 +221,23 @@ async fn tick(heartbeat: &mut Option<Interval>) -> Instant {
 ///
 /// The bytes are read into a buffer on the stack of the poll that finds them ready:
 /// while the peer is silent, the socket holds no read buffer at all.
-fn read_some<S: AsyncRead + Unpin>(
-    io: &mut S,
-    inbox: &mut Inbox<'_>,
-    out: &mut Vec<u8>,
-) -> impl Future<Output = Option<End>> {
+fn read_some<'a, S: AsyncRead + Unpin>(
+    io: &'a mut S,
+    decoder: &'a mut Decoder,
+    handler: &'a mut Handler,
+    out: &'a mut Vec<u8>,
+) -> impl Future<Output = Option<End>> + 'a {
     poll_fn(move |cx| {
         let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
         let mut buf = ReadBuf::uninit(&mut chunk);
         match Pin::new(&mut *io).poll_read(cx, &mut buf) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Err(error)) => {
-                debug!(role = ?inbox.handler.role, %error, "socket read error");
+                debug!(role = ?handler.role, %error, "socket read error");
                 Poll::Ready(Some(End::Gone))
             }
             Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(Some(End::Gone)),
-            Poll::Ready(Ok(())) => Poll::Ready(inbox.on_bytes(buf.filled_mut(), out)),
+            Poll::Ready(Ok(())) => Poll::Ready(handler.on_bytes(decoder, buf.filled_mut(), out)),
         }
     })
 }
@@ -319,13 +277,52 @@ async fn write_out<S: AsyncWrite + Unpin>(
     }
 }
 
-impl Inbox<'_> {
+impl Socket {
+    /// Handles what the queue gave; `Some` ends the loop. Messages are encoded into
+    /// `out`, with whatever else is queued (up to a batch), to go out in one write.
+    fn on_received(&mut self, received: Option<Received<String, Command>>) -> Option<End> {
+        match received? {
+            Received::Message(text) => {
+                encode_frame(&mut self.out, opcode::TEXT, text.as_bytes(), None);
+                let out = &mut self.out;
+                self.rx.drain_each(WRITE_BATCH - 1, |text| {
+                    encode_frame(out, opcode::TEXT, text.as_bytes(), None);
+                });
+                None
+            }
+            Received::Control(Command::Close(code, reason)) => Some(End::Close(code, reason)),
+            Received::Control(Command::Heartbeat) => self.handler.heartbeat(&mut self.out),
+        }
+    }
+
+    /// After a write: closes a socket whose queue has stayed full for `write_timeout`.
+    fn check_backlog(&mut self) -> Option<End> {
+        if !self.rx.is_full() {
+            self.full_since = None;
+            return None;
+        }
+        let now = Instant::now();
+        let since = *self.full_since.get_or_insert(now);
+        if now.duration_since(since) < self.handler.shared.config.write_timeout {
+            return None;
+        }
+        Stats::bump(&self.handler.shared.stats.abusive_closes);
+        info!(role = ?self.handler.role, "outbound queue stayed full; closing the socket");
+        Some(End::Close(close::POLICY, "not reading fast enough"))
+    }
+}
+
+impl Handler {
     /// Decodes bytes just read and handles each message; `Some` ends the loop.
-    fn on_bytes(&mut self, bytes: &mut [u8], out: &mut Vec<u8>) -> Option<End> {
+    fn on_bytes(
+        &mut self,
+        decoder: &mut Decoder,
+        bytes: &mut [u8],
+        out: &mut Vec<u8>,
+    ) -> Option<End> {
         let mut end = None;
-        let handler = &mut self.handler;
-        let decoded = self.decoder.decode(bytes, |inbound| {
-            end = handler.on_inbound(inbound, out);
+        let decoded = decoder.decode(bytes, |inbound| {
+            end = self.on_inbound(inbound, out);
             if end.is_some() {
                 ControlFlow::Break(())
             } else {
@@ -334,15 +331,34 @@ impl Inbox<'_> {
         });
         match decoded {
             Ok(_) => end,
-            Err(error) => Some(self.handler.on_frame_error(error)),
+            Err(error) => Some(self.on_frame_error(error)),
         }
     }
-}
 
-impl Handler<'_> {
+    /// The root's heartbeat: a heartbeat message, and a ping unless one is still
+    /// unanswered; a ping unanswered for `root_ping_timeout` drops the root.
+    fn heartbeat(&mut self, out: &mut Vec<u8>) -> Option<End> {
+        let now = Instant::now();
+        let config = &self.shared.config;
+        if self
+            .ping_sent
+            .is_some_and(|sent| now.duration_since(sent) >= config.root_ping_timeout)
+        {
+            warn!("root did not answer ping in time; dropping it");
+            return Some(End::Close(close::ROOT_UNRESPONSIVE, "no pong"));
+        }
+        encode_frame(out, opcode::TEXT, HEARTBEAT.as_bytes(), None);
+        if self.ping_sent.is_none() {
+            encode_frame(out, opcode::PING, &[], None);
+            self.ping_sent = Some(now);
+        }
+        None
+    }
+
     /// Handles one message or control frame; `Some` ends the loop.
     fn on_inbound(&mut self, inbound: Inbound<'_>, out: &mut Vec<u8>) -> Option<End> {
-        let (role, shared) = (self.role, self.shared);
+        self.ping_sent = None; // any frame shows the peer is alive
+        let (role, shared) = (self.role, &*self.shared);
         let text = match inbound {
             Inbound::Text(text) => text,
             Inbound::Binary(bytes) => match std::str::from_utf8(bytes) {

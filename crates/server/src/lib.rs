@@ -37,9 +37,15 @@ pub mod stats;
 mod upgrade;
 
 use std::future::Future;
+use std::time::Duration;
 
-use axum::serve::ListenerExt as _;
+use bootstrap_protocol::close;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 pub use config::{Config, ConfigError};
@@ -119,19 +125,11 @@ pub async fn serve(
             () = trigger.cancelled() => {}
         }
     });
-    // Signaling messages are small and latency-bound: with Nagle's algorithm a second
-    // message written before the peer acknowledged the first waits for that ACK, which
-    // the peer may delay by up to 40 ms. The JS server's `ws` disables it too.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            debug!(%error, "cannot set TCP_NODELAY");
-        }
-    });
-    let served = axum::serve(listener, router(state))
-        .with_graceful_shutdown(token.clone().cancelled_owned())
-        .await;
+    let served = accept_loop(&listener, router(state), &token, &shared.tracker).await;
     // Serving ended (shutdown or error): make sure every socket task is told.
     token.cancel();
+    let going_away = connection::Command::Close(close::GOING_AWAY, close::REASON_SHUTDOWN);
+    connection::close_all(&shared, going_away);
     watcher.abort();
     shared.tracker.close();
     if tokio::time::timeout(shared.config.shutdown_grace, shared.tracker.wait())
@@ -145,4 +143,67 @@ pub async fn serve(
     }
     info!("stopped");
     served.map_err(Error::Serve)
+}
+
+/// How long a client may take to send its request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Pause after an accept error (such as running out of file descriptors) before the
+/// next accept, so the loop does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// Accepts connections until `token` is cancelled, serving each with HTTP/1.1.
+///
+/// Each connection is handed to hyper directly (not through `axum::serve`, whose
+/// connection wrapper hides the `TcpStream`), so an upgraded WebSocket can take its
+/// `TcpStream` back and drop hyper's wrappers and buffers (see `connection::serve`).
+/// WebSocket clients and `/healthz` probes speak HTTP/1.1; HTTP/2 is not served.
+async fn accept_loop(
+    listener: &TcpListener,
+    app: axum::Router,
+    token: &CancellationToken,
+    tracker: &TaskTracker,
+) -> std::io::Result<()> {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    loop {
+        let accepted = tokio::select! {
+            () = token.cancelled() => return Ok(()),
+            accepted = listener.accept() => accepted,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(error) => {
+                warn!(%error, "accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        // Signaling messages are small and latency-bound: with Nagle's algorithm a
+        // second message written before the peer acknowledged the first waits for that
+        // ACK, which the peer may delay by up to 40 ms. The JS server's `ws` disables
+        // it too.
+        if let Err(error) = tcp.set_nodelay(true) {
+            debug!(%error, "cannot set TCP_NODELAY");
+        }
+        let service = TowerToHyperService::new(app.clone());
+        let connection = http
+            .serve_connection(TokioIo::new(tcp), service)
+            .with_upgrades();
+        let token = token.clone();
+        tracker.spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                () = token.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = served {
+                debug!(%error, "HTTP connection ended with an error");
+            }
+        });
+    }
 }

@@ -96,6 +96,14 @@ impl<T> Registry<T> {
         }
     }
 
+    /// Every registered socket: the root, then the prospects.
+    pub(crate) fn handles(&self) -> impl Iterator<Item = &T> {
+        self.root
+            .iter()
+            .map(|(_, root)| root)
+            .chain(self.prospects.values())
+    }
+
     /// Whether a root is connected.
     pub(crate) fn has_root(&self) -> bool {
         self.root.is_some()

@@ -10,13 +10,13 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{any, get};
-use bootstrap_protocol::{PeerId, paths};
+use bootstrap_protocol::{PeerId, close, paths};
 use subtle::ConstantTimeEq;
-use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tower_http::services::ServeDir;
 use tracing::info;
 
-use crate::connection::{self, Role};
+use crate::connection::{self, Command, Role};
 use crate::queue;
 use crate::state::{AppState, Health, Shared, SocketHandle};
 use crate::stats::Stats;
@@ -51,7 +51,7 @@ async fn join(State(state): State<AppState>, mut request: Request) -> Response {
     };
     let shared = Arc::clone(&state.0);
     let (tx, rx) = queue::channel(shared.config.join_queue);
-    let handle = SocketHandle { tx, replaced: None };
+    let handle = SocketHandle { tx };
     let admitted = shared.registry().admit(handle);
     let Ok(id) = admitted else {
         Stats::bump(&shared.stats.joins_refused);
@@ -75,7 +75,7 @@ async fn join(State(state): State<AppState>, mut request: Request) -> Response {
             return;
         };
         let (shared, id) = guard.disarm();
-        connection::serve(upgraded, Role::Join(id), rx, None, shared).await;
+        connection::serve(upgraded, Role::Join(id), rx, shared).await;
     });
     response
 }
@@ -128,22 +128,21 @@ async fn root(State(state): State<AppState>, mut request: Request) -> Response {
             return;
         };
         let (tx, rx) = queue::channel(shared.config.root_queue);
-        let replaced = CancellationToken::new();
-        let handle = SocketHandle {
-            tx,
-            replaced: Some(replaced.clone()),
-        };
-        let (ticket, old) = shared.registry().set_root(handle);
+        // Stopped (dropped) with the root's task.
+        let _heartbeats = AbortOnDropHandle::new(tokio::spawn(connection::heartbeats(
+            tx.clone(),
+            shared.config.heartbeat_interval,
+        )));
+        let (ticket, old) = shared.registry().set_root(SocketHandle { tx });
         Stats::bump(&shared.stats.roots);
         if let Some(old) = old {
-            if let Some(token) = &old.replaced {
-                token.cancel();
-            }
+            let replaced = Command::Close(close::ROOT_REPLACED, close::REASON_ROOT_REPLACED);
+            let _ = old.tx.control(replaced);
             info!("root connected, replacing the previous root");
         } else {
             info!("root connected");
         }
-        connection::serve(upgraded, Role::Root(ticket), rx, Some(replaced), shared).await;
+        connection::serve(upgraded, Role::Root(ticket), rx, shared).await;
         info!("root disconnected");
     });
     response

@@ -11,17 +11,16 @@ use tokio_util::task::TaskTracker;
 
 use crate::Error;
 use crate::config::Config;
+use crate::connection::Command;
 use crate::queue;
 use crate::registry::Registry;
 use crate::stats::{Stats, StatsSnapshot};
 
-/// How the relay reaches one socket's task: its bounded outbound queue, and for the
-/// root a token that tells it it was replaced (`/join` sockets have none: one token
-/// fewer to allocate per open socket).
+/// How the relay reaches one socket's task: its bounded outbound queue, which also
+/// carries the commands the task must act on (close, heartbeat).
 #[derive(Debug)]
 pub(crate) struct SocketHandle {
-    pub(crate) tx: queue::Sender<String>,
-    pub(crate) replaced: Option<CancellationToken>,
+    pub(crate) tx: queue::Sender<String, Command>,
 }
 
 /// The server's state, cheap to clone (one `Arc`).
