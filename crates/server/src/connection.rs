@@ -10,12 +10,12 @@
 //! the poll that found bytes, so a socket waiting for its peer holds no read buffer,
 //! and writes from a buffer it only holds while writing.
 
-use std::future::{Future, poll_fn};
+use std::future::Future;
 use std::mem::MaybeUninit;
 use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll, ready};
 
 use bootstrap_protocol::ws::{Decoder, FrameError, Inbound, encode_close, encode_frame, opcode};
 use bootstrap_protocol::{PeerId, close, paths::HEARTBEAT, relay};
@@ -23,10 +23,11 @@ use futures_util::future::Either;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep, timeout};
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, MissedTickBehavior, Sleep, interval_at, sleep};
 use tracing::{debug, info, warn};
 
 use crate::policy::{Offence, Policy, Verdict};
@@ -101,8 +102,7 @@ pub(crate) async fn heartbeats(tx: queue::Sender<String, Command>, period: Durat
 ///
 /// Behind [`crate::serve`] the connection is a plain `TcpStream`, which is taken back
 /// out of hyper's wrapper; any other transport (a router served by another server)
-/// is served through the wrapper. Not an `async fn`: its arguments would stay in every
-/// socket's state.
+/// is served through the wrapper.
 pub(crate) fn serve(
     upgraded: Upgraded,
     role: Role,
@@ -120,6 +120,7 @@ pub(crate) fn serve(
                 Instant::now(),
             ),
             ping_sent: None,
+            left: false,
             shared: Arc::clone(&shared),
         },
         rx,
@@ -128,8 +129,11 @@ pub(crate) fn serve(
     };
     match upgraded.downcast::<TokioIo<TcpStream>>() {
         // `out` carries the bytes the client sent right after its request, if any.
-        Ok(parts) => Either::Left(run(parts.io.into_inner(), socket(parts.read_buf.to_vec()))),
-        Err(upgraded) => Either::Right(run(TokioIo::new(upgraded), socket(Vec::new()))),
+        Ok(parts) => Either::Left(SocketTask::new(
+            parts.io.into_inner(),
+            socket(parts.read_buf.to_vec()),
+        )),
+        Err(upgraded) => Either::Right(SocketTask::new(TokioIo::new(upgraded), socket(Vec::new()))),
     }
 }
 
@@ -151,129 +155,259 @@ struct Handler {
     policy: Policy,
     /// When the unanswered ping to the root was sent.
     ping_sent: Option<Instant>,
+    /// Whether the socket left the registry.
+    left: bool,
     shared: Arc<Shared>,
 }
 
-/// The socket's loop. It waits on three things only: its queue (messages and
-/// commands), its connection, and for `/join` sockets their lifetime.
-async fn run<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, mut socket: Socket) {
-    let shared = Arc::clone(&socket.handler.shared);
-    let is_root = matches!(socket.handler.role, Role::Root(_));
-    let lifetime = sleep(shared.config.timeout);
-    tokio::pin!(lifetime);
-    let mut end = None;
-    if !socket.out.is_empty() {
-        let mut early = std::mem::take(&mut socket.out);
-        end = socket
-            .handler
-            .on_bytes(&mut socket.decoder, &mut early, &mut socket.out);
+pin_project! {
+    /// One socket's whole life, as a hand-written future: its loop, then its closing.
+    ///
+    /// Written by hand rather than as an `async fn` around `select!`, because every
+    /// open socket holds this state: the compiler's layout of the same loop took
+    /// twice the bytes.
+    struct SocketTask<S> {
+        // The `/join` socket's lifetime (never polled for the root).
+        #[pin]
+        lifetime: Sleep,
+        conn: Conn<S>,
     }
-    // Registered before this check, or told by `close_all` after it: either way a
-    // socket that opens during shutdown is closed.
-    if shared.shutdown.is_cancelled() {
-        end = Some(End::Close(close::GOING_AWAY, close::REASON_SHUTDOWN));
-    }
-    let end = loop {
-        if let Some(end) = end.take() {
-            break end;
-        }
-        tokio::select! {
-            biased;
-            received = socket.rx.recv() => end = socket.on_received(received),
-            () = &mut lifetime, if !is_root => {
-                Stats::bump(&shared.stats.timeouts);
-                end = Some(End::CloseNoStatus);
-            }
-            read = read_some(&mut io, &mut socket.decoder, &mut socket.handler, &mut socket.out) => end = read,
-        }
-        if end.is_none() && !socket.out.is_empty() {
-            end = write_out(&mut io, &mut socket.out, &shared).await;
-            if end.is_none() {
-                end = socket.check_backlog();
-            }
-        }
-    };
-
-    let role = socket.handler.role;
-    match role {
-        Role::Join(id) => shared.registry().leave(&id),
-        Role::Root(ticket) => shared.registry().root_left(ticket),
-    }
-    debug!(?role, ?end, "socket ended");
-    let mut out = Vec::new();
-    match end {
-        End::Gone | End::Abandon => return,
-        // Echo the peer's status code, as RFC 6455 suggests.
-        End::ClosedByPeer(code) => encode_close(&mut out, code, ""),
-        End::Close(code, reason) => encode_close(&mut out, Some(code), reason),
-        End::CloseNoStatus => encode_close(&mut out, None, ""),
-    }
-    // Best effort: a peer that is gone or stuck must not hold the task.
-    let goodbye = async {
-        io.write_all(&out).await?;
-        io.shutdown().await
-    };
-    let _ = Box::pin(timeout(shared.config.write_timeout, goodbye)).await;
 }
 
-/// Waits for bytes from the peer and handles every complete frame in them; `Some`
-/// ends the loop. Frames to answer with (pongs) are appended to `out`.
-///
-/// The bytes are read into a buffer on the stack of the poll that finds them ready:
-/// while the peer is silent, the socket holds no read buffer at all.
-fn read_some<'a, S: AsyncRead + Unpin>(
-    io: &'a mut S,
-    decoder: &'a mut Decoder,
-    handler: &'a mut Handler,
-    out: &'a mut Vec<u8>,
-) -> impl Future<Output = Option<End>> + 'a {
-    poll_fn(move |cx| {
+impl<S: AsyncRead + AsyncWrite + Unpin> Future for SocketTask<S> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        this.conn.poll(this.lifetime, cx)
+    }
+}
+
+/// Everything of a [`SocketTask`] but its lifetime timer.
+struct Conn<S> {
+    io: S,
+    socket: Socket,
+    /// Bytes being written and how many went out; empty between writes.
+    writing: Vec<u8>,
+    written: usize,
+    /// The write timeout, armed when a write has to wait (boxed: rarely needed).
+    stalled: Option<Pin<Box<Sleep>>>,
+    phase: Phase,
+}
+
+/// Where a socket is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Relaying.
+    Open,
+    /// Writing its close frame, then shutting the connection down.
+    Closing,
+    /// Finished.
+    Done,
+}
+
+/// How far a write got.
+enum Wrote {
+    /// Everything was written (and flushed).
+    All,
+    /// The connection cannot take more yet.
+    Waiting,
+    /// The connection failed.
+    Failed,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> SocketTask<S> {
+    fn new(io: S, mut socket: Socket) -> Self {
+        let shared = Arc::clone(&socket.handler.shared);
+        let mut end = None;
+        // Bytes the client sent before it saw our answer.
+        if !socket.out.is_empty() {
+            let mut early = std::mem::take(&mut socket.out);
+            end = socket
+                .handler
+                .on_bytes(&mut socket.decoder, &mut early, &mut socket.out);
+        }
+        // Registered before this check, or told by `close_all` after it: either way a
+        // socket that opens during shutdown is closed.
+        if end.is_none() && shared.shutdown.is_cancelled() {
+            end = Some(End::Close(close::GOING_AWAY, close::REASON_SHUTDOWN));
+        }
+        let mut conn = Conn {
+            io,
+            socket,
+            writing: Vec::new(),
+            written: 0,
+            stalled: None,
+            phase: Phase::Open,
+        };
+        match end {
+            Some(end) => conn.end(end),
+            None => conn.writing = std::mem::take(&mut conn.socket.out),
+        }
+        Self {
+            lifetime: sleep(shared.config.timeout),
+            conn,
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    fn poll(&mut self, mut lifetime: Pin<&mut Sleep>, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            match self.phase {
+                Phase::Open => {
+                    let end = ready!(self.poll_open(lifetime.as_mut(), cx));
+                    self.end(end);
+                }
+                Phase::Closing => {
+                    let finished = match self.poll_write(cx) {
+                        Wrote::All => Pin::new(&mut self.io).poll_shutdown(cx).map(drop),
+                        Wrote::Failed => Poll::Ready(()),
+                        Wrote::Waiting => Poll::Pending,
+                    };
+                    // The goodbye's timer was armed by `end`.
+                    if finished.is_pending() && !self.write_timed_out(cx) {
+                        return Poll::Pending;
+                    }
+                    self.phase = Phase::Done;
+                }
+                Phase::Done => return Poll::Ready(()),
+            }
+        }
+    }
+
+    /// Runs the open socket until it ends. It waits on three things only, in this
+    /// order: its queue (messages and commands), for `/join` sockets their lifetime,
+    /// and its connection. A write under way is finished before anything else.
+    fn poll_open(&mut self, mut lifetime: Pin<&mut Sleep>, cx: &mut Context<'_>) -> Poll<End> {
+        let is_root = matches!(self.socket.handler.role, Role::Root(_));
+        loop {
+            if !self.writing.is_empty() {
+                match self.poll_write(cx) {
+                    Wrote::All => {
+                        if let Some(end) = self.socket.check_backlog() {
+                            return Poll::Ready(end);
+                        }
+                    }
+                    Wrote::Failed => return Poll::Ready(End::Gone),
+                    Wrote::Waiting => {
+                        if !self.write_timed_out(cx) {
+                            return Poll::Pending;
+                        }
+                        let shared = &self.socket.handler.shared;
+                        Stats::bump(&shared.stats.abusive_closes);
+                        info!("socket does not read its messages; closing it");
+                        return Poll::Ready(End::Abandon);
+                    }
+                }
+            }
+            if let Poll::Ready(received) = self.socket.rx.poll_recv(cx) {
+                if let Some(end) = self.socket.on_received(received) {
+                    return Poll::Ready(end);
+                }
+                self.writing = std::mem::take(&mut self.socket.out);
+                continue;
+            }
+            if !is_root && lifetime.as_mut().poll(cx).is_ready() {
+                Stats::bump(&self.socket.handler.shared.stats.timeouts);
+                return Poll::Ready(End::CloseNoStatus);
+            }
+            if let Some(end) = ready!(self.poll_read(cx)) {
+                return Poll::Ready(end);
+            }
+            // Pongs for the pings just read, if any.
+            self.writing = std::mem::take(&mut self.socket.out);
+        }
+    }
+
+    /// Reads what the peer sent and handles every complete frame in it; `Some` ends
+    /// the socket. The bytes land in a buffer on the stack of this poll: while the
+    /// peer is silent, the socket holds no read buffer at all.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Option<End>> {
         let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
         let mut buf = ReadBuf::uninit(&mut chunk);
-        match Pin::new(&mut *io).poll_read(cx, &mut buf) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Err(error)) => {
-                debug!(role = ?handler.role, %error, "socket read error");
-                Poll::Ready(Some(End::Gone))
+        Poll::Ready(
+            match ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf)) {
+                Err(error) => {
+                    debug!(role = ?self.socket.handler.role, %error, "socket read error");
+                    Some(End::Gone)
+                }
+                Ok(()) if buf.filled().is_empty() => Some(End::Gone),
+                Ok(()) => {
+                    let socket = &mut self.socket;
+                    socket
+                        .handler
+                        .on_bytes(&mut socket.decoder, buf.filled_mut(), &mut socket.out)
+                }
+            },
+        )
+    }
+
+    /// Writes what is left of `writing`, then flushes.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Wrote {
+        while self.written < self.writing.len() {
+            match Pin::new(&mut self.io).poll_write(cx, &self.writing[self.written..]) {
+                Poll::Pending => return Wrote::Waiting,
+                Poll::Ready(Ok(0)) => return Wrote::Failed,
+                Poll::Ready(Ok(n)) => self.written += n,
+                Poll::Ready(Err(error)) => {
+                    debug!(%error, "write failed");
+                    return Wrote::Failed;
+                }
             }
-            Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(Some(End::Gone)),
-            Poll::Ready(Ok(())) => Poll::Ready(handler.on_bytes(decoder, buf.filled_mut(), out)),
         }
-    })
+        match Pin::new(&mut self.io).poll_flush(cx) {
+            Poll::Pending => return Wrote::Waiting,
+            Poll::Ready(Err(_)) => return Wrote::Failed,
+            Poll::Ready(Ok(())) => {}
+        }
+        // Given back, so an idle socket holds no write buffer.
+        self.writing = Vec::new();
+        self.written = 0;
+        if self.phase == Phase::Open {
+            self.stalled = None;
+        }
+        Wrote::All
+    }
+
+    /// Whether the write timeout, armed when first needed, has passed.
+    fn write_timed_out(&mut self, cx: &mut Context<'_>) -> bool {
+        let timeout = self.socket.handler.shared.config.write_timeout;
+        let stalled = self.stalled.get_or_insert_with(|| Box::pin(sleep(timeout)));
+        stalled.as_mut().poll(cx).is_ready()
+    }
+
+    /// Ends the loop: leaves the registry and prepares the close frame, if any.
+    fn end(&mut self, end: End) {
+        let role = self.socket.handler.role;
+        self.socket.handler.leave();
+        debug!(?role, ?end, "socket ended");
+        self.writing.clear();
+        self.written = 0;
+        self.stalled = None;
+        match end {
+            // Nothing to send, nothing to wait for.
+            End::Gone | End::Abandon => {
+                self.phase = Phase::Done;
+                return;
+            }
+            // Echo the peer's status code, as RFC 6455 suggests.
+            End::ClosedByPeer(code) => encode_close(&mut self.writing, code, ""),
+            End::Close(code, reason) => encode_close(&mut self.writing, Some(code), reason),
+            End::CloseNoStatus => encode_close(&mut self.writing, None, ""),
+        }
+        // The goodbye gets one write timeout in all: a peer that is gone or stuck must
+        // not hold the task.
+        self.phase = Phase::Closing;
+        let timeout = self.socket.handler.shared.config.write_timeout;
+        self.stalled = Some(Box::pin(sleep(timeout)));
+    }
 }
 
-/// Writes (and empties) `out` within the write timeout.
-async fn write_out<S: AsyncWrite + Unpin>(
-    io: &mut S,
-    out: &mut Vec<u8>,
-    shared: &Shared,
-) -> Option<End> {
-    // Taken, so an idle socket holds no write buffer either.
-    let bytes = std::mem::take(out);
-    let write = async {
-        io.write_all(&bytes).await?;
-        io.flush().await
-    };
-    let mut write = std::pin::pin!(write);
-    // Almost every write completes at once (the socket buffer has room). Only a write
-    // that has to wait arms the timeout, which costs a timer registration.
-    let first = poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
-    // The slow path's timer is boxed, so every socket's state stays small.
-    let result = match first {
-        Poll::Ready(result) => Ok(result),
-        Poll::Pending => Box::pin(timeout(shared.config.write_timeout, write)).await,
-    };
-    match result {
-        Ok(Ok(())) => None,
-        Ok(Err(error)) => {
-            debug!(%error, "write failed");
-            Some(End::Gone)
-        }
-        Err(_) => {
-            Stats::bump(&shared.stats.abusive_closes);
-            info!("socket does not read its messages; closing it");
-            Some(End::Abandon)
-        }
+impl Drop for Handler {
+    /// A task dropped before it ended (the runtime shutting down) still unregisters.
+    fn drop(&mut self) {
+        self.leave();
     }
 }
 
@@ -313,6 +447,17 @@ impl Socket {
 }
 
 impl Handler {
+    /// Unregisters the socket (once): no message is routed to it any more.
+    fn leave(&mut self) {
+        if std::mem::replace(&mut self.left, true) {
+            return;
+        }
+        match self.role {
+            Role::Join(id) => self.shared.registry().leave(&id),
+            Role::Root(ticket) => self.shared.registry().root_left(ticket),
+        }
+    }
+
     /// Decodes bytes just read and handles each message; `Some` ends the loop.
     fn on_bytes(
         &mut self,

@@ -12,6 +12,7 @@
 //! never blocks the sender, ends when every sender is gone.
 
 use std::collections::VecDeque;
+#[cfg(test)]
 use std::future::{Future, poll_fn};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
@@ -154,14 +155,16 @@ impl<T, C> Drop for Sender<T, C> {
 const KEEP_SLOTS: usize = 8;
 
 impl<T, C> Receiver<T, C> {
-    /// The control item if one is pending, else the next message; `None` once the
-    /// queue is empty and every sender is gone.
-    /// Cancel-safe: an item is only taken when this returns it.
+    /// [`Self::poll_recv`] as a future.
+    #[cfg(test)]
     pub(crate) fn recv(&mut self) -> impl Future<Output = Option<Received<T, C>>> {
         poll_fn(|cx| self.poll_recv(cx))
     }
 
-    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Received<T, C>>> {
+    /// The control item if one is pending, else the next message; `None` once the
+    /// queue is empty and every sender is gone. Registers `cx` to be woken when that
+    /// changes. An item is only taken when this returns it.
+    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Received<T, C>>> {
         // Register before looking, so an item queued right after the look wakes us.
         self.inner.waker.register(cx.waker());
         let mut state = self.inner.lock();

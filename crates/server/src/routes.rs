@@ -11,6 +11,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{any, get};
 use bootstrap_protocol::{PeerId, close, paths};
+use futures_util::FutureExt as _;
+use futures_util::future::Either;
 use subtle::ConstantTimeEq;
 use tokio_util::task::AbortOnDropHandle;
 use tower_http::services::ServeDir;
@@ -70,13 +72,16 @@ async fn join(State(state): State<AppState>, mut request: Request) -> Response {
     };
     let response = upgrade.response();
     let on_upgrade = upgrade.on_upgrade;
-    shared.tracker.spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else {
-            return;
-        };
-        let (shared, id) = guard.disarm();
-        connection::serve(upgraded, Role::Join(id), rx, shared).await;
+    // Chained rather than one `async` block, which would keep the captured upgrade
+    // handle and guard beside the socket's state for the socket's whole life.
+    let socket = on_upgrade.then(move |upgraded| match upgraded {
+        Ok(upgraded) => {
+            let (shared, id) = guard.disarm();
+            Either::Left(connection::serve(upgraded, Role::Join(id), rx, shared))
+        }
+        Err(_) => Either::Right(std::future::ready(())),
     });
+    shared.tracker.spawn(socket);
     response
 }
 
