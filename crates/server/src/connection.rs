@@ -47,13 +47,15 @@ pub(crate) enum Role {
 
 /// What a socket's task is told through its queue, ahead of any message. Ordered:
 /// a pending command is only replaced by a greater one, so a close is never lost to
-/// a heartbeat.
+/// a heartbeat. One byte, in every socket's queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Command {
     /// Time for the root's heartbeat and ping.
     Heartbeat,
-    /// Close with this code and reason (shutdown, or a root replaced).
-    Close(u16, &'static str),
+    /// The server is shutting down: close with 1001.
+    Shutdown,
+    /// A newer root replaced this one: close with 4000.
+    Replaced,
 }
 
 /// How the loop ended, and so how the socket is closed.
@@ -424,7 +426,13 @@ impl Socket {
                 });
                 None
             }
-            Received::Control(Command::Close(code, reason)) => Some(End::Close(code, reason)),
+            Received::Control(Command::Shutdown) => {
+                Some(End::Close(close::GOING_AWAY, close::REASON_SHUTDOWN))
+            }
+            Received::Control(Command::Replaced) => Some(End::Close(
+                close::ROOT_REPLACED,
+                close::REASON_ROOT_REPLACED,
+            )),
             Received::Control(Command::Heartbeat) => self.handler.heartbeat(&mut self.out),
         }
     }

@@ -39,7 +39,6 @@ mod upgrade;
 use std::future::Future;
 use std::time::Duration;
 
-use bootstrap_protocol::close;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -128,8 +127,7 @@ pub async fn serve(
     let served = accept_loop(&listener, router(state), &token, &shared.tracker).await;
     // Serving ended (shutdown or error): make sure every socket task is told.
     token.cancel();
-    let going_away = connection::Command::Close(close::GOING_AWAY, close::REASON_SHUTDOWN);
-    connection::close_all(&shared, going_away);
+    connection::close_all(&shared, connection::Command::Shutdown);
     watcher.abort();
     shared.tracker.close();
     if tokio::time::timeout(shared.config.shutdown_grace, shared.tracker.wait())

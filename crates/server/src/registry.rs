@@ -169,6 +169,18 @@ mod tests {
     }
 
     #[test]
+    fn handles_lists_the_root_and_every_prospect() {
+        let mut r = registry(10);
+        let a = r.admit("a").expect("room");
+        r.admit("b").expect("room");
+        r.set_root("root");
+        r.leave(&a);
+        let mut all: Vec<_> = r.handles().copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, ["b", "root"]);
+    }
+
+    #[test]
     fn never_reuses_an_id_in_use() {
         // Two generators with the same seed: the second registry's ids collide with ids
         // it already holds, and must be skipped.

@@ -10,7 +10,7 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{any, get};
-use bootstrap_protocol::{PeerId, close, paths};
+use bootstrap_protocol::{PeerId, paths};
 use futures_util::FutureExt as _;
 use futures_util::future::Either;
 use subtle::ConstantTimeEq;
@@ -141,8 +141,7 @@ async fn root(State(state): State<AppState>, mut request: Request) -> Response {
         let (ticket, old) = shared.registry().set_root(SocketHandle { tx });
         Stats::bump(&shared.stats.roots);
         if let Some(old) = old {
-            let replaced = Command::Close(close::ROOT_REPLACED, close::REASON_ROOT_REPLACED);
-            let _ = old.tx.control(replaced);
+            let _ = old.tx.control(Command::Replaced);
             info!("root connected, replacing the previous root");
         } else {
             info!("root connected");
