@@ -238,10 +238,18 @@ fn main() -> ExitCode {
             }
         };
         tracing::info!(config = ?settings.config, "starting");
-        match run(listener, settings.config, shutdown_signal()).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
+        // Spawned, not run on this (non-worker) thread: the accept loop then spawns
+        // each connection's task on its own worker's queue instead of waking a worker
+        // for every connection.
+        let served = tokio::spawn(run(listener, settings.config, shutdown_signal())).await;
+        match served {
+            Ok(Ok(())) => ExitCode::SUCCESS,
+            Ok(Err(error)) => {
                 eprintln!("bootstrap-server: {error}");
+                ExitCode::FAILURE
+            }
+            Err(error) => {
+                eprintln!("bootstrap-server: the server task failed: {error}");
                 ExitCode::FAILURE
             }
         }
