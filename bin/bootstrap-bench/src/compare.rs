@@ -285,9 +285,10 @@ fn load_point(
     server.stop();
     let cpu = report.server.map_or(f64::NAN, |s| s.cpu_us_per_handshake);
     eprintln!(
-        "{kind:>4} {label}: {:.0} handshakes/s, server CPU {cpu:.0} µs/handshake, relay p99 {:.0} µs, generator {:.2} cores, others {:.2} cores, {}",
+        "{kind:>4} {label}: {:.0} handshakes/s, server CPU {cpu:.0} µs/handshake, relay p99 {:.0} µs ({:.0} µs to delivery), generator {:.2} cores, others {:.2} cores, {}",
         report.handshakes_per_second,
         report.relay_latency_us.p99,
+        report.relay_delivery_us.p99,
         report.generator_cores,
         report.background_cores,
         if report.verified() {

@@ -16,7 +16,7 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::script::{Id, Script, Side, Tag, origin_of};
 use crate::verify::{Board, Failure, FailureKind, RootNote};
-use crate::ws::{Frame, WsClient, WsError};
+use crate::ws::{Arrival, Frame, WsClient, WsError};
 
 /// Everything the generator's tasks share.
 #[derive(Debug)]
@@ -36,6 +36,9 @@ pub(crate) struct Ctx {
 pub(crate) struct Samples {
     /// Relay latency of every message: read by the receiver minus written by the sender.
     pub(crate) latency_ns: Vec<u64>,
+    /// The same, ending when the kernel received it rather than when the generator
+    /// read it: without the generator's own queueing.
+    pub(crate) delivery_ns: Vec<u64>,
     /// Handshake time: newcomer's connect to the last message delivered.
     pub(crate) handshake_ns: Vec<u64>,
     /// Handshakes that failed verification.
@@ -232,10 +235,13 @@ impl<'a> Handshake<'a> {
             .map_err(self.connection(who))
     }
 
-    fn record(&self, samples: &mut Samples, sent: Instant, at: Instant) {
+    fn record(&self, samples: &mut Samples, sent: Instant, at: Arrival) {
         samples
             .latency_ns
-            .push(nanos(at.saturating_duration_since(sent)));
+            .push(nanos(at.read.saturating_duration_since(sent)));
+        samples
+            .delivery_ns
+            .push(nanos(at.delivered.saturating_duration_since(sent)));
     }
 
     /// The next complete text frame buffered on `who`'s socket, answering pings on the
@@ -276,7 +282,7 @@ impl<'a> Handshake<'a> {
         socket: &mut WsClient,
         samples: &mut Samples,
     ) -> Result<(), Failure> {
-        let at = Instant::now();
+        let at = socket.arrival();
         while let Some(text) = self.next_text(socket, "newcomer").await? {
             let rank = self.at_newcomer;
             if rank > self.ctx.script.candidates {
@@ -332,7 +338,7 @@ impl<'a> Handshake<'a> {
         socket: &mut WsClient,
         samples: &mut Samples,
     ) -> Result<(), Failure> {
-        let at = Instant::now();
+        let at = socket.arrival();
         while let Some(text) = self.next_text(socket, "answerer").await? {
             let script = &self.ctx.script;
             let rank = script.early + 1 + self.at_answerer;

@@ -116,8 +116,14 @@ pub struct LoadReport {
     pub messages: u64,
     /// Relayed messages per second.
     pub messages_per_second: f64,
-    /// Relay latency of one message, in microseconds.
+    /// Relay latency of one message, in microseconds: from the sender's write to the
+    /// receiver's read.
     pub relay_latency_us: Percentiles,
+    /// Relay latency to delivery, in microseconds: from the sender's write to the
+    /// kernel's receive timestamp on the receiving socket, so without the time the
+    /// message then waited for the generator to read it.
+    #[serde(default)]
+    pub relay_delivery_us: Percentiles,
     /// Handshake time (newcomer connect to last message delivered), in milliseconds.
     pub handshake_ms: Percentiles,
     /// The server's resource use, if its process id was given.
@@ -256,6 +262,7 @@ pub async fn run(config: &LoadConfig) -> anyhow::Result<LoadReport> {
         messages,
         messages_per_second: messages as f64 / seconds,
         relay_latency_us: Percentiles::of(&mut samples.latency_ns, 1e3),
+        relay_delivery_us: Percentiles::of(&mut samples.delivery_ns, 1e3),
         handshake_ms: Percentiles::of(&mut samples.handshake_ns, 1e6),
         server,
         generator_cores: own_cpu.as_secs_f64() / seconds,
@@ -304,6 +311,7 @@ async fn phase(
         match joined {
             Ok(mut s) => {
                 all.latency_ns.append(&mut s.latency_ns);
+                all.delivery_ns.append(&mut s.delivery_ns);
                 all.handshake_ns.append(&mut s.handshake_ns);
                 all.failures.append(&mut s.failures);
             }

@@ -122,6 +122,17 @@ impl Report {
                 ratio,
                 5.0,
             ));
+            // The same, ending at the kernel's receive timestamp: without the time the
+            // message waited for a busy generator to read it.
+            let ratio = point.js.as_ref().map(|js| {
+                js.relay_delivery_us.p99 / point.ours.relay_delivery_us.p99.max(f64::MIN_POSITIVE)
+            });
+            targets.push(target(
+                format!("relay latency p99 at C = {c}, to delivery"),
+                "JS / ours >= 5",
+                ratio,
+                5.0,
+            ));
         }
         let idle = |kind| self.idle.iter().find(|e| e.server == kind);
         if let (Some(ours), Some(js)) = (
@@ -165,10 +176,10 @@ impl Report {
         let _ = writeln!(
             out,
             "| load | server | handshakes/s | messages/s | relay latency p50 / p90 / p99 / max (µs) \
-             | handshake p50 / p99 (ms) | server CPU per handshake, user + system (µs) \
+             | to delivery p50 / p99 (µs) | handshake p50 / p99 (ms) | server CPU per handshake, user + system (µs) \
              | server peak RSS (MiB) | generator / other CPU (cores) | verified |"
         );
-        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|");
         for p in &self.points {
             let label = p.label();
             row(&mut out, &label, "ours", &p.ours);
@@ -179,13 +190,15 @@ impl Report {
                 let (o, j) = (&p.ours, js);
                 let _ = writeln!(
                     out,
-                    "| {label} | **ours vs JS** | **{}** | {} | {} / {} / **{}** / {} | {} / {} | **{}** | {} | | |",
+                    "| {label} | **ours vs JS** | **{}** | {} | {} / {} / **{}** / {} | {} / {} | {} / {} | **{}** | {} | | |",
                     times(o.handshakes_per_second / j.handshakes_per_second),
                     times(o.messages_per_second / j.messages_per_second),
                     times(j.relay_latency_us.p50 / o.relay_latency_us.p50),
                     times(j.relay_latency_us.p90 / o.relay_latency_us.p90),
                     times(j.relay_latency_us.p99 / o.relay_latency_us.p99),
                     times(j.relay_latency_us.max / o.relay_latency_us.max),
+                    times(j.relay_delivery_us.p50 / o.relay_delivery_us.p50),
+                    times(j.relay_delivery_us.p99 / o.relay_delivery_us.p99),
                     times(j.handshake_ms.p50 / o.handshake_ms.p50),
                     times(j.handshake_ms.p99 / o.handshake_ms.p99),
                     times(cpu(j) / cpu(o)),
@@ -286,13 +299,15 @@ fn row(out: &mut String, load: &str, name: &str, r: &LoadReport) {
     });
     let _ = writeln!(
         out,
-        "| {load} | {name} | {:.0} | {:.0} | {:.0} / {:.0} / {:.0} / {:.0} | {:.2} / {:.2} | {cpu} | {rss:.1} | {:.2} / {:.2} | {} |",
+        "| {load} | {name} | {:.0} | {:.0} | {:.0} / {:.0} / {:.0} / {:.0} | {:.0} / {:.0} | {:.2} / {:.2} | {cpu} | {rss:.1} | {:.2} / {:.2} | {} |",
         r.handshakes_per_second,
         r.messages_per_second,
         l.p50,
         l.p90,
         l.p99,
         l.max,
+        r.relay_delivery_us.p50,
+        r.relay_delivery_us.p99,
         r.handshake_ms.p50,
         r.handshake_ms.p99,
         r.generator_cores,

@@ -9,12 +9,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
 
 use crate::handshake::Ctx;
 use crate::script::{Id, Side, Tag, origin_of, tag_of};
 use crate::verify::{Failure, FailureKind, RootNote};
-use crate::ws::{Frame, WsClient};
+use crate::ws::{Arrival, Frame, WsClient};
 
 /// The frame the servers send the root every 15 s.
 const HEARTBEAT: &[u8] = b"\"heartbeat\"";
@@ -49,7 +48,7 @@ pub(crate) async fn run(
             _ = &mut stop => break,
         }
         // One clock read per read call: the frames in it arrived together.
-        let at = Instant::now();
+        let at = ws.arrival();
         loop {
             match ws.next_frame() {
                 Ok(Some(Frame::Text(text))) => root.on_text(&text, at),
@@ -92,7 +91,7 @@ struct Root {
 }
 
 impl Root {
-    fn on_text(&mut self, frame: &[u8], at: Instant) {
+    fn on_text(&mut self, frame: &[u8], at: Arrival) {
         if frame == HEARTBEAT {
             return;
         }

@@ -10,9 +10,9 @@ use std::fmt;
 use std::sync::{Mutex, PoisonError};
 
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 use crate::script::{Id, Mismatch};
+use crate::ws::Arrival;
 
 /// What the root tells a handshake task.
 #[derive(Debug)]
@@ -21,15 +21,15 @@ pub(crate) enum RootNote {
     Offer {
         /// The newcomer's id, as the server wrote it.
         origin: Id,
-        /// When the root read it.
-        at: Instant,
+        /// When it reached the root.
+        at: Arrival,
     },
     /// The root received root-bound candidate `rank`.
     Candidate {
         /// The candidate's rank.
         rank: u32,
-        /// When the root read it.
-        at: Instant,
+        /// When it reached the root.
+        at: Arrival,
     },
     /// The root received a wrong message on this handshake's stream.
     Failed(Failure),

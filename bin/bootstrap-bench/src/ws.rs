@@ -13,12 +13,17 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::os::fd::{AsRawFd as _, RawFd};
+use std::time::{Duration, SystemTime};
 
 use bootstrap_protocol::ws::{self, encode_frame, opcode};
 use bytes::{Buf, BytesMut};
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt};
+use nix::sys::time::TimeSpec;
+use tokio::io::Interest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::Instant;
 
 /// Largest frame accepted from a server.
 const MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -77,11 +82,23 @@ pub(crate) enum Frame {
     Close,
 }
 
+/// When the bytes of the last read arrived.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Arrival {
+    /// When the kernel received them (its receive timestamp), or `read` where the
+    /// kernel gives none. What the server's relay latency ends at.
+    pub(crate) delivered: Instant,
+    /// When the generator read them: later than `delivered` by however long they waited
+    /// for the generator, which on a busy machine is the generator's own queueing.
+    pub(crate) read: Instant,
+}
+
 /// One client WebSocket connection.
 #[derive(Debug)]
 pub(crate) struct WsClient {
     stream: TcpStream,
     read: BytesMut,
+    arrival: Arrival,
     write: Vec<u8>,
     /// State of the xorshift generator for masking keys.
     mask_state: u32,
@@ -105,9 +122,15 @@ impl WsClient {
         }
         let stream = socket.connect(server).await?;
         stream.set_nodelay(true)?;
+        // Kernel receive timestamps, to tell the relay's latency from the generator's.
+        setsockopt(&stream, sockopt::ReceiveTimestampns, &true).map_err(io::Error::from)?;
         let mut client = Self {
             stream,
             read: BytesMut::new(),
+            arrival: Arrival {
+                delivered: Instant::now(),
+                read: Instant::now(),
+            },
             write: Vec::new(),
             mask_state: seed | 1,
         };
@@ -164,14 +187,35 @@ impl WsClient {
         result.map_err(WsError::from)
     }
 
-    /// Reads more bytes from the socket. Cancel-safe: nothing is lost if the future is
-    /// dropped before it completes.
+    /// Reads more bytes from the socket and notes when they arrived ([`Self::arrival`]).
+    /// Cancel-safe: nothing is lost if the future is dropped before it completes.
     pub(crate) async fn fill(&mut self) -> Result<(), WsError> {
-        self.read.reserve(READ_CHUNK);
-        if self.stream.read_buf(&mut self.read).await? == 0 {
-            return Err(WsError::Closed);
+        loop {
+            self.stream.readable().await?;
+            let fd = self.stream.as_raw_fd();
+            let read = &mut self.read;
+            match self.stream.try_io(Interest::READABLE, || receive(fd, read)) {
+                Ok((0, _)) => return Err(WsError::Closed),
+                Ok((_, stamp)) => {
+                    let now = Instant::now();
+                    // The kernel's clock is the wall clock: its age, taken now, places it on
+                    // the monotonic clock the send times use.
+                    let age = stamp.and_then(|stamp| SystemTime::now().duration_since(stamp).ok());
+                    self.arrival = Arrival {
+                        delivered: age.and_then(|age| now.checked_sub(age)).unwrap_or(now),
+                        read: now,
+                    };
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
+            }
         }
-        Ok(())
+    }
+
+    /// When the bytes of the last [`Self::fill`] arrived.
+    pub(crate) fn arrival(&self) -> Arrival {
+        self.arrival
     }
 
     /// The next complete frame in the read buffer, if any.
@@ -257,6 +301,41 @@ fn parse_header(buf: &[u8]) -> Result<Option<(ws::Header, usize)>, WsError> {
         Ok(len) if len <= MAX_FRAME => Ok(Some((header, len))),
         _ => Err(WsError::Protocol("oversized frame")),
     }
+}
+
+thread_local! {
+    /// Where `recvmsg` reads into before the bytes are appended to a client's buffer
+    /// (`recvmsg` needs initialized memory; a client's spare capacity is not).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; READ_CHUNK]);
+}
+
+/// One `recvmsg` on `fd`, appended to `read`: the byte count and the kernel's receive
+/// timestamp of the last segment read, if it gave one.
+fn receive(fd: RawFd, read: &mut BytesMut) -> io::Result<(usize, Option<SystemTime>)> {
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let mut cmsg = nix::cmsg_space!(TimeSpec);
+        let mut iov = [io::IoSliceMut::new(&mut scratch[..])];
+        let msg = recvmsg::<()>(fd, &mut iov, Some(&mut cmsg), MsgFlags::empty())?;
+        let n = msg.bytes;
+        let stamp = msg
+            .cmsgs()
+            .ok()
+            .into_iter()
+            .flatten()
+            .find_map(|cmsg| match cmsg {
+                ControlMessageOwned::ScmTimestampns(ts) => {
+                    let nanos = u64::try_from(ts.tv_sec())
+                        .ok()?
+                        .checked_mul(1_000_000_000)?;
+                    let nanos = nanos.checked_add(u64::try_from(ts.tv_nsec()).ok()?)?;
+                    Some(SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos))
+                }
+                _ => None,
+            });
+        read.extend_from_slice(&scratch[..n]);
+        Ok((n, stamp))
+    })
 }
 
 /// A `Sec-WebSocket-Key`: 16 bytes in base64 (22 characters and `==`).

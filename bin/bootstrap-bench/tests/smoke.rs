@@ -98,6 +98,13 @@ fn assert_verified(report: &LoadReport) {
         u64::from(report.handshakes) * 2 * (u64::from(report.candidates) + 1)
     );
     assert!(report.relay_latency_us.max > 0.0 && report.handshake_ms.max > 0.0);
+    // Kernel receive timestamps are on: delivery comes before (or with) the read.
+    let (delivered, read) = (report.relay_delivery_us, report.relay_latency_us);
+    assert!(delivered.max > 0.0, "no delivery timestamps: {delivered:?}");
+    assert!(
+        delivered.p50 <= read.p50 && delivered.p99 <= read.p99,
+        "{delivered:?} vs {read:?}"
+    );
 }
 
 #[test]
