@@ -47,8 +47,8 @@ pub struct CompareConfig {
     pub out_dir: Option<PathBuf>,
     /// Concurrency of each closed-loop load point.
     pub points: Vec<u32>,
-    /// An open-loop point: concurrency cap and offered handshakes per second.
-    pub paced: Option<(u32, f64)>,
+    /// Open-loop points: concurrency cap and offered handshakes per second.
+    pub paced: Vec<(u32, f64)>,
     /// Measured handshakes per point (N).
     pub handshakes: u32,
     /// Candidates per side (K).
@@ -121,7 +121,7 @@ pub fn run(config: &CompareConfig) -> anyhow::Result<Report> {
         .points
         .iter()
         .map(|&c| (c, None))
-        .chain(config.paced.map(|(c, rate)| (c, Some(rate))))
+        .chain(config.paced.iter().map(|&(c, rate)| (c, Some(rate))))
         .collect();
     let mut points = Vec::new();
     for (i, &(concurrency, rate)) in loads.iter().enumerate() {
