@@ -248,3 +248,43 @@ async fn root_with_bad_input_is_closed_but_the_server_survives() -> anyhow::Resu
         .await?;
     handshake(&server, &mut root).await
 }
+
+#[tokio::test]
+async fn clients_that_vanish_mid_upgrade_release_their_slot_at_once() -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    let server = TestServer::with(|c| c.max_prospects = 10).await?;
+    let mut root = server.root().await?;
+    server.wait_health("root", |h| h.root_connected).await?;
+    let request = format!(
+        "GET /join HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.addr
+    );
+    // Twice the cap: a slot that stayed taken would refuse the later ones.
+    for round in 0..20 {
+        let mut tcp = tokio::net::TcpStream::connect(server.addr).await?;
+        if round % 2 == 0 {
+            // The whole request, then gone before reading the answer.
+            tcp.write_all(request.as_bytes()).await?;
+        } else {
+            // Half a request head, then gone.
+            tcp.write_all(&request.as_bytes()[..40]).await?;
+        }
+        drop(tcp);
+    }
+    // Released as soon as the server sees the connection end: well within a second,
+    // not at some timeout (the request-head timeout is 10 s).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let mut health = server.health();
+    // Every whole request was admitted (and so took a slot), then released.
+    while health.stats.joins != 10 || health.prospects != 0 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "slots still taken: {health:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        health = server.health();
+    }
+    assert_eq!(health.stats.joins_refused, 0, "{health:?}");
+    handshake(&server, &mut root).await
+}
