@@ -445,6 +445,94 @@ mod tests {
         Ok(seen)
     }
 
+    /// A small deterministic generator (xorshift64) for the randomized tests.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn random_valid_streams_decode_the_same_however_they_are_split() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..200 {
+            let mut input = Vec::new();
+            let mut expected = Vec::new();
+            for _ in 0..1 + rng.below(8) {
+                let len = [0, 1, 125, 126, 300, 70_000][rng.below(6)];
+                let text: String = (0..len)
+                    .map(|i| char::from(b'a' + (i % 26) as u8))
+                    .collect();
+                match rng.below(3) {
+                    0 => input.extend(client_frame(true, opcode::TEXT, text.as_bytes())),
+                    1 => {
+                        // Fragmented in up to four pieces, a ping between two of them.
+                        let cut = |rng: &mut Rng| rng.below(len + 1);
+                        let (mut a, mut b) = (cut(&mut rng), cut(&mut rng));
+                        if a > b {
+                            std::mem::swap(&mut a, &mut b);
+                        }
+                        input.extend(client_frame(false, opcode::TEXT, &text.as_bytes()[..a]));
+                        input.extend(client_frame(true, opcode::PING, b"p"));
+                        expected.push("ping:1".to_owned());
+                        let middle = &text.as_bytes()[a..b];
+                        input.extend(client_frame(false, opcode::CONTINUATION, middle));
+                        let last = &text.as_bytes()[b..];
+                        input.extend(client_frame(true, opcode::CONTINUATION, last));
+                    }
+                    _ => {
+                        input.extend(client_frame(true, opcode::BINARY, text.as_bytes()));
+                        expected.push(format!("binary:{len}"));
+                        continue;
+                    }
+                }
+                expected.push(format!("text:{text}"));
+            }
+            let step = 1 + rng.below(4096);
+            let mut decoder = Decoder::new(1 << 20);
+            let seen = decode_in_steps(&mut decoder, &input, step).expect("valid stream");
+            assert_eq!(seen, expected, "step {step}");
+            assert!(!decoder.is_mid_message());
+        }
+    }
+
+    #[test]
+    fn random_garbage_never_panics_and_buffers_at_most_one_frame() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let limit = 4096;
+        for _ in 0..2000 {
+            let mut decoder = Decoder::new(limit);
+            let len = rng.below(3 * limit);
+            let mut garbage: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            if rng.below(2) == 0 && !garbage.is_empty() {
+                garbage[0] = 0x81; // a plausible first byte, so headers get parsed
+            }
+            for piece in garbage.chunks_mut(1 + rng.below(512)) {
+                match decoder.decode(piece, |_| ControlFlow::Continue(())) {
+                    Ok(ControlFlow::Continue(())) => {}
+                    Ok(ControlFlow::Break(())) | Err(_) => break,
+                }
+                // An incomplete frame is at most a header and `limit` bytes, plus the
+                // rest of one read.
+                assert!(
+                    decoder.partial.len() <= 14 + limit + 512,
+                    "{}",
+                    decoder.partial.len()
+                );
+                assert!(decoder.message.len() <= limit);
+            }
+        }
+    }
+
     #[test]
     fn accept_key_matches_rfc_6455_example() {
         assert_eq!(
