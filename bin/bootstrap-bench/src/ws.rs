@@ -2,14 +2,16 @@
 //!
 //! It opens a connection (optionally from a chosen source address, to spread many
 //! sockets over several loopback addresses), sends masked text frames and reads the
-//! server's unfragmented frames into `BytesMut` slices without copying. A general
+//! server's unfragmented frames into `BytesMut` slices. Reads go through `recvmsg`, to
+//! get the kernel's receive timestamp with the bytes (see [`Arrival`]). A general
 //! client (tokio-tungstenite) costs several times more CPU per message; on 2 cores the
 //! generator competes with the server, so it has to be cheap.
 //!
 //! Not supported, and reported as errors: fragmented messages, masked server frames,
 //! extensions. Neither server under test sends those. The `Sec-WebSocket-Accept` answer
-//! is not checked: both servers are known-good WebSocket implementations, and the check
-//! would only add generator CPU.
+//! is not checked here (the check would only add generator CPU): the end-to-end tests
+//! check our server's handshake with tokio-tungstenite, and the interop tests with the
+//! JS clients and Chromium.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
