@@ -376,3 +376,36 @@ async fn a_client_close_gets_the_closing_handshake() -> anyhow::Result<()> {
     server.wait_health("left", |h| h.prospects == 0).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_frame_sent_with_the_upgrade_request_is_relayed() -> anyhow::Result<()> {
+    use bootstrap_protocol::ws::{encode_frame, opcode};
+    use tokio::io::AsyncWriteExt as _;
+    let server = TestServer::start().await?;
+    let mut root = server.root().await?;
+    server.wait_health("root", |h| h.root_connected).await?;
+    // Request and first frame in one write, before the `101` could have been read: the
+    // frame arrives in the same read as the request head.
+    let mut bytes = format!(
+        "GET /join HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.addr
+    )
+    .into_bytes();
+    let text = envelope(None, "\"early\"", 0);
+    encode_frame(
+        &mut bytes,
+        opcode::TEXT,
+        text.as_bytes(),
+        Some([9, 8, 7, 6]),
+    );
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await?;
+    tcp.write_all(&bytes).await?;
+    let got = recv(&mut root).await?;
+    assert_eq!(field(&got, "signal")?, "early", "{got}");
+    drop(tcp);
+    server
+        .wait_health("prospect removed", |h| h.prospects == 0)
+        .await?;
+    Ok(())
+}
