@@ -409,3 +409,28 @@ async fn a_frame_sent_with_the_upgrade_request_is_relayed() -> anyhow::Result<()
         .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn the_router_also_relays_behind_axum_serve() -> anyhow::Result<()> {
+    // `router(state)` served by another server: the upgraded connection stays inside
+    // hyper's wrapper instead of being a plain `TcpStream`.
+    let state =
+        webrtc_bootstrap_server::AppState::new(webrtc_bootstrap_server::Config::new("s3cret"))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = webrtc_bootstrap_server::router(state);
+    let served = tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut root = connect(&format!("ws://{addr}/s3cret/webrtc-bootstrap-root")).await?;
+    let mut a = connect(&format!("ws://{addr}/join")).await?;
+    let mut b = connect(&format!("ws://{addr}/join")).await?;
+    send(&mut a, &envelope(None, "\"offer\"", 0)).await?;
+    let at_root = recv(&mut root).await?;
+    let a_id = origin(&at_root)?;
+    assert_eq!(field(&at_root, "signal")?, "offer");
+    send(&mut b, &envelope(Some(&a_id), "\"answer\"", 0)).await?;
+    let at_a = recv(&mut a).await?;
+    assert_eq!(field(&at_a, "signal")?, "answer");
+    assert_ne!(origin(&at_a)?, a_id);
+    served.abort();
+    Ok(())
+}
