@@ -88,17 +88,26 @@ pub async fn run(
 /// this at `net.core.somaxconn` (4096 by default).
 const LISTEN_BACKLOG: u32 = 1024;
 
-/// Raises the accept backlog of an already listening socket. `listen(2)` on a listening
-/// socket only updates its backlog; the detour through `TcpStream` is how to reach
-/// `TcpSocket::listen` for an existing descriptor without `unsafe`.
+/// Whether accepted sockets inherit `TCP_NODELAY` from the listening socket, so it is
+/// set once instead of with one system call per connection.
+const NODELAY_INHERITED: bool = cfg!(target_os = "linux");
+
+/// Raises the accept backlog of an already listening socket and, where accepted sockets
+/// inherit it, sets `TCP_NODELAY` on it. `listen(2)` on a listening socket only updates
+/// its backlog; the detour through `TcpStream` is how to reach `TcpSocket::listen` for
+/// an existing descriptor without `unsafe`.
 #[cfg(unix)]
-fn with_backlog(listener: TcpListener, backlog: u32) -> std::io::Result<TcpListener> {
+fn prepare_listener(listener: TcpListener, backlog: u32) -> std::io::Result<TcpListener> {
     let fd = std::os::fd::OwnedFd::from(listener.into_std()?);
-    tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd)).listen(backlog)
+    let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
+    if NODELAY_INHERITED {
+        socket.set_nodelay(true)?;
+    }
+    socket.listen(backlog)
 }
 
 #[cfg(not(unix))]
-fn with_backlog(listener: TcpListener, _backlog: u32) -> std::io::Result<TcpListener> {
+fn prepare_listener(listener: TcpListener, _backlog: u32) -> std::io::Result<TcpListener> {
     Ok(listener)
 }
 
@@ -111,7 +120,7 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let listener = with_backlog(listener, LISTEN_BACKLOG).map_err(Error::Serve)?;
+    let listener = prepare_listener(listener, LISTEN_BACKLOG).map_err(Error::Serve)?;
     let token = state.shutdown_token();
     let shared = std::sync::Arc::clone(&state.0);
     if let Ok(addr) = listener.local_addr() {
@@ -181,8 +190,8 @@ async fn accept_loop(
         // Signaling messages are small and latency-bound: with Nagle's algorithm a
         // second message written before the peer acknowledged the first waits for that
         // ACK, which the peer may delay by up to 40 ms. The JS server's `ws` disables
-        // it too.
-        if let Err(error) = tcp.set_nodelay(true) {
+        // it too. On Linux the socket inherited it from the listener.
+        if !NODELAY_INHERITED && let Err(error) = tcp.set_nodelay(true) {
             debug!(%error, "cannot set TCP_NODELAY");
         }
         let service = TowerToHyperService::new(app.clone());
@@ -203,5 +212,27 @@ async fn accept_loop(
                 debug!(%error, "HTTP connection ended with an error");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_sockets_have_nodelay_and_the_larger_backlog_keeps_the_address() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let listener = prepare_listener(listener, LISTEN_BACKLOG).expect("prepare");
+        assert_eq!(listener.local_addr().expect("address"), addr);
+        let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        if NODELAY_INHERITED {
+            assert!(
+                accepted.nodelay().expect("getsockopt"),
+                "TCP_NODELAY not inherited"
+            );
+        }
+        drop(client);
     }
 }
