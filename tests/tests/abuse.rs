@@ -255,11 +255,7 @@ async fn clients_that_vanish_mid_upgrade_release_their_slot_at_once() -> anyhow:
     let server = TestServer::with(|c| c.max_prospects = 10).await?;
     let mut root = server.root().await?;
     server.wait_health("root", |h| h.root_connected).await?;
-    let request = format!(
-        "GET /join HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        server.addr
-    );
+    let request = upgrade_request(server.addr, "/join");
     // Twice the cap: a slot that stayed taken would refuse the later ones.
     for round in 0..20 {
         let mut tcp = tokio::net::TcpStream::connect(server.addr).await?;

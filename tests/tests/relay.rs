@@ -386,12 +386,7 @@ async fn a_frame_sent_with_the_upgrade_request_is_relayed() -> anyhow::Result<()
     server.wait_health("root", |h| h.root_connected).await?;
     // Request and first frame in one write, before the `101` could have been read: the
     // frame arrives in the same read as the request head.
-    let mut bytes = format!(
-        "GET /join HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        server.addr
-    )
-    .into_bytes();
+    let mut bytes = upgrade_request(server.addr, "/join").into_bytes();
     let text = envelope(None, "\"early\"", 0);
     encode_frame(
         &mut bytes,

@@ -289,6 +289,14 @@ pub fn candidate(n: u32) -> String {
     )
 }
 
+/// A WebSocket upgrade request for `path`, as a client writes it.
+pub fn upgrade_request(addr: SocketAddr, path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
 /// A WebSocket client that writes hand-made frames, for input no normal client sends.
 pub struct RawClient {
     pub stream: TcpStream,
@@ -297,11 +305,9 @@ pub struct RawClient {
 impl RawClient {
     pub async fn connect(addr: SocketAddr, path: &str) -> anyhow::Result<Self> {
         let mut stream = TcpStream::connect(addr).await?;
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await?;
+        stream
+            .write_all(upgrade_request(addr, path).as_bytes())
+            .await?;
         let mut head = Vec::new();
         let mut byte = [0u8; 1];
         while !head.ends_with(b"\r\n\r\n") {
