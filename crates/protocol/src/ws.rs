@@ -102,13 +102,6 @@ pub struct Header {
     pub payload_len: u64,
 }
 
-impl Header {
-    /// Whether this is a control frame (close, ping, pong).
-    pub fn is_control(&self) -> bool {
-        self.opcode & 0x8 != 0
-    }
-}
-
 /// Parses the frame header at the start of `buf`: `Ok(None)` until all of it is there.
 ///
 /// # Errors

@@ -107,35 +107,72 @@ pub(crate) async fn heartbeats(tx: queue::Sender<String, Command>, period: Durat
 /// is served through the wrapper.
 pub(crate) fn serve(
     upgraded: Upgraded,
-    role: Role,
+    registration: Registration,
     rx: queue::Receiver<String, Command>,
-    shared: Arc<Shared>,
 ) -> impl Future<Output = ()> {
-    let socket = |early| Socket {
-        decoder: Decoder::new(shared.config.max_frame_bytes),
+    let config = &registration.shared.config;
+    let socket = Socket {
+        decoder: Decoder::new(config.max_frame_bytes),
         handler: Handler {
-            role,
             policy: Policy::new(
-                shared.config.rate_per_second,
-                shared.config.rate_burst,
-                shared.config.max_bad_messages,
+                config.rate_per_second,
+                config.rate_burst,
+                config.max_bad_messages,
                 Instant::now(),
             ),
             ping_sent: None,
-            left: false,
-            shared: Arc::clone(&shared),
+            registration,
         },
         rx,
-        out: early,
+        out: Vec::new(),
         full_since: None,
     };
     match upgraded.downcast::<TokioIo<TcpStream>>() {
-        // `out` carries the bytes the client sent right after its request, if any.
+        // With the bytes the client sent right after its request, if any.
         Ok(parts) => Either::Left(SocketTask::new(
             parts.io.into_inner(),
-            socket(parts.read_buf.to_vec()),
+            socket,
+            parts.read_buf.to_vec(),
         )),
-        Err(upgraded) => Either::Right(SocketTask::new(TokioIo::new(upgraded), socket(Vec::new()))),
+        Err(upgraded) => Either::Right(SocketTask::new(TokioIo::new(upgraded), socket, Vec::new())),
+    }
+}
+
+/// A socket's place in the registry: leaving it, explicitly or by being dropped (an
+/// upgrade that never completed, a task dropped before it ended), unregisters the
+/// socket once.
+#[derive(Debug)]
+pub(crate) struct Registration {
+    role: Role,
+    shared: Arc<Shared>,
+    left: bool,
+}
+
+impl Registration {
+    /// Takes responsibility for unregistering the socket registered as `role`.
+    pub(crate) fn new(shared: Arc<Shared>, role: Role) -> Self {
+        Self {
+            role,
+            shared,
+            left: false,
+        }
+    }
+
+    /// Unregisters the socket (once): no message is routed to it any more.
+    fn leave(&mut self) {
+        if std::mem::replace(&mut self.left, true) {
+            return;
+        }
+        match self.role {
+            Role::Join(id) => self.shared.registry().leave(&id),
+            Role::Root(ticket) => self.shared.registry().root_left(ticket),
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.leave();
     }
 }
 
@@ -144,7 +181,8 @@ struct Socket {
     decoder: Decoder,
     handler: Handler,
     rx: queue::Receiver<String, Command>,
-    /// Frames to write (queued messages, pongs, heartbeats); emptied by every write.
+    /// Frames to write (queued messages, pongs, heartbeats, the close frame), encoded
+    /// only while no write is under way; given back once written.
     out: Vec<u8>,
     /// Since when the outbound queue has been full after every write: a peer that
     /// reads too slowly to ever drain it is closed after `write_timeout`.
@@ -153,13 +191,10 @@ struct Socket {
 
 /// Handles the messages of one socket.
 struct Handler {
-    role: Role,
     policy: Policy,
     /// When the unanswered ping to the root was sent.
     ping_sent: Option<Instant>,
-    /// Whether the socket left the registry.
-    left: bool,
-    shared: Arc<Shared>,
+    registration: Registration,
 }
 
 pin_project! {
@@ -189,8 +224,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for SocketTask<S> {
 struct Conn<S> {
     io: S,
     socket: Socket,
-    /// Bytes being written and how many went out; empty between writes.
-    writing: Vec<u8>,
+    /// How many bytes of `socket.out` went out.
     written: usize,
     /// The write timeout, armed when a write has to wait (boxed: rarely needed).
     stalled: Option<Pin<Box<Sleep>>>,
@@ -220,12 +254,12 @@ enum Wrote {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> SocketTask<S> {
-    fn new(io: S, mut socket: Socket) -> Self {
-        let shared = Arc::clone(&socket.handler.shared);
+    /// The task for `socket` on `io`, which starts with `early`: bytes the client sent
+    /// before it saw our answer.
+    fn new(io: S, mut socket: Socket, mut early: Vec<u8>) -> Self {
+        let shared = Arc::clone(&socket.handler.registration.shared);
         let mut end = None;
-        // Bytes the client sent before it saw our answer.
-        if !socket.out.is_empty() {
-            let mut early = std::mem::take(&mut socket.out);
+        if !early.is_empty() {
             end = socket
                 .handler
                 .on_bytes(&mut socket.decoder, &mut early, &mut socket.out);
@@ -238,14 +272,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SocketTask<S> {
         let mut conn = Conn {
             io,
             socket,
-            writing: Vec::new(),
             written: 0,
             stalled: None,
             phase: Phase::Open,
         };
-        match end {
-            Some(end) => conn.end(end),
-            None => conn.writing = std::mem::take(&mut conn.socket.out),
+        if let Some(end) = end {
+            conn.end(end);
         }
         Self {
             lifetime: sleep(shared.config.timeout),
@@ -282,9 +314,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// order: its queue (messages and commands), for `/join` sockets their lifetime,
     /// and its connection. A write under way is finished before anything else.
     fn poll_open(&mut self, mut lifetime: Pin<&mut Sleep>, cx: &mut Context<'_>) -> Poll<End> {
-        let is_root = matches!(self.socket.handler.role, Role::Root(_));
+        let is_root = matches!(self.socket.handler.registration.role, Role::Root(_));
         loop {
-            if !self.writing.is_empty() {
+            if !self.socket.out.is_empty() {
                 match self.poll_write(cx) {
                     Wrote::All => {
                         if let Some(end) = self.socket.check_backlog() {
@@ -296,7 +328,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         if !self.write_timed_out(cx) {
                             return Poll::Pending;
                         }
-                        let shared = &self.socket.handler.shared;
+                        let shared = &self.socket.handler.registration.shared;
                         Stats::bump(&shared.stats.abusive_closes);
                         info!("socket does not read its messages; closing it");
                         return Poll::Ready(End::Abandon);
@@ -307,18 +339,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 if let Some(end) = self.socket.on_received(received) {
                     return Poll::Ready(end);
                 }
-                self.writing = std::mem::take(&mut self.socket.out);
                 continue;
             }
             if !is_root && lifetime.as_mut().poll(cx).is_ready() {
-                Stats::bump(&self.socket.handler.shared.stats.timeouts);
+                Stats::bump(&self.socket.handler.registration.shared.stats.timeouts);
                 return Poll::Ready(End::CloseNoStatus);
             }
+            // Pongs for the pings just read, if any, are written on the next turn.
             if let Some(end) = ready!(self.poll_read(cx)) {
                 return Poll::Ready(end);
             }
-            // Pongs for the pings just read, if any.
-            self.writing = std::mem::take(&mut self.socket.out);
         }
     }
 
@@ -331,7 +361,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         Poll::Ready(
             match ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf)) {
                 Err(error) => {
-                    debug!(role = ?self.socket.handler.role, %error, "socket read error");
+                    debug!(role = ?self.socket.handler.registration.role, %error, "socket read error");
                     Some(End::Gone)
                 }
                 Ok(()) if buf.filled().is_empty() => Some(End::Gone),
@@ -345,10 +375,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         )
     }
 
-    /// Writes what is left of `writing`, then flushes.
+    /// Writes what is left of `socket.out`, then flushes.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Wrote {
-        while self.written < self.writing.len() {
-            match Pin::new(&mut self.io).poll_write(cx, &self.writing[self.written..]) {
+        let out = &mut self.socket.out;
+        while self.written < out.len() {
+            match Pin::new(&mut self.io).poll_write(cx, &out[self.written..]) {
                 Poll::Pending => return Wrote::Waiting,
                 Poll::Ready(Ok(0)) => return Wrote::Failed,
                 Poll::Ready(Ok(n)) => self.written += n,
@@ -364,7 +395,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             Poll::Ready(Ok(())) => {}
         }
         // Given back, so an idle socket holds no write buffer.
-        self.writing = Vec::new();
+        *out = Vec::new();
         self.written = 0;
         if self.phase == Phase::Open {
             self.stalled = None;
@@ -374,17 +405,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// Whether the write timeout, armed when first needed, has passed.
     fn write_timed_out(&mut self, cx: &mut Context<'_>) -> bool {
-        let timeout = self.socket.handler.shared.config.write_timeout;
+        let timeout = self.socket.handler.registration.shared.config.write_timeout;
         let stalled = self.stalled.get_or_insert_with(|| Box::pin(sleep(timeout)));
         stalled.as_mut().poll(cx).is_ready()
     }
 
     /// Ends the loop: leaves the registry and prepares the close frame, if any.
     fn end(&mut self, end: End) {
-        let role = self.socket.handler.role;
-        self.socket.handler.leave();
+        let role = self.socket.handler.registration.role;
+        self.socket.handler.registration.leave();
         debug!(?role, ?end, "socket ended");
-        self.writing.clear();
+        self.socket.out.clear();
         self.written = 0;
         self.stalled = None;
         match end {
@@ -394,22 +425,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 return;
             }
             // Echo the peer's status code, as RFC 6455 suggests.
-            End::ClosedByPeer(code) => encode_close(&mut self.writing, code, ""),
-            End::Close(code, reason) => encode_close(&mut self.writing, Some(code), reason),
-            End::CloseNoStatus => encode_close(&mut self.writing, None, ""),
+            End::ClosedByPeer(code) => encode_close(&mut self.socket.out, code, ""),
+            End::Close(code, reason) => encode_close(&mut self.socket.out, Some(code), reason),
+            End::CloseNoStatus => encode_close(&mut self.socket.out, None, ""),
         }
         // The goodbye gets one write timeout in all: a peer that is gone or stuck must
         // not hold the task.
         self.phase = Phase::Closing;
-        let timeout = self.socket.handler.shared.config.write_timeout;
+        let timeout = self.socket.handler.registration.shared.config.write_timeout;
         self.stalled = Some(Box::pin(sleep(timeout)));
-    }
-}
-
-impl Drop for Handler {
-    /// A task dropped before it ended (the runtime shutting down) still unregisters.
-    fn drop(&mut self) {
-        self.leave();
     }
 }
 
@@ -445,27 +469,16 @@ impl Socket {
         }
         let now = Instant::now();
         let since = *self.full_since.get_or_insert(now);
-        if now.duration_since(since) < self.handler.shared.config.write_timeout {
+        if now.duration_since(since) < self.handler.registration.shared.config.write_timeout {
             return None;
         }
-        Stats::bump(&self.handler.shared.stats.abusive_closes);
-        info!(role = ?self.handler.role, "outbound queue stayed full; closing the socket");
+        Stats::bump(&self.handler.registration.shared.stats.abusive_closes);
+        info!(role = ?self.handler.registration.role, "outbound queue stayed full; closing the socket");
         Some(End::Close(close::POLICY, "not reading fast enough"))
     }
 }
 
 impl Handler {
-    /// Unregisters the socket (once): no message is routed to it any more.
-    fn leave(&mut self) {
-        if std::mem::replace(&mut self.left, true) {
-            return;
-        }
-        match self.role {
-            Role::Join(id) => self.shared.registry().leave(&id),
-            Role::Root(ticket) => self.shared.registry().root_left(ticket),
-        }
-    }
-
     /// Decodes bytes just read and handles each message; `Some` ends the loop.
     fn on_bytes(
         &mut self,
@@ -492,7 +505,7 @@ impl Handler {
     /// unanswered; a ping unanswered for `root_ping_timeout` drops the root.
     fn heartbeat(&mut self, out: &mut Vec<u8>) -> Option<End> {
         let now = Instant::now();
-        let config = &self.shared.config;
+        let config = &self.registration.shared.config;
         if self
             .ping_sent
             .is_some_and(|sent| now.duration_since(sent) >= config.root_ping_timeout)
@@ -511,7 +524,7 @@ impl Handler {
     /// Handles one message or control frame; `Some` ends the loop.
     fn on_inbound(&mut self, inbound: Inbound<'_>, out: &mut Vec<u8>) -> Option<End> {
         self.ping_sent = None; // any frame shows the peer is alive
-        let (role, shared) = (self.role, &*self.shared);
+        let (role, shared) = (self.registration.role, &*self.registration.shared);
         let text = match inbound {
             Inbound::Text(text) => text,
             Inbound::Binary(bytes) => match std::str::from_utf8(bytes) {
@@ -547,8 +560,8 @@ impl Handler {
 
     /// A frame broke the protocol or the size limit: the socket is closed.
     fn on_frame_error(&self, error: FrameError) -> End {
-        Stats::bump(&self.shared.stats.abusive_closes);
-        info!(role = ?self.role, %error, "closing a socket after a bad frame");
+        Stats::bump(&self.registration.shared.stats.abusive_closes);
+        info!(role = ?self.registration.role, %error, "closing a socket after a bad frame");
         let reason = match error {
             FrameError::TooBig { .. } => "message too big",
             FrameError::InvalidUtf8 => "text frame is not UTF-8",

@@ -10,7 +10,7 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{any, get};
-use bootstrap_protocol::{PeerId, paths};
+use bootstrap_protocol::paths;
 use futures_util::FutureExt as _;
 use futures_util::future::Either;
 use subtle::ConstantTimeEq;
@@ -18,9 +18,9 @@ use tokio_util::task::AbortOnDropHandle;
 use tower_http::services::ServeDir;
 use tracing::info;
 
-use crate::connection::{self, Command, Role};
+use crate::connection::{self, Command, Registration, Role};
 use crate::queue;
-use crate::state::{AppState, Health, Shared, SocketHandle};
+use crate::state::{AppState, Health, SocketHandle};
 use crate::stats::Stats;
 use crate::upgrade::Upgrade;
 
@@ -64,48 +64,18 @@ async fn join(State(state): State<AppState>, mut request: Request) -> Response {
             .into_response();
     };
     Stats::bump(&shared.stats.joins);
-    // If the upgrade never completes, the guard is dropped and unregisters the id.
-    let guard = Registered {
-        shared: Arc::clone(&shared),
-        id,
-        armed: true,
-    };
+    // If the upgrade never completes, the registration is dropped and unregisters the id.
+    let registration = Registration::new(Arc::clone(&shared), Role::Join(id));
     let response = upgrade.response();
     let on_upgrade = upgrade.on_upgrade;
     // Chained rather than one `async` block, which would keep the captured upgrade
-    // handle and guard beside the socket's state for the socket's whole life.
+    // handle and registration beside the socket's state for the socket's whole life.
     let socket = on_upgrade.then(move |upgraded| match upgraded {
-        Ok(upgraded) => {
-            let (shared, id) = guard.disarm();
-            Either::Left(connection::serve(upgraded, Role::Join(id), rx, shared))
-        }
+        Ok(upgraded) => Either::Left(connection::serve(upgraded, registration, rx)),
         Err(_) => Either::Right(std::future::ready(())),
     });
     shared.tracker.spawn(socket);
     response
-}
-
-/// Unregisters a `/join` id when dropped before its socket task takes over.
-struct Registered {
-    shared: Arc<Shared>,
-    id: PeerId,
-    armed: bool,
-}
-
-impl Registered {
-    /// Hands the registration over to the socket task, which unregisters it itself.
-    fn disarm(mut self) -> (Arc<Shared>, PeerId) {
-        self.armed = false;
-        (Arc::clone(&self.shared), self.id)
-    }
-}
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        if self.armed {
-            self.shared.registry().leave(&self.id);
-        }
-    }
 }
 
 async fn root(State(state): State<AppState>, mut request: Request) -> Response {
@@ -146,7 +116,8 @@ async fn root(State(state): State<AppState>, mut request: Request) -> Response {
         } else {
             info!("root connected");
         }
-        connection::serve(upgraded, Role::Root(ticket), rx, shared).await;
+        let registration = Registration::new(shared, Role::Root(ticket));
+        connection::serve(upgraded, registration, rx).await;
         info!("root disconnected");
     });
     response
