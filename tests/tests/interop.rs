@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
-use bootstrap_peer::{Client, Message, Options, Peer};
+use webrtc_bootstrap_peer::{Client, Message, Options, Peer};
 use bootstrap_testkit::netns::INSIDE_ENV;
 use bootstrap_testkit::{in_loopback_netns, report, skip_or_fail};
 use serde_json::{Value, json};
@@ -242,7 +242,7 @@ async fn recv_text(peer: &mut Peer) -> anyhow::Result<String> {
 }
 
 /// The Rust root answers the next newcomer.
-async fn answer_next(root: &mut bootstrap_peer::Root) -> anyhow::Result<Peer> {
+async fn answer_next(root: &mut webrtc_bootstrap_peer::Root) -> anyhow::Result<Peer> {
     let incoming = tokio::time::timeout(WAIT, root.next())
         .await
         .context("no newcomer in time")?

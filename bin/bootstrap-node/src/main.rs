@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use bootstrap_peer::{Client, IceServer, Options};
+use webrtc_bootstrap_peer::{Client, IceServer, Options};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use bootstrap_peer::Error as PeerError;
+use webrtc_bootstrap_peer::Error as PeerError;
 use serde_json::Value;
 
 use crate::topology::TREE_KEY;

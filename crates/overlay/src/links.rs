@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use bootstrap_peer::{Error as PeerError, Message, Peer, PeerState, Request, Root};
+use webrtc_bootstrap_peer::{Error as PeerError, Message, Peer, PeerState, Request, Root};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};

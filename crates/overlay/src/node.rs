@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bootstrap_peer::{Client, Error as PeerError, Message, Peer, Request, Root, SignalSender};
+use webrtc_bootstrap_peer::{Client, Error as PeerError, Message, Peer, Request, Root, SignalSender};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -394,7 +394,7 @@ impl NodeTask {
 
     async fn on_request(&mut self, request: Request) {
         let origin = request.origin().to_owned();
-        let is_offer = matches!(request.signal(), bootstrap_peer::Signal::Description(_));
+        let is_offer = matches!(request.signal(), webrtc_bootstrap_peer::Signal::Description(_));
         match self
             .core
             .on_request(&origin, is_offer, request, Instant::now())

@@ -33,9 +33,9 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = format!("ws://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(bootstrap_server_lib::run(
+    let server = tokio::spawn(webrtc_bootstrap_server::run(
         listener,
-        bootstrap_server_lib::Config::new(SECRET),
+        webrtc_bootstrap_server::Config::new(SECRET),
         async {
             let _ = stopped.await;
         },

@@ -180,7 +180,7 @@ fn idle_sockets_are_counted() {
 
 #[test]
 fn the_js_server_when_installed() {
-    let js_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bench/js");
+    let js_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("js");
     if !servers::js_installed(&js_dir) || servers::version_of("node").is_none() {
         println!(
             "note: JS server skipped: run `npm ci --ignore-scripts` in {} (and install node)",

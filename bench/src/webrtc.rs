@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
-use bootstrap_peer::{Client, Options};
+use webrtc_bootstrap_peer::{Client, Options};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::net::TcpListener;
