@@ -18,7 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd as _, RawFd};
 use std::time::{Duration, SystemTime};
 
-use bootstrap_protocol::ws::{self, encode_frame, opcode};
+use bootstrap_ws::{self as ws, OpCode, encode_frame};
 use bytes::{Buf, BytesMut};
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt};
 use nix::sys::time::TimeSpec;
@@ -172,12 +172,12 @@ impl WsClient {
 
     /// Sends one text message.
     pub(crate) async fn send_text(&mut self, payload: &[u8]) -> Result<(), WsError> {
-        self.queue(opcode::TEXT, payload);
+        self.queue(OpCode::Text, payload);
         self.flush().await
     }
 
     /// Appends a frame to the write buffer without sending it.
-    fn queue(&mut self, opcode: u8, payload: &[u8]) {
+    fn queue(&mut self, opcode: OpCode, payload: &[u8]) {
         let mask = self.next_mask().to_ne_bytes();
         encode_frame(&mut self.write, opcode, payload, Some(mask));
     }
@@ -231,17 +231,17 @@ impl WsClient {
         self.read.advance(header.len);
         let payload = self.read.split_to(len);
         Ok(Some(match header.opcode {
-            opcode::TEXT => Frame::Text(payload),
-            opcode::BINARY => Frame::Binary(payload),
-            opcode::CLOSE => Frame::Close,
-            opcode::PING => Frame::Ping(payload),
-            _ => Frame::Pong,
+            OpCode::Text => Frame::Text(payload),
+            OpCode::Binary => Frame::Binary(payload),
+            OpCode::Close => Frame::Close,
+            OpCode::Ping => Frame::Ping(payload),
+            OpCode::Pong | OpCode::Continuation => Frame::Pong,
         }))
     }
 
     /// Answers a ping.
     pub(crate) async fn pong(&mut self, payload: &[u8]) -> Result<(), WsError> {
-        self.queue(opcode::PONG, payload);
+        self.queue(OpCode::Pong, payload);
         self.flush().await
     }
 
@@ -249,7 +249,7 @@ impl WsClient {
     /// or the end of the connection. Returns the text messages that arrived meanwhile:
     /// for a finished handshake there must be none.
     pub(crate) async fn close(mut self, wait: Duration) -> Result<Vec<BytesMut>, WsError> {
-        self.queue(opcode::CLOSE, &1000u16.to_be_bytes());
+        self.queue(OpCode::Close, &1000u16.to_be_bytes());
         self.flush().await?;
         let mut stray = Vec::new();
         let drain = async {
@@ -293,7 +293,7 @@ fn parse_header(buf: &[u8]) -> Result<Option<(ws::Header, usize)>, WsError> {
         Ok(None) => return Ok(None),
         Err(_) => return Err(WsError::Protocol("invalid frame header")),
     };
-    if !header.fin || header.opcode == opcode::CONTINUATION {
+    if !header.fin || header.opcode == OpCode::Continuation {
         return Err(WsError::Protocol("fragmented message"));
     }
     if header.mask.is_some() {

@@ -9,14 +9,12 @@
 //! - [`signal`]: the three SimplePeer 6 signal shapes JS peers accept.
 //! - [`close`]: WebSocket close codes and reasons the server uses.
 //! - [`paths`]: route paths and the heartbeat frame.
-//! - [`ws`]: WebSocket framing and a server-side decoder that owns no buffer while idle.
 
 pub mod close;
 pub mod envelope;
 pub mod id;
 pub mod paths;
 pub mod signal;
-pub mod ws;
 
 pub use envelope::{Destination, Envelope, EnvelopeError, Relayed, relay};
 pub use id::{IdGenerator, PeerId, PeerIdError};

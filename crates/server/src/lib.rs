@@ -9,14 +9,23 @@
 //! sockets, pings the root, and shuts down gracefully.
 //!
 //! # Layout
-//! - [`config`]: [`Config`] and its validation.
-//! - `registry`: the IO-free relay state (root, prospects, ids).
+//! From the bottom up; each module uses only those above it (and `config`, `stats`).
+//! - [`config`]: [`Config`] and its validation. [`stats`]: counters reported by
+//!   `/healthz`.
+//! - `queue`: the bounded outbound queue of a socket, which allocates nothing idle.
+//! - `handle`: how the relay reaches a socket: its `SocketHandle` (the queue's sending
+//!   half) and the `Command`s (heartbeat, shutdown, replaced) it carries.
+//! - `registry`: the IO-free relay state (root, prospects, ids), generic over the
+//!   handle.
+//! - `state`: [`AppState`], the registry behind its lock, and each socket's
+//!   `Registration` (admitting a `/join` socket, registering a root, leaving;
+//!   `close_all` on shutdown).
 //! - `policy`: the IO-free per-socket rate limit and bad-message count.
-//! - `connection`: one socket's task.
-//! - `queue`: the bounded outbound queue of a socket.
-//! - `routes`: [`router`], the HTTP handlers.
-//! - `upgrade`: the WebSocket opening handshake.
-//! - [`stats`]: counters reported by `/healthz`.
+//! - `handler`: what a socket's messages mean (relay, pong, heartbeat, offences),
+//!   IO-free: decoded frames and commands in, bytes to write and how to end out.
+//! - `transport`: the socket's future: bytes and timers only.
+//! - `upgrade`: the WebSocket opening handshake. `routes`: [`router`], the HTTP
+//!   handlers. This file: the accept loop and graceful shutdown.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), webrtc_bootstrap_server::Error> {
@@ -27,13 +36,15 @@
 //! ```
 
 pub mod config;
-mod connection;
+mod handle;
+mod handler;
 mod policy;
 mod queue;
 mod registry;
 mod routes;
 mod state;
 pub mod stats;
+mod transport;
 mod upgrade;
 
 use std::future::Future;
@@ -136,7 +147,7 @@ pub async fn serve(
     let served = accept_loop(&listener, router(state), &token, &shared.tracker).await;
     // Serving ended (shutdown or error): make sure every socket task is told.
     token.cancel();
-    connection::close_all(&shared, connection::Command::Shutdown);
+    shared.close_all(handle::Command::Shutdown);
     watcher.abort();
     shared.tracker.close();
     if tokio::time::timeout(shared.config.shutdown_grace, shared.tracker.wait())
@@ -163,7 +174,7 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 ///
 /// Each connection is handed to hyper directly (not through `axum::serve`, whose
 /// connection wrapper hides the `TcpStream`), so an upgraded WebSocket can take its
-/// `TcpStream` back and drop hyper's wrappers and buffers (see `connection::serve`).
+/// `TcpStream` back and drop hyper's wrappers and buffers (see `transport::serve`).
 /// WebSocket clients and `/healthz` probes speak HTTP/1.1; HTTP/2 is not served.
 async fn accept_loop(
     listener: &TcpListener,

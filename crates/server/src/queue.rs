@@ -178,6 +178,21 @@ impl<T, C> Receiver<T, C> {
         }
     }
 
+    /// The control item, if one is pending and `wanted` says so; messages stay queued.
+    /// Registers `cx` to be woken when an item arrives.
+    pub(crate) fn poll_control(
+        &mut self,
+        cx: &mut Context<'_>,
+        wanted: impl FnOnce(&C) -> bool,
+    ) -> Poll<C> {
+        self.inner.waker.register(cx.waker());
+        let mut state = self.inner.lock();
+        match state.control.take_if(|control| wanted(control)) {
+            Some(control) => Poll::Ready(control),
+            None => Poll::Pending,
+        }
+    }
+
     /// Takes up to `max` queued items without waiting, passing each to `each`.
     pub(crate) fn drain_each(&mut self, max: usize, each: impl FnMut(T)) {
         let mut state = self.inner.lock();
@@ -245,6 +260,19 @@ mod tests {
         drop(rx);
         assert_eq!(tx.try_send("y"), Err(TrySendError::Closed));
         assert_eq!(tx.control(1), Err(TrySendError::Closed));
+    }
+
+    #[tokio::test]
+    async fn a_control_item_can_be_taken_alone_and_only_when_wanted() {
+        let (tx, mut rx): Queue<&str> = channel(4);
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert_eq!(rx.poll_control(&mut cx, |_| true), Poll::Pending);
+        tx.try_send("a").expect("room");
+        tx.control(1).expect("open");
+        assert_eq!(rx.poll_control(&mut cx, |c| *c > 1), Poll::Pending);
+        assert_eq!(rx.poll_control(&mut cx, |c| *c == 1), Poll::Ready(1));
+        assert_eq!(rx.recv().await, message("a"), "messages stay queued");
     }
 
     #[tokio::test]

@@ -1,7 +1,7 @@
 //! HTTP routes: the root and `/join` WebSocket upgrades, `/healthz`, static files.
 //!
 //! Handlers only check the request, register the socket and hand it to
-//! [`crate::connection::serve`].
+//! [`crate::transport::serve`].
 
 use std::sync::Arc;
 
@@ -18,10 +18,10 @@ use tokio_util::task::AbortOnDropHandle;
 use tower_http::services::ServeDir;
 use tracing::info;
 
-use crate::connection::{self, Command, Registration, Role};
-use crate::queue;
-use crate::state::{AppState, Health, SocketHandle};
+use crate::handle::heartbeats;
+use crate::state::{AppState, Health};
 use crate::stats::Stats;
+use crate::transport;
 use crate::upgrade::Upgrade;
 
 /// The server's routes over `state`.
@@ -51,11 +51,9 @@ async fn join(State(state): State<AppState>, mut request: Request) -> Response {
         Ok(upgrade) => upgrade,
         Err(refused) => return refused.into_response(),
     };
-    let shared = Arc::clone(&state.0);
-    let (tx, rx) = queue::channel(shared.config.join_queue);
-    let handle = SocketHandle { tx };
-    let admitted = shared.registry().admit(handle);
-    let Ok(id) = admitted else {
+    let shared = &state.0;
+    // If the upgrade never completes, the registration is dropped and unregisters the id.
+    let Ok((registration, rx)) = shared.admit_join() else {
         Stats::bump(&shared.stats.joins_refused);
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -63,15 +61,12 @@ async fn join(State(state): State<AppState>, mut request: Request) -> Response {
         )
             .into_response();
     };
-    Stats::bump(&shared.stats.joins);
-    // If the upgrade never completes, the registration is dropped and unregisters the id.
-    let registration = Registration::new(Arc::clone(&shared), Role::Join(id));
     let response = upgrade.response();
     let on_upgrade = upgrade.on_upgrade;
     // Chained rather than one `async` block, which would keep the captured upgrade
     // handle and registration beside the socket's state for the socket's whole life.
     let socket = on_upgrade.then(move |upgraded| match upgraded {
-        Ok(upgraded) => Either::Left(connection::serve(upgraded, registration, rx)),
+        Ok(upgraded) => Either::Left(transport::serve(upgraded, registration, rx)),
         Err(_) => Either::Right(std::future::ready(())),
     });
     shared.tracker.spawn(socket);
@@ -102,22 +97,14 @@ async fn root(State(state): State<AppState>, mut request: Request) -> Response {
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let (tx, rx) = queue::channel(shared.config.root_queue);
+        let (registration, rx, tx) = shared.register_root();
         // Stopped (dropped) with the root's task.
-        let _heartbeats = AbortOnDropHandle::new(tokio::spawn(connection::heartbeats(
-            tx.clone(),
+        let _heartbeats = AbortOnDropHandle::new(tokio::spawn(heartbeats(
+            tx,
             shared.config.heartbeat_interval,
         )));
-        let (ticket, old) = shared.registry().set_root(SocketHandle { tx });
-        Stats::bump(&shared.stats.roots);
-        if let Some(old) = old {
-            let _ = old.tx.control(Command::Replaced);
-            info!("root connected, replacing the previous root");
-        } else {
-            info!("root connected");
-        }
-        let registration = Registration::new(shared, Role::Root(ticket));
-        connection::serve(upgraded, registration, rx).await;
+        drop(shared);
+        transport::serve(upgraded, registration, rx).await;
         info!("root disconnected");
     });
     response

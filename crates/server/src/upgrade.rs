@@ -10,7 +10,7 @@ use axum::http::header::{
 };
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bootstrap_protocol::ws::accept_key;
+use bootstrap_ws::accept_key;
 use hyper::upgrade::OnUpgrade;
 
 /// An accepted upgrade request: the `101` answer to send, and the connection once sent.

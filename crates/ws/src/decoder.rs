@@ -1,217 +1,8 @@
-//! WebSocket framing (RFC 6455), IO-free: frame headers, masking, the opening
-//! handshake's accept key, and a server-side [`Decoder`] that reassembles messages.
-//!
-//! The decoder holds no buffer while a socket is idle: complete frames are decoded in
-//! place from the bytes just read, and only an incomplete frame (or a fragmented
-//! message) is copied into memory owned by the decoder, which is given back once it
-//! completes. A server with thousands of idle sockets pays nothing for their buffers.
+//! The server-side decoder: masked client frames in, messages and control frames out.
 
 use std::ops::ControlFlow;
 
-use base64::Engine as _;
-use sha1::{Digest as _, Sha1};
-
-use crate::close;
-
-/// Frame opcodes.
-pub mod opcode {
-    /// Continues a fragmented message.
-    pub const CONTINUATION: u8 = 0x0;
-    /// A text frame (UTF-8).
-    pub const TEXT: u8 = 0x1;
-    /// A binary frame.
-    pub const BINARY: u8 = 0x2;
-    /// Starts the closing handshake.
-    pub const CLOSE: u8 = 0x8;
-    /// A ping, answered with a pong carrying the same payload.
-    pub const PING: u8 = 0x9;
-    /// A pong.
-    pub const PONG: u8 = 0xa;
-}
-
-/// The GUID RFC 6455 appends to `Sec-WebSocket-Key` before hashing.
-const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-
-/// Largest payload of a control frame.
-const MAX_CONTROL_PAYLOAD: u64 = 125;
-
-/// The `Sec-WebSocket-Accept` value answering a `Sec-WebSocket-Key`.
-pub fn accept_key(key: &[u8]) -> String {
-    let mut sha = Sha1::new();
-    sha.update(key);
-    sha.update(ACCEPT_GUID);
-    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
-}
-
-/// Why a frame or message breaks the protocol or a limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum FrameError {
-    /// A reserved bit is set (no extension was negotiated).
-    #[error("reserved bits set")]
-    ReservedBits,
-    /// An opcode RFC 6455 does not define.
-    #[error("unknown opcode {0:#x}")]
-    UnknownOpcode(u8),
-    /// A control frame is fragmented or longer than 125 bytes.
-    #[error("invalid control frame")]
-    InvalidControl,
-    /// A client frame is not masked.
-    #[error("unmasked client frame")]
-    Unmasked,
-    /// A continuation without a message to continue, or a new message inside one.
-    #[error("bad fragmentation")]
-    BadFragmentation,
-    /// A close frame with a 1-byte payload or a status code that may not be sent.
-    #[error("invalid close frame")]
-    InvalidClose,
-    /// A text message (or close reason) is not UTF-8.
-    #[error("text is not UTF-8")]
-    InvalidUtf8,
-    /// A frame or message longer than the limit.
-    #[error("message larger than {limit} bytes")]
-    TooBig {
-        /// The limit in bytes.
-        limit: usize,
-    },
-}
-
-impl FrameError {
-    /// The close code this error is answered with.
-    pub fn close_code(self) -> u16 {
-        match self {
-            Self::InvalidUtf8 => close::INVALID_PAYLOAD,
-            Self::TooBig { .. } => close::TOO_BIG,
-            _ => close::PROTOCOL_ERROR,
-        }
-    }
-}
-
-/// A parsed frame header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Header {
-    /// Whether this is the last frame of its message.
-    pub fin: bool,
-    /// One of [`opcode`]'s values.
-    pub opcode: u8,
-    /// The masking key, for frames sent by a client.
-    pub mask: Option<[u8; 4]>,
-    /// Bytes of the header itself.
-    pub len: usize,
-    /// Bytes of the payload after it.
-    pub payload_len: u64,
-}
-
-/// Parses the frame header at the start of `buf`: `Ok(None)` until all of it is there.
-///
-/// # Errors
-/// [`FrameError`] for reserved bits, unknown opcodes and oversized or fragmented control
-/// frames.
-pub fn parse_header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
-    let [b0, b1, ..] = *buf else {
-        return Ok(None);
-    };
-    if b0 & 0x70 != 0 {
-        return Err(FrameError::ReservedBits);
-    }
-    let fin = b0 & 0x80 != 0;
-    let opcode = b0 & 0x0f;
-    if !matches!(opcode, 0x0..=0x2 | 0x8..=0xa) {
-        return Err(FrameError::UnknownOpcode(opcode));
-    }
-    let masked = b1 & 0x80 != 0;
-    let (len_bytes, payload_len) = match b1 & 0x7f {
-        126 => match buf.get(2..4) {
-            Some(b) => (2, u64::from(u16::from_be_bytes([b[0], b[1]]))),
-            None => return Ok(None),
-        },
-        127 => match buf.get(2..10).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
-            Some(b) => (8, u64::from_be_bytes(b)),
-            None => return Ok(None),
-        },
-        n => (0, u64::from(n)),
-    };
-    if opcode & 0x8 != 0 && (!fin || payload_len > MAX_CONTROL_PAYLOAD) {
-        return Err(FrameError::InvalidControl);
-    }
-    let mut len = 2 + len_bytes;
-    let mask = if masked {
-        let Some(key) = buf.get(len..len + 4) else {
-            return Ok(None);
-        };
-        len += 4;
-        Some([key[0], key[1], key[2], key[3]])
-    } else {
-        None
-    };
-    Ok(Some(Header {
-        fin,
-        opcode,
-        mask,
-        len,
-        payload_len,
-    }))
-}
-
-/// Appends one unfragmented frame to `out`, masked with `mask` if given (clients mask,
-/// servers do not).
-pub fn encode_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) {
-    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
-    out.push(0x80 | opcode);
-    let len = payload.len();
-    if let Ok(short) = u8::try_from(len)
-        && short < 126
-    {
-        out.push(mask_bit | short);
-    } else if let Ok(len16) = u16::try_from(len) {
-        out.push(mask_bit | 126);
-        out.extend_from_slice(&len16.to_be_bytes());
-    } else {
-        out.push(mask_bit | 127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-    match mask {
-        Some(mask) => {
-            out.extend_from_slice(&mask);
-            let start = out.len();
-            out.extend_from_slice(payload);
-            apply_mask(&mut out[start..], mask);
-        }
-        None => out.extend_from_slice(payload),
-    }
-}
-
-/// Appends a close frame with `code` and `reason` (the reason is cut to fit a control
-/// frame), or with no status at all when `code` is `None`.
-pub fn encode_close(out: &mut Vec<u8>, code: Option<u16>, reason: &str) {
-    let mut payload = Vec::new();
-    if let Some(code) = code {
-        payload.extend_from_slice(&code.to_be_bytes());
-        let mut end = reason.len().min(123);
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        payload.extend_from_slice(&reason.as_bytes()[..end]);
-    }
-    encode_frame(out, opcode::CLOSE, &payload, None);
-}
-
-/// XORs `data` with the 4-byte `mask` (masking and unmasking are the same).
-pub fn apply_mask(data: &mut [u8], mask: [u8; 4]) {
-    let wide = u64::from_ne_bytes([
-        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
-    ]);
-    let mut chunks = data.chunks_exact_mut(8);
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        chunk.copy_from_slice(&(u64::from_ne_bytes(word) ^ wide).to_ne_bytes());
-    }
-    // The remainder starts at a multiple of 8, so the mask index restarts at 0.
-    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
-        *b ^= mask[i & 3];
-    }
-}
+use crate::frame::{FrameError, Header, OpCode, apply_mask, may_be_sent, parse_header};
 
 /// One complete message or control frame a client sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,7 +31,7 @@ pub struct Decoder {
     /// The payload so far of a fragmented message.
     message: Vec<u8>,
     /// The opcode of the fragmented message in progress.
-    fragmented: Option<u8>,
+    fragmented: Option<OpCode>,
     max_message: usize,
 }
 
@@ -304,7 +95,7 @@ impl Decoder {
                 limit: self.max_message,
             };
             let payload_len = usize::try_from(header.payload_len).map_err(|_| limit)?;
-            let so_far = if header.opcode == opcode::CONTINUATION {
+            let so_far = if header.opcode == OpCode::Continuation {
                 self.message.len()
             } else {
                 0
@@ -333,7 +124,7 @@ impl Decoder {
         on: &mut impl FnMut(Inbound<'_>) -> ControlFlow<()>,
     ) -> Result<ControlFlow<()>, FrameError> {
         match header.opcode {
-            opcode::CLOSE => {
+            OpCode::Close => {
                 let code = match payload {
                     [] => None,
                     [_] => return Err(FrameError::InvalidClose),
@@ -350,9 +141,9 @@ impl Decoder {
                 let _ = on(Inbound::Close(code));
                 Ok(ControlFlow::Break(()))
             }
-            opcode::PING => Ok(on(Inbound::Ping(payload))),
-            opcode::PONG => Ok(on(Inbound::Pong)),
-            opcode::CONTINUATION => {
+            OpCode::Ping => Ok(on(Inbound::Ping(payload))),
+            OpCode::Pong => Ok(on(Inbound::Pong)),
+            OpCode::Continuation => {
                 let Some(kind) = self.fragmented else {
                     return Err(FrameError::BadFragmentation);
                 };
@@ -382,11 +173,11 @@ impl Decoder {
 
 /// Hands a complete data message to `on`.
 fn deliver(
-    kind: u8,
+    kind: OpCode,
     payload: &[u8],
     on: &mut impl FnMut(Inbound<'_>) -> ControlFlow<()>,
 ) -> Result<ControlFlow<()>, FrameError> {
-    if kind == opcode::TEXT {
+    if kind == OpCode::Text {
         let text = std::str::from_utf8(payload).map_err(|_| FrameError::InvalidUtf8)?;
         Ok(on(Inbound::Text(text)))
     } else {
@@ -394,16 +185,12 @@ fn deliver(
     }
 }
 
-/// Whether an endpoint may send `code` in a close frame (RFC 6455 section 7.4).
-fn may_be_sent(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::{encode_close, encode_frame, status};
 
-    fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    fn client_frame(fin: bool, opcode: OpCode, payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         encode_frame(&mut out, opcode, payload, Some([0x12, 0x34, 0x56, 0x78]));
         if !fin {
@@ -466,7 +253,7 @@ mod tests {
                     .map(|i| char::from(b'a' + (i % 26) as u8))
                     .collect();
                 match rng.below(3) {
-                    0 => input.extend(client_frame(true, opcode::TEXT, text.as_bytes())),
+                    0 => input.extend(client_frame(true, OpCode::Text, text.as_bytes())),
                     1 => {
                         // Fragmented in up to four pieces, a ping between two of them.
                         let cut = |rng: &mut Rng| rng.below(len + 1);
@@ -474,16 +261,16 @@ mod tests {
                         if a > b {
                             std::mem::swap(&mut a, &mut b);
                         }
-                        input.extend(client_frame(false, opcode::TEXT, &text.as_bytes()[..a]));
-                        input.extend(client_frame(true, opcode::PING, b"p"));
+                        input.extend(client_frame(false, OpCode::Text, &text.as_bytes()[..a]));
+                        input.extend(client_frame(true, OpCode::Ping, b"p"));
                         expected.push("ping:1".to_owned());
                         let middle = &text.as_bytes()[a..b];
-                        input.extend(client_frame(false, opcode::CONTINUATION, middle));
+                        input.extend(client_frame(false, OpCode::Continuation, middle));
                         let last = &text.as_bytes()[b..];
-                        input.extend(client_frame(true, opcode::CONTINUATION, last));
+                        input.extend(client_frame(true, OpCode::Continuation, last));
                     }
                     _ => {
-                        input.extend(client_frame(true, opcode::BINARY, text.as_bytes()));
+                        input.extend(client_frame(true, OpCode::Binary, text.as_bytes()));
                         expected.push(format!("binary:{len}"));
                         continue;
                     }
@@ -527,20 +314,12 @@ mod tests {
     }
 
     #[test]
-    fn accept_key_matches_rfc_6455_example() {
-        assert_eq!(
-            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
-    }
-
-    #[test]
     fn frames_round_trip_at_every_length_class_and_split() {
         for len in [0usize, 5, 125, 126, 1500, 65_535, 65_536] {
             let text: String = (0..len)
                 .map(|i| char::from(b'a' + (i % 26) as u8))
                 .collect();
-            let input = client_frame(true, opcode::TEXT, text.as_bytes());
+            let input = client_frame(true, OpCode::Text, text.as_bytes());
             for step in [1, 7, 1000, input.len()] {
                 let mut decoder = Decoder::new(1 << 20);
                 let seen = decode_in_steps(&mut decoder, &input, step).expect("valid");
@@ -557,13 +336,13 @@ mod tests {
 
     #[test]
     fn reassembles_fragments_with_interleaved_control_frames() {
-        let mut input = client_frame(false, opcode::TEXT, b"hel");
-        input.extend(client_frame(true, opcode::PING, b"p"));
-        input.extend(client_frame(false, opcode::CONTINUATION, b"lo "));
-        input.extend(client_frame(true, opcode::CONTINUATION, "wörld".as_bytes()));
-        input.extend(client_frame(true, opcode::BINARY, &[0xff; 3]));
-        input.extend(client_frame(true, opcode::CLOSE, &1000u16.to_be_bytes()));
-        input.extend(client_frame(true, opcode::TEXT, b"after close"));
+        let mut input = client_frame(false, OpCode::Text, b"hel");
+        input.extend(client_frame(true, OpCode::Ping, b"p"));
+        input.extend(client_frame(false, OpCode::Continuation, b"lo "));
+        input.extend(client_frame(true, OpCode::Continuation, "wörld".as_bytes()));
+        input.extend(client_frame(true, OpCode::Binary, &[0xff; 3]));
+        input.extend(client_frame(true, OpCode::Close, &1000u16.to_be_bytes()));
+        input.extend(client_frame(true, OpCode::Text, b"after close"));
         for step in [1, 3, input.len()] {
             let mut decoder = Decoder::new(100);
             let seen = decode_in_steps(&mut decoder, &input, step).expect("valid");
@@ -578,8 +357,8 @@ mod tests {
     #[test]
     fn utf8_split_across_fragments_is_accepted() {
         let bytes = "é".as_bytes();
-        let mut input = client_frame(false, opcode::TEXT, &bytes[..1]);
-        input.extend(client_frame(true, opcode::CONTINUATION, &bytes[1..]));
+        let mut input = client_frame(false, OpCode::Text, &bytes[..1]);
+        input.extend(client_frame(true, OpCode::Continuation, &bytes[1..]));
         let seen = decode_in_steps(&mut Decoder::new(10), &input, input.len());
         assert_eq!(seen.expect("valid"), ["text:é"]);
     }
@@ -592,54 +371,61 @@ mod tests {
                 FrameError::Unmasked,
             ),
             (
-                client_frame(true, opcode::TEXT, &[0xc3, 0x28]),
+                client_frame(true, OpCode::Text, &[0xc3, 0x28]),
                 FrameError::InvalidUtf8,
             ),
-            (client_frame(true, 0x3, b"x"), FrameError::UnknownOpcode(3)),
             (
                 {
-                    let mut f = client_frame(true, opcode::TEXT, b"x");
+                    let mut f = client_frame(true, OpCode::Text, b"x");
+                    f[0] = 0x83;
+                    f
+                },
+                FrameError::UnknownOpcode(3),
+            ),
+            (
+                {
+                    let mut f = client_frame(true, OpCode::Text, b"x");
                     f[0] |= 0x40;
                     f
                 },
                 FrameError::ReservedBits,
             ),
             (
-                client_frame(false, opcode::PING, b""),
+                client_frame(false, OpCode::Ping, b""),
                 FrameError::InvalidControl,
             ),
             (
-                client_frame(true, opcode::PING, &[0; 126]),
+                client_frame(true, OpCode::Ping, &[0; 126]),
                 FrameError::InvalidControl,
             ),
             (
-                client_frame(true, opcode::CONTINUATION, b"x"),
+                client_frame(true, OpCode::Continuation, b"x"),
                 FrameError::BadFragmentation,
             ),
             (
                 {
-                    let mut f = client_frame(false, opcode::TEXT, b"a");
-                    f.extend(client_frame(true, opcode::TEXT, b"b"));
+                    let mut f = client_frame(false, OpCode::Text, b"a");
+                    f.extend(client_frame(true, OpCode::Text, b"b"));
                     f
                 },
                 FrameError::BadFragmentation,
             ),
             (
-                client_frame(true, opcode::CLOSE, &[3]),
+                client_frame(true, OpCode::Close, &[3]),
                 FrameError::InvalidClose,
             ),
             (
-                client_frame(true, opcode::CLOSE, &1005u16.to_be_bytes()),
+                client_frame(true, OpCode::Close, &1005u16.to_be_bytes()),
                 FrameError::InvalidClose,
             ),
             (
-                client_frame(true, opcode::TEXT, &[b'a'; 11]),
+                client_frame(true, OpCode::Text, &[b'a'; 11]),
                 FrameError::TooBig { limit: 10 },
             ),
             (
                 {
-                    let mut f = client_frame(false, opcode::TEXT, &[b'a'; 6]);
-                    f.extend(client_frame(true, opcode::CONTINUATION, &[b'a'; 6]));
+                    let mut f = client_frame(false, OpCode::Text, &[b'a'; 6]);
+                    f.extend(client_frame(true, OpCode::Continuation, &[b'a'; 6]));
                     f
                 },
                 FrameError::TooBig { limit: 10 },
@@ -649,9 +435,15 @@ mod tests {
             let got = decode_in_steps(&mut Decoder::new(10), &input, input.len());
             assert_eq!(got, Err(expected), "{input:x?}");
         }
-        assert_eq!(FrameError::InvalidUtf8.close_code(), close::INVALID_PAYLOAD);
-        assert_eq!(FrameError::TooBig { limit: 1 }.close_code(), close::TOO_BIG);
-        assert_eq!(FrameError::Unmasked.close_code(), close::PROTOCOL_ERROR);
+        assert_eq!(
+            FrameError::InvalidUtf8.close_code(),
+            status::INVALID_PAYLOAD
+        );
+        assert_eq!(
+            FrameError::TooBig { limit: 1 }.close_code(),
+            status::TOO_BIG
+        );
+        assert_eq!(FrameError::Unmasked.close_code(), status::PROTOCOL_ERROR);
     }
 
     #[test]
@@ -667,7 +459,7 @@ mod tests {
     #[test]
     fn server_frames_are_unmasked_and_close_reasons_are_cut_at_a_char_boundary() {
         let mut out = Vec::new();
-        encode_frame(&mut out, opcode::TEXT, b"hi", None);
+        encode_frame(&mut out, OpCode::Text, b"hi", None);
         assert_eq!(out, [0x81, 2, b'h', b'i']);
         out.clear();
         encode_close(&mut out, Some(1008), &"é".repeat(100));

@@ -1,0 +1,475 @@
+//! What a socket's messages mean, without IO: frames decoded from the bytes a socket
+//! read are relayed, answered (pongs) or counted as offences, and queue commands
+//! become heartbeats or closes. The outcome is bytes to write (appended to `out`) and,
+//! when the socket must end, an [`End`] saying how.
+//!
+//! The clock is an input (`now`), so the rate limit and the root's ping timeout are
+//! tested without waiting. Relaying goes through the registry, whose queues never wait.
+
+use std::ops::ControlFlow;
+
+use bootstrap_protocol::{Destination, PeerId, close, paths::HEARTBEAT, relay};
+use bootstrap_ws::{Decoder, FrameError, Inbound, OpCode, encode_frame};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::handle::Command;
+use crate::policy::{Offence, Policy, Verdict};
+use crate::queue::TrySendError;
+use crate::registry::Undeliverable;
+use crate::state::{Registration, Role, Shared};
+use crate::stats::Stats;
+
+/// How a socket ends, and so how it is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum End {
+    /// The connection ended or broke: nothing more to send.
+    Gone,
+    /// The peer sent a close frame (with this code): answer it, then stop.
+    ClosedByPeer(Option<u16>),
+    /// Close with this code and reason.
+    Close(u16, &'static str),
+    /// Close as the server ordered (shutdown, replacement): this pre-empts a write that
+    /// waits for the peer, and the goodbye gets a shorter time.
+    Dismissed(u16, &'static str),
+    /// Close without a status code, as the JS server does at the `/join` timeout.
+    CloseNoStatus,
+    /// The peer does not read: writes are stuck, so just drop the connection.
+    Abandon,
+}
+
+/// The meaning of one socket's messages: its rate limit and offences, the root's
+/// pending ping, and its place in the registry.
+#[derive(Debug)]
+pub(crate) struct Handler {
+    policy: Policy,
+    /// When the unanswered ping to the root was sent.
+    ping_sent: Option<Instant>,
+    registration: Registration,
+}
+
+impl Handler {
+    /// The handler of the socket registered as `registration`, opened at `now`.
+    pub(crate) fn new(registration: Registration, now: Instant) -> Self {
+        let config = &registration.shared().config;
+        Self {
+            policy: Policy::new(
+                config.rate_per_second,
+                config.rate_burst,
+                config.max_bad_messages,
+                now,
+            ),
+            ping_sent: None,
+            registration,
+        }
+    }
+
+    /// The socket's registration.
+    pub(crate) fn registration(&self) -> &Registration {
+        &self.registration
+    }
+
+    /// Unregisters the socket (once): called when it ends.
+    pub(crate) fn leave(&mut self) {
+        self.registration.leave();
+    }
+
+    /// Decodes bytes just read and handles each message; `Some` ends the socket.
+    pub(crate) fn on_bytes(
+        &mut self,
+        decoder: &mut Decoder,
+        bytes: &mut [u8],
+        out: &mut Vec<u8>,
+        now: Instant,
+    ) -> Option<End> {
+        let mut end = None;
+        let decoded = decoder.decode(bytes, |inbound| {
+            end = self.on_inbound(inbound, out, now);
+            if end.is_some() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        match decoded {
+            Ok(_) => end,
+            Err(error) => Some(self.on_frame_error(error)),
+        }
+    }
+
+    /// A command from the socket's queue; `Some` ends the socket.
+    pub(crate) fn on_command(
+        &mut self,
+        command: Command,
+        out: &mut Vec<u8>,
+        now: Instant,
+    ) -> Option<End> {
+        match command {
+            Command::Shutdown => Some(End::Dismissed(close::GOING_AWAY, close::REASON_SHUTDOWN)),
+            Command::Replaced => Some(End::Dismissed(
+                close::ROOT_REPLACED,
+                close::REASON_ROOT_REPLACED,
+            )),
+            Command::Heartbeat => self.heartbeat(out, now),
+        }
+    }
+
+    /// The root's heartbeat: a heartbeat message, and a ping unless one is still
+    /// unanswered; a ping unanswered for `root_ping_timeout` drops the root.
+    fn heartbeat(&mut self, out: &mut Vec<u8>, now: Instant) -> Option<End> {
+        let config = &self.registration.shared().config;
+        if self
+            .ping_sent
+            .is_some_and(|sent| now.duration_since(sent) >= config.root_ping_timeout)
+        {
+            warn!("root did not answer ping in time; dropping it");
+            return Some(End::Close(close::ROOT_UNRESPONSIVE, "no pong"));
+        }
+        encode_frame(out, OpCode::Text, HEARTBEAT.as_bytes(), None);
+        if self.ping_sent.is_none() {
+            encode_frame(out, OpCode::Ping, &[], None);
+            self.ping_sent = Some(now);
+        }
+        None
+    }
+
+    /// Handles one message or control frame; `Some` ends the socket.
+    fn on_inbound(&mut self, inbound: Inbound<'_>, out: &mut Vec<u8>, now: Instant) -> Option<End> {
+        self.ping_sent = None; // any frame shows the peer is alive
+        let (role, shared) = (self.registration.role(), self.registration.shared());
+        let text = match inbound {
+            Inbound::Text(text) => text,
+            Inbound::Binary(bytes) => match std::str::from_utf8(bytes) {
+                Ok(text) => text,
+                Err(_) => {
+                    Stats::bump(&shared.stats.invalid_messages);
+                    debug!(?role, "binary frame is not UTF-8; dropped");
+                    return offend(&mut self.policy, Offence::InvalidPayload, shared);
+                }
+            },
+            Inbound::Ping(payload) => {
+                // Answering costs a write: pings count against the message rate too.
+                if !self.policy.admit(now) {
+                    Stats::bump(&shared.stats.flood_messages);
+                    return offend(&mut self.policy, Offence::Flood, shared);
+                }
+                encode_frame(out, OpCode::Pong, payload, None);
+                return None;
+            }
+            Inbound::Pong => return None,
+            Inbound::Close(code) => return Some(End::ClosedByPeer(code)),
+        };
+        if !self.policy.admit(now) {
+            Stats::bump(&shared.stats.flood_messages);
+            debug!(?role, "over the message rate; dropped");
+            return offend(&mut self.policy, Offence::Flood, shared);
+        }
+        match role {
+            Role::Join(id) => on_join_text(text, &id, &mut self.policy, shared),
+            Role::Root(_) => on_root_text(text, &mut self.policy, shared),
+        }
+    }
+
+    /// A frame broke the protocol or the size limit: the socket is closed.
+    fn on_frame_error(&self, error: FrameError) -> End {
+        Stats::bump(&self.registration.shared().stats.abusive_closes);
+        info!(role = ?self.registration.role(), %error, "closing a socket after a bad frame");
+        let reason = match error {
+            FrameError::TooBig { .. } => "message too big",
+            FrameError::InvalidUtf8 => "text frame is not UTF-8",
+            _ => "WebSocket protocol error",
+        };
+        End::Close(error.close_code(), reason)
+    }
+}
+
+/// A message from a `/join` socket: `origin` rewritten, then queued for the root or the
+/// `/join` socket it names.
+fn on_join_text(text: &str, id: &PeerId, policy: &mut Policy, shared: &Shared) -> Option<End> {
+    let relayed = match relay(text, id) {
+        Ok(relayed) => relayed,
+        Err(error) => {
+            Stats::bump(&shared.stats.invalid_messages);
+            debug!(%id, %error, "invalid message dropped");
+            return offend(policy, Offence::InvalidPayload, shared);
+        }
+    };
+    let stats = &shared.stats;
+    // Queueing never waits, so it happens under the lock: no handle is cloned.
+    let sent = shared
+        .registry()
+        .route(&relayed.destination)
+        .map(|handle| handle.tx.try_send(relayed.text));
+    match sent {
+        Ok(Ok(())) => match relayed.destination {
+            Destination::Root => Stats::bump(&stats.relayed_to_root),
+            _ => Stats::bump(&stats.relayed_to_peer),
+        },
+        Ok(Err(TrySendError::Full)) => {
+            Stats::bump(&stats.dropped_queue_full);
+            debug!(%id, destination = ?relayed.destination, "destination queue full; dropped");
+        }
+        Ok(Err(TrySendError::Closed)) => {
+            Stats::bump(&stats.dropped_unknown_destination);
+            debug!(%id, destination = ?relayed.destination, "destination closing; dropped");
+        }
+        Err(Undeliverable::NoRoot) => {
+            Stats::bump(&stats.dropped_no_root);
+            debug!(%id, "no root is connected; dropped");
+        }
+        Err(Undeliverable::UnknownDestination) => {
+            Stats::bump(&stats.dropped_unknown_destination);
+            debug!(%id, destination = ?relayed.destination, "unknown destination; dropped");
+        }
+    }
+    None
+}
+
+/// A message from the root: its heartbeat answer is expected; anything else is
+/// ignored if it is JSON and counted as an offence if not.
+fn on_root_text(text: &str, policy: &mut Policy, shared: &Shared) -> Option<End> {
+    if text == HEARTBEAT {
+        return None;
+    }
+    if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
+        debug!("unexpected message from root; ignored");
+        None
+    } else {
+        Stats::bump(&shared.stats.invalid_messages);
+        debug!("root sent invalid JSON; dropped");
+        offend(policy, Offence::InvalidPayload, shared)
+    }
+}
+
+/// Counts an offence; closes the socket once it has offended too often.
+fn offend(policy: &mut Policy, offence: Offence, shared: &Shared) -> Option<End> {
+    match policy.offend(offence) {
+        Verdict::Drop => None,
+        Verdict::Close(offence) => {
+            Stats::bump(&shared.stats.abusive_closes);
+            info!(?offence, "closing a socket after repeated bad messages");
+            Some(End::Close(offence.close_code(), offence.close_reason()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::handle::Inbox;
+    use crate::queue::Received;
+    use crate::state::AppState;
+
+    fn shared(adjust: impl FnOnce(&mut Config)) -> Arc<Shared> {
+        let mut config = Config::new("s");
+        config.seed = Some(1);
+        adjust(&mut config);
+        AppState::new(config).expect("valid config").0
+    }
+
+    /// A `/join` socket's handler, with its id.
+    fn join(shared: &Arc<Shared>, now: Instant) -> (Handler, PeerId, Inbox) {
+        let (registration, rx) = shared.admit_join().expect("room");
+        let Role::Join(id) = registration.role() else {
+            unreachable!("admitted as /join")
+        };
+        (Handler::new(registration, now), id, rx)
+    }
+
+    /// Feeds the handler one masked client frame; returns what it wrote and its verdict.
+    fn feed(
+        handler: &mut Handler,
+        opcode: OpCode,
+        payload: &[u8],
+        now: Instant,
+    ) -> (Vec<u8>, Option<End>) {
+        let mut bytes = Vec::new();
+        encode_frame(&mut bytes, opcode, payload, Some([1, 2, 3, 4]));
+        let mut out = Vec::new();
+        let mut decoder = Decoder::new(handler.registration().shared().config.max_frame_bytes);
+        let end = handler.on_bytes(&mut decoder, &mut bytes, &mut out, now);
+        (out, end)
+    }
+
+    fn server_frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_frame(&mut out, opcode, payload, None);
+        out
+    }
+
+    fn message(rx: &mut Inbox) -> Option<String> {
+        let waker = std::task::Waker::noop();
+        match rx.poll_recv(&mut std::task::Context::from_waker(waker)) {
+            std::task::Poll::Ready(Some(Received::Message(text))) => Some(text),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn join_messages_reach_the_root_with_origin_rewritten() {
+        let shared = shared(|_| {});
+        let now = Instant::now();
+        let (_root, mut root_rx, _) = shared.register_root();
+        let (mut handler, id, _rx) = join(&shared, now);
+        let text = r#"{"origin":"forged","signal":{"type":"offer"},"rank":3}"#;
+        let (out, end) = feed(&mut handler, OpCode::Text, text.as_bytes(), now);
+        assert_eq!((out.len(), end), (0, None));
+        assert_eq!(
+            message(&mut root_rx).expect("relayed"),
+            format!(r#"{{"origin":"{id}","signal":{{"type":"offer"}},"rank":3}}"#)
+        );
+        assert_eq!(shared.stats.relayed_to_root.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn messages_to_other_join_sockets_or_nowhere_are_routed_or_counted() {
+        let shared = shared(|_| {});
+        let now = Instant::now();
+        let (mut a, _, _a_rx) = join(&shared, now);
+        let (_b, b_id, mut b_rx) = join(&shared, now);
+        let to_b = format!(r#"{{"destination":"{b_id}","signal":1}}"#);
+        assert_eq!(feed(&mut a, OpCode::Text, to_b.as_bytes(), now).1, None);
+        assert!(
+            message(&mut b_rx)
+                .expect("relayed")
+                .contains(r#""signal":1"#)
+        );
+        let to_nobody = format!(r#"{{"destination":"{}","signal":1}}"#, "0".repeat(32));
+        feed(&mut a, OpCode::Text, to_nobody.as_bytes(), now);
+        feed(&mut a, OpCode::Text, br#"{"signal":2}"#, now); // no root
+        // Binary frames carrying UTF-8 JSON are relayed like text.
+        feed(&mut a, OpCode::Binary, to_b.as_bytes(), now);
+        assert!(message(&mut b_rx).is_some());
+        let stats = &shared.stats;
+        assert_eq!(stats.relayed_to_peer.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.dropped_unknown_destination.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.dropped_no_root.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn pings_are_answered_and_count_against_the_rate() {
+        let shared = shared(|c| {
+            c.rate_burst = 2;
+            c.rate_per_second = 1;
+            c.max_bad_messages = 2;
+        });
+        let now = Instant::now();
+        let (mut handler, _, _rx) = join(&shared, now);
+        let (out, end) = feed(&mut handler, OpCode::Ping, b"hi", now);
+        assert_eq!((out, end), (server_frame(OpCode::Pong, b"hi"), None));
+        assert_eq!(feed(&mut handler, OpCode::Ping, b"", now).1, None);
+        // Over the burst: dropped, then closed as a flood.
+        assert_eq!(
+            feed(&mut handler, OpCode::Ping, b"", now),
+            (Vec::new(), None)
+        );
+        let (_, end) = feed(&mut handler, OpCode::Text, b"{}", now);
+        assert_eq!(end, Some(End::Close(close::POLICY, "too many messages")));
+        assert_eq!(shared.stats.flood_messages.load(Ordering::Relaxed), 2);
+        // A second later one token is back.
+        let later = now + Duration::from_secs(1);
+        let (mut fresh, _, _rx) = join(&shared, later);
+        assert_eq!(feed(&mut fresh, OpCode::Ping, b"", later).1, None);
+    }
+
+    #[tokio::test]
+    async fn repeated_bad_payloads_close_with_1007() {
+        let shared = shared(|c| c.max_bad_messages = 3);
+        let now = Instant::now();
+        let (mut handler, _, _rx) = join(&shared, now);
+        assert_eq!(feed(&mut handler, OpCode::Text, b"not json", now).1, None);
+        assert_eq!(feed(&mut handler, OpCode::Text, b"[1]", now).1, None);
+        let (_, end) = feed(&mut handler, OpCode::Binary, &[0xff, 0xfe], now);
+        assert_eq!(
+            end,
+            Some(End::Close(
+                close::INVALID_PAYLOAD,
+                "too many invalid messages"
+            ))
+        );
+        assert_eq!(shared.stats.invalid_messages.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn a_broken_frame_closes_with_its_code_and_a_close_frame_ends_the_socket() {
+        let shared = shared(|c| c.max_frame_bytes = 4096);
+        let now = Instant::now();
+        let (mut handler, _, _rx) = join(&shared, now);
+        // Unmasked: a protocol error.
+        let mut out = Vec::new();
+        let mut unmasked = server_frame(OpCode::Text, b"{}");
+        let end = handler.on_bytes(&mut Decoder::new(4096), &mut unmasked, &mut out, now);
+        assert_eq!(end, Some(End::Close(1002, "WebSocket protocol error")));
+        let (_, end) = feed(&mut handler, OpCode::Text, &[b' '; 5000], now);
+        assert_eq!(end, Some(End::Close(1009, "message too big")));
+        let (_, end) = feed(&mut handler, OpCode::Close, &1000u16.to_be_bytes(), now);
+        assert_eq!(end, Some(End::ClosedByPeer(Some(1000))));
+        assert_eq!(shared.stats.abusive_closes.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn the_root_gets_heartbeats_and_is_dropped_when_pings_go_unanswered() {
+        let shared = shared(|c| c.root_ping_timeout = Duration::from_secs(30));
+        let start = Instant::now();
+        let (registration, _rx, _) = shared.register_root();
+        let mut root = Handler::new(registration, start);
+        let mut out = Vec::new();
+        assert_eq!(root.on_command(Command::Heartbeat, &mut out, start), None);
+        let mut expected = server_frame(OpCode::Text, HEARTBEAT.as_bytes());
+        expected.extend(server_frame(OpCode::Ping, b""));
+        assert_eq!(out, expected, "a heartbeat and a ping");
+        // While the ping is unanswered, heartbeats go on without a second ping.
+        out.clear();
+        let soon = start + Duration::from_secs(29);
+        assert_eq!(root.on_command(Command::Heartbeat, &mut out, soon), None);
+        assert_eq!(out, server_frame(OpCode::Text, HEARTBEAT.as_bytes()));
+        // Any frame (the root's heartbeat echo) shows it is alive.
+        assert_eq!(
+            feed(&mut root, OpCode::Text, HEARTBEAT.as_bytes(), soon).1,
+            None
+        );
+        let late = start + Duration::from_secs(60);
+        assert_eq!(root.on_command(Command::Heartbeat, &mut out, late), None);
+        let dead = late + Duration::from_secs(30);
+        let end = root.on_command(Command::Heartbeat, &mut out, dead);
+        assert_eq!(end, Some(End::Close(close::ROOT_UNRESPONSIVE, "no pong")));
+    }
+
+    #[tokio::test]
+    async fn the_root_may_send_json_but_not_garbage_and_commands_close() {
+        let shared = shared(|c| c.max_bad_messages = 1);
+        let now = Instant::now();
+        let (registration, _rx, _) = shared.register_root();
+        let mut root = Handler::new(registration, now);
+        assert_eq!(
+            feed(&mut root, OpCode::Text, br#"{"any":"json"}"#, now).1,
+            None
+        );
+        let (_, end) = feed(&mut root, OpCode::Text, b"{", now);
+        assert_eq!(
+            end,
+            Some(End::Close(
+                close::INVALID_PAYLOAD,
+                "too many invalid messages"
+            ))
+        );
+        let mut out = Vec::new();
+        assert_eq!(
+            root.on_command(Command::Shutdown, &mut out, now),
+            Some(End::Dismissed(close::GOING_AWAY, close::REASON_SHUTDOWN))
+        );
+        assert_eq!(
+            root.on_command(Command::Replaced, &mut out, now),
+            Some(End::Dismissed(
+                close::ROOT_REPLACED,
+                close::REASON_ROOT_REPLACED
+            ))
+        );
+        assert!(out.is_empty());
+    }
+}
