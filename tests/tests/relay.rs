@@ -379,7 +379,7 @@ async fn a_client_close_gets_the_closing_handshake() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_frame_sent_with_the_upgrade_request_is_relayed() -> anyhow::Result<()> {
-    use bootstrap_protocol::ws::{encode_frame, opcode};
+    use bootstrap_ws::{OpCode, encode_frame};
     use tokio::io::AsyncWriteExt as _;
     let server = TestServer::start().await?;
     let mut root = server.root().await?;
@@ -390,7 +390,7 @@ async fn a_frame_sent_with_the_upgrade_request_is_relayed() -> anyhow::Result<()
     let text = envelope(None, "\"early\"", 0);
     encode_frame(
         &mut bytes,
-        opcode::TEXT,
+        OpCode::Text,
         text.as_bytes(),
         Some([9, 8, 7, 6]),
     );
