@@ -2,7 +2,7 @@
 // 4.4.1 server, over the browser's own WebSocket and RTCPeerConnection. No dependencies,
 // no bundler: `import { Client } from './bootstrap.js'`.
 //
-// Wire protocol (../shared/PROTOCOL.md §3, §4, §6), the same as the Rust peer library and
+// Wire protocol (docs/protocol.md: #messages, #handshake, #timeouts-and-closing), the same as the Rust peer library and
 // the JS client:
 // - every signal is one text frame `{"origin":null,"destination":…,"signal":…,"rank":n}`
 //   on the peer's own `/join` socket, queued until the socket is open;
@@ -620,7 +620,7 @@ class Session {
     this.socket = null;
     if (!socket) return;
     socket.onopen = socket.onmessage = socket.onclose = null;
-    // "Closed to conserve resources" (PROTOCOL.md §6); the server frees our id at once.
+    // "Closed to conserve resources" (docs/protocol.md#timeouts-and-closing); the server frees our id at once.
     if (socket.readyState === WebSocket.CONNECTING) socket.onopen = () => socket.close(1000);
     else if (socket.readyState === WebSocket.OPEN) socket.close(1000);
   }

@@ -3,7 +3,7 @@
 // full, forwards broadcasts down and to-root messages up, and reports its subtree, all
 // wire-compatible with the Rust overlay (crates/overlay) and the JS webrtc-tree-overlay.
 //
-// Data-channel messages (PROTOCOL.md §10, crates/overlay/src/wire.rs): JSON text,
+// Data-channel messages (docs/protocol.md#data-channel-messages, crates/overlay/src/wire.rs): JSON text,
 // `{"type":"DATA","data":…}` for the application and the bootstrap request plus
 // `"type":"JOIN-REQUEST"` for delegated joins (parent → child only).
 // Conventions inside `data` (crates/overlay/src/event.rs, topology.rs), each an object with

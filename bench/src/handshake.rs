@@ -4,7 +4,7 @@
 //! The newcomer sends its offer and first `early` candidates with `destination: null`
 //! (to the root); the answerer sends its answer and K candidates to the newcomer's id;
 //! when the newcomer hears from the answerer it sends its remaining candidates straight
-//! to the answerer's id (PROTOCOL.md §4). Every frame received is checked against the
+//! to the answerer's id (`docs/protocol.md#handshake`). Every frame received is checked against the
 //! exact bytes expected next on its stream; then both sockets close.
 
 use std::net::SocketAddr;

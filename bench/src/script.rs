@@ -10,7 +10,7 @@
 //!
 //! A sent frame is `{"origin":null,` + body; the received frame is
 //! `{"origin":"<sender id>",` + the same body, where body is
-//! `"destination":…,"signal":…,"rank":n}` as the JS client writes it (PROTOCOL.md §3.1).
+//! `"destination":…,"signal":…,"rank":n}` as the JS client writes it (`docs/protocol.md#envelope`).
 
 use std::fmt::Write as _;
 
@@ -195,7 +195,7 @@ impl Script {
             }
             out.extend_from_slice(b"\"}");
         } else {
-            // A SimplePeer 6 candidate (PROTOCOL.md §3.6); the foundation carries the
+            // A SimplePeer 6 candidate (docs/protocol.md#signals); the foundation carries the
             // handshake number, the ufrag the side, the port the rank.
             out.extend_from_slice(b"{\"candidate\":{\"candidate\":\"candidate:");
             out.extend_from_slice(&number);

@@ -1,6 +1,6 @@
 //! The envelope peers exchange through the server, and the server's relay rewrite.
 //!
-//! Peers send `{"origin":null,"destination":…,"signal":…,"rank":n}` (PROTOCOL.md §3.1).
+//! Peers send `{"origin":null,"destination":…,"signal":…,"rank":n}` (`docs/protocol.md#envelope`).
 //! The server overwrites `origin` with the sender's id and forwards everything else
 //! untouched (§3.2). [`relay`] does that rewrite without building a JSON tree: each
 //! value is kept as the exact bytes the sender wrote, only `origin` is replaced.

@@ -1,4 +1,4 @@
-//! Route paths and fixed frames of the protocol (PROTOCOL.md §2, §3.5).
+//! Route paths and fixed frames of the protocol (`docs/protocol.md`: routes, heartbeat).
 
 /// Path every newcomer and answerer opens.
 pub const JOIN_PATH: &str = "/join";

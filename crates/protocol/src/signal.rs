@@ -1,4 +1,4 @@
-//! The signal shapes SimplePeer 6 peers send and accept (PROTOCOL.md §3.6).
+//! The signal shapes SimplePeer 6 peers send and accept (`docs/protocol.md#signals`).
 //!
 //! SimplePeer 6 destroys its connection on any signal with neither `sdp` nor
 //! `candidate`, so peers must only ever send the two shapes of [`Signal`].
