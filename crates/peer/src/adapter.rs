@@ -27,7 +27,7 @@ use webrtc::peer_connection::{
 
 use crate::config::Options;
 use crate::error::Error;
-use crate::peer::Message;
+use crate::message::Message;
 
 /// Connection progress, for the ICE transport and for the whole peer connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

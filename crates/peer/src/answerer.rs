@@ -1,8 +1,10 @@
 //! [`Answerer`]: a handle on one answer in progress, running in its own task.
 
+use std::sync::Arc;
+
 use tokio::sync::{mpsc, oneshot};
 
-use crate::client::Client;
+use crate::endpoint::Endpoint;
 use crate::error::Error;
 use crate::peer::Peer;
 use crate::request::Request;
@@ -26,7 +28,7 @@ pub struct Answerer {
 impl Answerer {
     /// Starts answering `first` in a new task (requires a Tokio runtime).
     pub(crate) fn spawn(
-        client: Client,
+        endpoint: Arc<Endpoint>,
         first: Request,
         routed: Option<mpsc::Receiver<Request>>,
     ) -> Self {
@@ -35,8 +37,8 @@ impl Answerer {
         let (mut result_tx, result) = oneshot::channel();
         tokio::spawn(async move {
             let outcome = session::answer(
-                client.server(),
-                client.options(),
+                endpoint.server(),
+                endpoint.options(),
                 first,
                 RequestSource::new(rx, routed),
                 result_tx.closed(),

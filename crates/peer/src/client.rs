@@ -4,23 +4,20 @@ use std::sync::Arc;
 
 use crate::answerer::Answerer;
 use crate::config::Options;
+use crate::endpoint::Endpoint;
 use crate::error::Error;
 use crate::peer::Peer;
 use crate::request::Request;
 use crate::root::Root;
 use crate::session;
-use crate::signaling::{self, Server};
+use crate::signaling;
 
 /// A client of one signaling server. Cheap to clone; clones share the options.
 #[derive(Debug, Clone)]
 pub struct Client {
-    inner: Arc<Inner>,
-}
-
-#[derive(Debug)]
-struct Inner {
-    server: Server,
-    options: Options,
+    /// Shared with the root and the answerers this client starts, which need the
+    /// server and options but not the client.
+    inner: Arc<Endpoint>,
 }
 
 impl Client {
@@ -39,27 +36,20 @@ impl Client {
     /// [`Error::InvalidAddress`] when `address` is not a `ws://` or `wss://` URL.
     pub fn with_options(address: &str, options: Options) -> Result<Self, Error> {
         Ok(Self {
-            inner: Arc::new(Inner {
-                server: Server::parse(address)?,
-                options,
-            }),
+            inner: Endpoint::new(address, options)?,
         })
     }
 
     /// The server address.
     #[must_use]
     pub fn address(&self) -> &str {
-        self.inner.server.as_str()
+        self.inner.server().as_str()
     }
 
     /// The options.
     #[must_use]
     pub fn options(&self) -> &Options {
-        &self.inner.options
-    }
-
-    pub(crate) fn server(&self) -> &Server {
-        &self.inner.server
+        self.inner.options()
     }
 
     /// Joins as a newcomer: opens `/join`, sends the offer and trickles candidates
@@ -71,7 +61,7 @@ impl Client {
     /// [`Error::ConnectTimeout`], [`Error::IceFailed`], [`Error::DtlsFailed`],
     /// [`Error::ClosedByRemote`], [`Error::SignalingClosed`].
     pub async fn join(&self) -> Result<Peer, Error> {
-        session::join(&self.inner.server, &self.inner.options).await
+        session::join(self.inner.server(), self.inner.options()).await
     }
 
     /// Connects as the root with `secret` and starts receiving join requests. After
@@ -82,11 +72,12 @@ impl Client {
     /// [`Error::InvalidSecret`], [`Error::Unreachable`], [`Error::RootRejected`]
     /// (wrong secret).
     pub async fn root(&self, secret: &str) -> Result<Root, Error> {
-        let url = self.inner.server.root_url(secret)?;
-        let socket = signaling::connect(&url, self.inner.options.connect_timeout)
+        let server = self.inner.server();
+        let url = server.root_url(secret)?;
+        let socket = signaling::connect(&url, self.inner.options().connect_timeout)
             .await
-            .map_err(|e| e.for_root(&self.inner.server.root_url_redacted()))?;
-        Ok(Root::start(self.clone(), url, socket))
+            .map_err(|e| e.for_root(&server.root_url_redacted()))?;
+        Ok(Root::start(Arc::clone(&self.inner), url, socket))
     }
 
     /// Answers a request from any source (the root, another process, a tree-overlay
@@ -95,6 +86,6 @@ impl Client {
     /// [`Answerer::signal`]. Must be called within a Tokio runtime.
     #[must_use]
     pub fn answer(&self, request: Request) -> Answerer {
-        Answerer::spawn(self.clone(), request, None)
+        Answerer::spawn(Arc::clone(&self.inner), request, None)
     }
 }

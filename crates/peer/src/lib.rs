@@ -2,22 +2,33 @@
 //!
 //! # Layout
 //!
-//! - [`client`]: [`Client`], the entry point: a server address and [`Options`].
-//! - `session`: one negotiation (newcomer or answerer) driven to an open data channel.
+//! From the lowest layer to the highest; each module uses only modules listed above it.
+//!
+//! - [`error`]: [`Error`], every way a public call can fail.
+//! - `message`: [`Message`], one data-channel message.
+//! - `backoff`: the root's reconnect delays, sans-IO ([`Reconnect`]).
+//! - [`config`]: [`Options`] and [`IceServer`].
+//! - [`request`]: [`Request`], one relayed signal with its sender's id.
 //! - `negotiation`: the sans-IO core of a negotiation: destinations, ranks, candidate
 //!   queueing, late-signal dropping.
-//! - [`root`]: [`Root`], [`Incoming`], reconnects; `router`: the sans-IO per-origin routing.
-//! - [`answerer`]: [`Answerer`], an answer in progress.
-//! - [`peer`]: [`Peer`], a connected data channel.
-//! - `adapter`: the only module that touches the `webrtc` crate.
+//! - `router`: the sans-IO per-origin routing of the root.
 //! - `signaling`: WebSocket IO with the server.
+//! - `adapter`: the only module that touches the `webrtc` crate.
+//! - [`peer`]: [`Peer`], a connected data channel.
+//! - `endpoint`: the server address and [`Options`] that every role shares.
+//! - `session`: one negotiation (newcomer or answerer) driven to an open data channel.
+//! - [`answerer`]: [`Answerer`], an answer in progress.
+//! - [`root`]: [`Root`], [`Incoming`], reconnects.
+//! - [`client`]: [`Client`], the entry point: a server address and [`Options`].
 
 mod adapter;
 pub mod answerer;
 mod backoff;
 pub mod client;
 pub mod config;
+mod endpoint;
 pub mod error;
+mod message;
 mod negotiation;
 pub mod peer;
 pub mod request;

@@ -1,4 +1,5 @@
-//! The newcomer/answerer negotiation as a sans-IO state machine (PROTOCOL.md §3.1, §3.4, §4).
+//! The newcomer/answerer negotiation as a sans-IO state machine (`docs/protocol.md`,
+//! sections "Envelope", "Messages at a join socket" and "Handshake").
 //!
 //! It owns the protocol rules, and nothing else: which `destination` each outgoing signal
 //! carries (the newcomer switches from the root to the answerer's id on the first message

@@ -13,6 +13,10 @@ use tokio::task::JoinHandle;
 use crate::adapter::{Channel, ChannelEvent, LinkState, Rtc, RtcEvent, RtcEvents};
 use crate::error::Error;
 
+// Defined below the adapter, which builds messages too; re-exported so that
+// `peer::Message` keeps its path.
+pub use crate::message::Message;
+
 /// The largest message [`Peer::send_text`] and [`Peer::send_binary`] accept: 64 KiB,
 /// the `a=max-message-size` the WebRTC stack advertises by default. When the remote
 /// advertises less, its value applies ([`Peer::max_message_size`]). Larger messages are
@@ -25,26 +29,6 @@ const RECEIVE_QUEUE: usize = 256;
 
 /// How long [`Peer::close`] waits for the connection to shut down.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
-
-/// One data-channel message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Message {
-    /// A text message (a JS string).
-    Text(String),
-    /// A binary message (a JS `Buffer` / `ArrayBuffer`).
-    Binary(Vec<u8>),
-}
-
-impl Message {
-    /// The payload bytes, whatever the kind.
-    #[must_use]
-    pub fn as_bytes(&self) -> &[u8] {
-        match self {
-            Self::Text(text) => text.as_bytes(),
-            Self::Binary(data) => data,
-        }
-    }
-}
 
 /// Where a connected peer is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,8 @@
 //! [`Request`]: one relayed signal together with the `/join` id of its sender.
 //!
 //! This is what the root receives for every newcomer signal, what it hands to an
-//! answerer, and what a tree overlay forwards to another node (PROTOCOL.md §3.3).
+//! answerer, and what a tree overlay forwards to another node (`docs/protocol.md`,
+//! "Requests at the root").
 
 use bootstrap_protocol::{Envelope, SdpKind, Signal};
 

@@ -7,6 +7,7 @@
 //! reconnects with backoff (the JS root never does); when another root replaces this
 //! one (close code 4000) it stops, so two roots never take turns evicting each other.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bootstrap_protocol::close::ROOT_REPLACED;
@@ -18,7 +19,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::answerer::Answerer;
 use crate::backoff::Backoff;
-use crate::client::Client;
+use crate::endpoint::Endpoint;
 use crate::request::Request;
 use crate::router::{Handler, Route, Router};
 use crate::signaling::{self, ConnectError, Socket};
@@ -70,13 +71,13 @@ pub struct Root {
 
 impl Root {
     /// Starts serving an open root socket.
-    pub(crate) fn start(client: Client, url: String, socket: Socket) -> Self {
+    pub(crate) fn start(endpoint: Arc<Endpoint>, url: String, socket: Socket) -> Self {
         let (incoming_tx, incoming) = mpsc::channel(INCOMING_QUEUE);
         let (status_tx, status) = watch::channel(RootStatus::Connected);
         let (stop, stop_rx) = oneshot::channel();
         let task = tokio::spawn(
             Task {
-                client,
+                endpoint,
                 url,
                 router: Router::new(),
                 incoming: incoming_tx,
@@ -133,7 +134,7 @@ impl Drop for Root {
 /// then dropped quietly.
 #[derive(Debug)]
 pub struct Incoming {
-    client: Client,
+    endpoint: Arc<Endpoint>,
     request: Request,
     later: mpsc::Receiver<Request>,
 }
@@ -162,7 +163,7 @@ impl Incoming {
     /// automatically.
     #[must_use]
     pub fn accept(self) -> Answerer {
-        Answerer::spawn(self.client, self.request, Some(self.later))
+        Answerer::spawn(self.endpoint, self.request, Some(self.later))
     }
 
     /// The raw first request and the stream of later ones, to forward elsewhere.
@@ -203,7 +204,7 @@ enum End {
 }
 
 struct Task {
-    client: Client,
+    endpoint: Arc<Endpoint>,
     url: String,
     router: Router<RouteTx>,
     incoming: mpsc::Sender<Incoming>,
@@ -213,7 +214,7 @@ struct Task {
 
 impl Task {
     async fn run(mut self, mut socket: Socket) {
-        let mut backoff = Backoff::new(self.client.options().reconnect);
+        let mut backoff = Backoff::new(self.endpoint.options().reconnect);
         loop {
             let mut last_error = match self.serve(&mut socket).await {
                 End::Stopped => {
@@ -237,7 +238,7 @@ impl Task {
                     attempt,
                     last_error: last_error.clone(),
                 });
-                let timeout = self.client.options().connect_timeout;
+                let timeout = self.endpoint.options().connect_timeout;
                 let url = &self.url;
                 let connected = tokio::select! {
                     _ = &mut self.stop => None,
@@ -269,7 +270,7 @@ impl Task {
 
     /// Serves one connection until it ends.
     async fn serve(&mut self, socket: &mut Socket) -> End {
-        let idle = self.client.options().root_idle_timeout;
+        let idle = self.endpoint.options().root_idle_timeout;
         loop {
             let frame = tokio::select! {
                 _ = &mut self.stop => return End::Stopped,
@@ -321,7 +322,7 @@ impl Task {
             Route::New => {
                 let (tx, later) = mpsc::channel(ROUTE_QUEUE);
                 let item = Incoming {
-                    client: self.client.clone(),
+                    endpoint: Arc::clone(&self.endpoint),
                     request,
                     later,
                 };

@@ -1,4 +1,5 @@
-//! The root's per-newcomer routing as a sans-IO state machine (PROTOCOL.md §3.3, §4).
+//! The root's per-newcomer routing as a sans-IO state machine (`docs/protocol.md`,
+//! sections "Requests at the root" and "Handshake").
 //!
 //! Every root-bound request of one newcomer (its offer, then its trickled candidates,
 //! all with the same `origin`) must reach whoever handles that newcomer. [`Router`] maps
@@ -6,7 +7,7 @@
 //! goes to an existing handler, or is a late signal to drop quietly: a candidate whose
 //! origin nobody handles any more (its answerer connected, or the application let the
 //! newcomer go). Only an offer can start a newcomer, so late candidates never create
-//! phantom newcomers (the tree overlay's bug, PROTOCOL.md §12.8).
+//! phantom newcomers, the tree overlay's bug (`docs/protocol.md`, "Tree overlay bugs").
 
 use std::collections::HashMap;
 

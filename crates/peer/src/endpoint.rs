@@ -1,0 +1,39 @@
+//! [`Endpoint`]: the signaling server and the [`Options`] that every role of one
+//! `Client` shares.
+//!
+//! It sits below the roles so that they depend on it rather than on each other: the
+//! `Client` creates it, and the `Root` and each `Answerer` keep their own `Arc` of it
+//! (an `Incoming` hands it on to the answer it starts).
+
+use std::sync::Arc;
+
+use crate::config::Options;
+use crate::error::Error;
+use crate::signaling::Server;
+
+/// Where and how to reach one signaling server. Shared behind an `Arc`, never changed.
+#[derive(Debug)]
+pub(crate) struct Endpoint {
+    server: Server,
+    options: Options,
+}
+
+impl Endpoint {
+    /// Validates `address` (see [`Server::parse`]) and pairs it with `options`.
+    pub(crate) fn new(address: &str, options: Options) -> Result<Arc<Self>, Error> {
+        Ok(Arc::new(Self {
+            server: Server::parse(address)?,
+            options,
+        }))
+    }
+
+    /// The server.
+    pub(crate) fn server(&self) -> &Server {
+        &self.server
+    }
+
+    /// The options.
+    pub(crate) fn options(&self) -> &Options {
+        &self.options
+    }
+}
