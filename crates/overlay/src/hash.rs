@@ -8,7 +8,7 @@
 /// Robert Jenkins' 32-bit integer hash, masked to 31 bits after every step, as
 /// webrtc-tree-overlay's `hash31`.
 #[must_use]
-pub fn hash31(mut a: u32) -> u32 {
+pub(crate) fn hash31(mut a: u32) -> u32 {
     const MASK: u32 = 0x7fff_ffff;
     a = a.wrapping_add(0x7ed5_5d16).wrapping_add(a << 12) & MASK;
     a = (a ^ 0xc761_c23c ^ (a >> 19)) & MASK;
@@ -22,7 +22,7 @@ pub fn hash31(mut a: u32) -> u32 {
 /// The slot (`0..max_degree`) that requests from `origin` are delegated to by the node
 /// with local id `node_id`.
 #[must_use]
-pub fn slot_for(origin: &str, node_id: u32, max_degree: usize) -> usize {
+pub(crate) fn slot_for(origin: &str, node_id: u32, max_degree: usize) -> usize {
     // parseInt(origin.slice(0, 6), 16): the longest hex prefix of the first 6 characters,
     // NaN (which XOR turns into 0) when there is none.
     let prefix: String = origin

@@ -1,21 +1,36 @@
 //! A tree overlay of WebRTC peers, wire-compatible with the JS webrtc-tree-overlay 1.x.
 //!
+//! A [`Node`] becomes the root ([`Node::root`]) or joins the tree through the bootstrap
+//! server ([`Node::join`]). It answers join requests while it has room and delegates
+//! the rest to its children; the application reads its [`Event`]s and sends data to the
+//! parent, a child, the whole subtree or the root.
+//!
 //! # Layout
-//! - [`hash`]: the deterministic choice of the child a request is delegated to.
-//! - [`wire`]: the `DATA` and `JOIN-REQUEST` data-channel messages.
-//! - [`core`]: the IO-free node state (children, candidates, stored requests).
-//! - [`node`]: [`Node`], a running tree node over the peer library.
-//! - [`topology`]: subtree reports and the shared picture of the whole tree.
+//! - `node`: [`Node`], the handle on a running node, and [`NodeInfo`].
+//! - `task`: the task behind a node: it owns the IO and executes the state's actions.
+//! - `links`: the pumps between each data channel (and the bootstrap root) and the task.
+//! - `state`: the IO-free core: the parent, the child slots, the topology reports and
+//!   the routing of every message; inputs in, actions out.
+//! - `slots`: children, candidates and the requests stored for empty slots.
+//! - `topology`: subtree reports and the shared picture of the whole tree.
+//! - `hash`: the deterministic choice of the child a request is delegated to.
+//! - `wire`: the `DATA` and `JOIN-REQUEST` data-channel messages, each parsed once.
+//! - `event`, `options`, `error`: [`Event`], [`NodeOptions`], [`Error`].
 
-pub mod core;
+mod error;
 mod event;
-pub mod hash;
+mod hash;
 mod links;
-pub mod node;
-pub mod topology;
-pub mod wire;
+mod node;
+mod options;
+mod slots;
+mod state;
+mod task;
+mod topology;
+mod wire;
 
-pub use event::{
-    BROADCAST_KEY, Delivery, Error, Event, NodeInfo, NodeOptions, Source, TO_ROOT_KEY,
-};
-pub use node::Node;
+pub use error::Error;
+pub use event::{Delivery, Event, Source};
+pub use node::{Node, NodeInfo};
+pub use options::NodeOptions;
+pub use wire::{BROADCAST_KEY, TO_ROOT_KEY};

@@ -1,13 +1,15 @@
 //! The pumps around a node task: one per data channel, and one feeding the bootstrap
-//! root's requests in. They only move messages; every decision is the node task's.
+//! root's requests in. They only move messages; every decision is the node state's.
 
 use std::time::Duration;
 
-use webrtc_bootstrap_peer::{Error as PeerError, Message, Peer, PeerState, Request, Root};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 use tracing::{debug, warn};
+use webrtc_bootstrap_peer::{Error as PeerError, Message, Peer, PeerState, Request, Root};
+
+use crate::state::Link;
 
 /// Messages queued for one data channel.
 const LINK_QUEUE: usize = 256;
@@ -15,16 +17,10 @@ const LINK_QUEUE: usize = 256;
 /// How long a link may stay ICE-disconnected before it is closed.
 const DISCONNECTED_GRACE: Duration = Duration::from_secs(3);
 
-/// Which link an input is about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Link {
-    /// The parent, by generation (a re-join starts a new one).
-    Parent(u64),
-    Child(String),
-}
-
+/// What the pumps, answers and re-joins tell the node task.
 pub(crate) enum Input {
-    /// A join request from the bootstrap server (root) or the parent.
+    /// A join request from the bootstrap server (at the root; the parent's arrive as
+    /// messages).
     Request(Request),
     /// A candidate's answer finished.
     Answered {

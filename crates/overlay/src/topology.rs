@@ -9,7 +9,7 @@
 //! where `T = {"name": "<node name>", "children": [T, …]}`. A child that never reports
 //! (a JS node) appears as `{"name": "?<first 8 characters of its id>", "children": []}`.
 //!
-//! IO-free: the node task feeds changes in and asks, when due, for a report to send.
+//! IO-free: the node state feeds changes in and asks, when due, for a report to send.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -17,17 +17,19 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use crate::event::Delivery;
+
 /// Key of a child's subtree report inside `data`.
-pub const SUBTREE_KEY: &str = "subtree";
+pub(crate) const SUBTREE_KEY: &str = "subtree";
 /// Key of the whole tree inside a broadcast payload.
-pub const TREE_KEY: &str = "tree";
+pub(crate) const TREE_KEY: &str = "tree";
 
 /// Reports are coalesced: at most one per this delay.
-const DEBOUNCE: Duration = Duration::from_millis(100);
+pub(crate) const DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// One node's view of its subtree, and when to report it.
 #[derive(Debug)]
-pub struct Topology {
+pub(crate) struct Topology {
     name: String,
     reports: HashMap<String, Value>,
     last_sent: Option<Value>,
@@ -37,7 +39,7 @@ pub struct Topology {
 impl Topology {
     /// A node named `name` (shown in the tree).
     #[must_use]
-    pub fn new(name: String) -> Self {
+    pub(crate) fn new(name: String) -> Self {
         Self {
             name,
             reports: HashMap::new(),
@@ -47,18 +49,18 @@ impl Topology {
     }
 
     /// Something changed: report within the debounce delay.
-    pub fn touch(&mut self, now: Instant) {
+    pub(crate) fn touch(&mut self, now: Instant) {
         self.due.get_or_insert(now + DEBOUNCE);
     }
 
     /// A new parent needs the report even if nothing changed.
-    pub fn reset(&mut self, now: Instant) {
+    pub(crate) fn reset(&mut self, now: Instant) {
         self.last_sent = None;
         self.touch(now);
     }
 
     /// A child reported its subtree. Returns whether it was a well-formed report.
-    pub fn child_report(&mut self, child: &str, subtree: Value, now: Instant) -> bool {
+    pub(crate) fn child_report(&mut self, child: &str, subtree: Value, now: Instant) -> bool {
         if !is_tree(&subtree, 0) {
             return false;
         }
@@ -70,20 +72,20 @@ impl Topology {
     }
 
     /// A child left.
-    pub fn child_gone(&mut self, child: &str, now: Instant) {
+    pub(crate) fn child_gone(&mut self, child: &str, now: Instant) {
         self.reports.remove(child);
         self.touch(now);
     }
 
     /// When [`Topology::poll`] has something to do.
     #[must_use]
-    pub fn due(&self) -> Option<Instant> {
+    pub(crate) fn due(&self) -> Option<Instant> {
         self.due
     }
 
     /// When due: this node's subtree, if it changed since the last report. `children` are
     /// the current children's ids in slot order.
-    pub fn poll<'a>(
+    pub(crate) fn poll<'a>(
         &mut self,
         now: Instant,
         children: impl Iterator<Item = &'a str>,
@@ -121,11 +123,20 @@ fn is_tree(value: &Value, depth: usize) -> bool {
 }
 
 /// The subtree inside a child's `data`, if it is a report.
-#[must_use]
-pub fn as_subtree_report(data: &Value) -> Option<&Value> {
+pub(crate) fn as_subtree_report(data: &Value) -> Option<&Value> {
     data.as_object()
         .filter(|o| o.len() == 1)
         .and_then(|o| o.get(SUBTREE_KEY))
+}
+
+/// The tree inside the root's broadcast `{"tree": T}`.
+pub(crate) fn tree_of(delivery: Delivery, data: &Value) -> Option<&Value> {
+    if delivery != Delivery::Broadcast {
+        return None;
+    }
+    data.as_object()
+        .filter(|o| o.len() == 1)
+        .and_then(|o| o.get(TREE_KEY))
 }
 
 #[cfg(test)]

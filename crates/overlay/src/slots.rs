@@ -1,9 +1,9 @@
-//! The IO-free heart of a tree node: its children, its pending candidates (newcomers it
-//! is answering), and the requests stored for empty child slots.
+//! A tree node's child slots: its children, its pending candidates (newcomers it is
+//! answering), and the requests stored for empty slots. IO-free, part of the node state.
 //!
 //! It decides, for each join request, whether this node answers it, feeds it to the
 //! candidate already answering that newcomer, forwards it to a child, or stores it.
-//! Time comes in as an argument; the IO layer executes the decisions.
+//! Time comes in as an argument; the node state turns the decisions into actions.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -13,11 +13,11 @@ use tokio::time::Instant;
 use crate::hash::slot_for;
 
 /// Most requests stored for one empty slot; older ones are dropped past this.
-pub const MAX_STORED_PER_SLOT: usize = 256;
+pub(crate) const MAX_STORED_PER_SLOT: usize = 256;
 
 /// What to do with one join request.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Decision<R> {
+pub(crate) enum Decision<R> {
     /// A later signal of a newcomer this node is already answering: feed it to that answerer.
     ToCandidate(R),
     /// This node has room: answer the newcomer here (a candidate was registered).
@@ -40,7 +40,7 @@ pub enum Decision<R> {
 
 /// Why a request was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dropped {
+pub(crate) enum Dropped {
     /// A late signal of a newcomer that already is this node's child.
     AlreadyChild,
     /// A candidate-only signal for a newcomer this node does not know, and no child to
@@ -50,18 +50,18 @@ pub enum Dropped {
     StoreFull,
 }
 
-/// What [`NodeCore::expire`] removed.
+/// What [`Slots::expire`] removed.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Expired {
+pub(crate) struct Expired {
     /// Candidates that did not connect within the request timeout: close them.
-    pub candidates: Vec<String>,
+    pub(crate) candidates: Vec<String>,
     /// Stored requests dropped at the request timeout.
-    pub requests: usize,
+    pub(crate) requests: usize,
 }
 
 /// One node's children, candidates and stored requests. `R` is the request type.
 #[derive(Debug)]
-pub struct NodeCore<R> {
+pub(crate) struct Slots<R> {
     node_id: u32,
     request_timeout: Duration,
     children: Vec<Option<String>>,
@@ -69,11 +69,11 @@ pub struct NodeCore<R> {
     stored: Vec<VecDeque<(Instant, R)>>,
 }
 
-impl<R> NodeCore<R> {
+impl<R> Slots<R> {
     /// A node with local id `node_id` (used only to spread delegated requests), at most
     /// `max_degree` children, and `request_timeout` for candidates and stored requests.
     #[must_use]
-    pub fn new(node_id: u32, max_degree: usize, request_timeout: Duration) -> Self {
+    pub(crate) fn new(node_id: u32, max_degree: usize, request_timeout: Duration) -> Self {
         Self {
             node_id,
             request_timeout,
@@ -85,7 +85,7 @@ impl<R> NodeCore<R> {
 
     /// Decides what to do with a join request from newcomer `origin`. `is_offer` tells an
     /// offer (which may start a new child) from a trickled candidate.
-    pub fn on_request(
+    pub(crate) fn on_request(
         &mut self,
         origin: &str,
         is_offer: bool,
@@ -95,7 +95,7 @@ impl<R> NodeCore<R> {
         if self.candidates.contains_key(origin) {
             return Decision::ToCandidate(request);
         }
-        if self.children.iter().flatten().any(|child| child == origin) {
+        if self.is_child(origin) {
             return Decision::Dropped(Dropped::AlreadyChild);
         }
         if is_offer && self.has_room() {
@@ -127,7 +127,7 @@ impl<R> NodeCore<R> {
     /// A candidate's data channel opened: it becomes a child in the first free slot.
     /// Returns the slot and the requests stored for it, to forward to the new child in
     /// order; `None` if `origin` is not a candidate.
-    pub fn candidate_connected(&mut self, origin: &str) -> Option<(usize, Vec<R>)> {
+    pub(crate) fn candidate_connected(&mut self, origin: &str) -> Option<(usize, Vec<R>)> {
         self.candidates.remove(origin)?;
         let slot = self.children.iter().position(Option::is_none)?;
         self.children[slot] = Some(origin.to_owned());
@@ -139,12 +139,12 @@ impl<R> NodeCore<R> {
     }
 
     /// A candidate failed or was closed before connecting. Returns whether it was one.
-    pub fn candidate_failed(&mut self, origin: &str) -> bool {
+    pub(crate) fn candidate_failed(&mut self, origin: &str) -> bool {
         self.candidates.remove(origin).is_some()
     }
 
     /// A child's channel closed. Returns the slot it held.
-    pub fn child_closed(&mut self, origin: &str) -> Option<usize> {
+    pub(crate) fn child_closed(&mut self, origin: &str) -> Option<usize> {
         let slot = self
             .children
             .iter()
@@ -154,7 +154,7 @@ impl<R> NodeCore<R> {
     }
 
     /// Drops candidates and stored requests whose time is up at `now`.
-    pub fn expire(&mut self, now: Instant) -> Expired {
+    pub(crate) fn expire(&mut self, now: Instant) -> Expired {
         let mut expired = Expired::default();
         self.candidates.retain(|origin, deadline| {
             let keep = *deadline > now;
@@ -172,9 +172,9 @@ impl<R> NodeCore<R> {
         expired
     }
 
-    /// When [`NodeCore::expire`] next has something to do.
+    /// When [`Slots::expire`] next has something to do.
     #[must_use]
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
         let candidates = self.candidates.values().copied();
         let stored = self
             .stored
@@ -183,14 +183,19 @@ impl<R> NodeCore<R> {
         candidates.chain(stored).min()
     }
 
+    /// Whether `id` is a child.
+    pub(crate) fn is_child(&self, id: &str) -> bool {
+        self.children.iter().flatten().any(|child| child == id)
+    }
+
     /// Whether this node would answer a new offer itself.
     #[must_use]
-    pub fn has_room(&self) -> bool {
+    pub(crate) fn has_room(&self) -> bool {
         self.child_count() + self.candidates.len() < self.children.len()
     }
 
     /// The children, by slot.
-    pub fn children(&self) -> impl Iterator<Item = (usize, &str)> {
+    pub(crate) fn children(&self) -> impl Iterator<Item = (usize, &str)> {
         self.children
             .iter()
             .enumerate()
@@ -199,24 +204,24 @@ impl<R> NodeCore<R> {
 
     /// Number of children.
     #[must_use]
-    pub fn child_count(&self) -> usize {
+    pub(crate) fn child_count(&self) -> usize {
         self.children.iter().flatten().count()
     }
 
     /// Number of pending candidates.
     #[must_use]
-    pub fn candidate_count(&self) -> usize {
+    pub(crate) fn candidate_count(&self) -> usize {
         self.candidates.len()
     }
 
     /// Number of stored requests, over all slots.
     #[must_use]
-    pub fn stored_count(&self) -> usize {
+    pub(crate) fn stored_count(&self) -> usize {
         self.stored.iter().map(VecDeque::len).sum()
     }
 
     /// Forgets every child, candidate and stored request (on close).
-    pub fn clear(&mut self) -> Vec<String> {
+    pub(crate) fn clear(&mut self) -> Vec<String> {
         let mut gone: Vec<String> = self.children.iter_mut().filter_map(Option::take).collect();
         gone.extend(self.candidates.drain().map(|(origin, _)| origin));
         self.stored.iter_mut().for_each(VecDeque::clear);
@@ -237,7 +242,7 @@ mod tests {
     #[test]
     fn answers_while_there_is_room_then_delegates() {
         let now = Instant::now();
-        let mut node = NodeCore::new(42, 2, TIMEOUT);
+        let mut node = Slots::new(42, 2, TIMEOUT);
         assert_eq!(
             node.on_request(&origin(1), true, 1, now),
             Decision::Answer(1)
@@ -266,7 +271,7 @@ mod tests {
     #[test]
     fn a_new_child_takes_a_slot_and_its_stored_requests() {
         let now = Instant::now();
-        let mut node = NodeCore::new(42, 2, TIMEOUT);
+        let mut node = Slots::new(42, 2, TIMEOUT);
         node.on_request(&origin(1), true, 1, now);
         node.on_request(&origin(2), true, 2, now);
         // Find an origin delegated to slot 0, the slot the first child takes.
@@ -303,12 +308,12 @@ mod tests {
     #[test]
     fn candidate_only_signals_never_create_a_phantom_child() {
         let now = Instant::now();
-        let mut node = NodeCore::new(1, 3, TIMEOUT);
+        let mut node = Slots::new(1, 3, TIMEOUT);
         let decision = node.on_request(&origin(5), false, 5, now);
         assert!(matches!(decision, Decision::Stored { .. }), "{decision:?}");
         assert_eq!(node.candidate_count(), 0);
         assert!(node.has_room());
-        let mut leaf = NodeCore::new(1, 0, TIMEOUT);
+        let mut leaf = Slots::new(1, 0, TIMEOUT);
         assert_eq!(
             leaf.on_request(&origin(5), true, 5, now),
             Decision::Dropped(Dropped::UnknownOrigin)
@@ -318,7 +323,7 @@ mod tests {
     #[test]
     fn candidates_and_stored_requests_expire() {
         let now = Instant::now();
-        let mut node = NodeCore::new(42, 1, TIMEOUT);
+        let mut node = Slots::new(42, 1, TIMEOUT);
         node.on_request(&origin(1), true, 1, now);
         node.on_request(&origin(2), true, 2, now + Duration::from_secs(1));
         assert_eq!(node.next_deadline(), Some(now + TIMEOUT));
@@ -349,7 +354,7 @@ mod tests {
     #[test]
     fn children_leave_and_slots_are_reused() {
         let now = Instant::now();
-        let mut node = NodeCore::new(9, 2, TIMEOUT);
+        let mut node = Slots::new(9, 2, TIMEOUT);
         node.on_request(&origin(1), true, 1, now);
         node.on_request(&origin(2), true, 2, now);
         assert_eq!(
@@ -383,7 +388,7 @@ mod tests {
     #[test]
     fn stored_requests_are_bounded() {
         let now = Instant::now();
-        let mut node: NodeCore<u32> = NodeCore::new(3, 1, TIMEOUT);
+        let mut node: Slots<u32> = Slots::new(3, 1, TIMEOUT);
         node.on_request(&origin(1), true, 0, now);
         let o = origin(2);
         for i in 0..MAX_STORED_PER_SLOT {
