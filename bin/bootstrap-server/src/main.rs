@@ -2,30 +2,57 @@
 //!
 //! Run with `SECRET=s3cret bootstrap-server` or `bootstrap-server config.json`; flags and
 //! environment variables override the config file. See `--help`.
+//! `bootstrap-server token ...` mints a token for the server's token key.
 
+mod token;
+
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use clap::{Parser, ValueEnum};
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use tracing_subscriber::EnvFilter;
-use webrtc_bootstrap_server::{Config, run};
+use webrtc_bootstrap_server::auth::TokenKey;
+use webrtc_bootstrap_server::{Config, JoinAuth, OverlayConfig, run};
 
 /// Exit code for bad configuration (BSD `EX_USAGE`).
 const EX_USAGE: u8 = 64;
 
 /// The webrtc-bootstrap signaling server (wire-compatible with webrtc-bootstrap 4.4.1).
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// JSON config file with the same keys as the flags, in snake_case (see config.example.json).
     config: Option<PathBuf>,
-    /// Secret of the root route /SECRET/webrtc-bootstrap-root (URL-safe characters only).
+    /// Secret of the default overlay's root route /SECRET/webrtc-bootstrap-root (URL-safe
+    /// characters only).
     #[arg(long, env = "SECRET", hide_env_values = true)]
     secret: Option<String>,
+    /// A named overlay at /o/NAME/...: NAME=SECRET, or NAME=@FILE to read the secret from
+    /// a file (better than argv, which other users can see); NAME= for root tokens only.
+    /// Repeatable.
+    #[arg(long = "overlay", value_name = "NAME=SECRET")]
+    overlays: Vec<String>,
+    /// Key of join and root tokens (JWT): a file holding an HS256 shared key (its bytes,
+    /// one trailing newline ignored) or an Ed25519 public key in PEM. Turns token auth on.
+    #[arg(long, value_name = "PATH")]
+    token_key_file: Option<PathBuf>,
+    /// Whether /join sockets need a join token [default: open].
+    #[arg(long, value_enum)]
+    join_auth: Option<JoinAuthArg>,
+    /// Let a valid root token create an overlay that is not configured (needs a token key).
+    #[arg(long)]
+    dynamic_overlays: bool,
+    /// Most overlays at once, the default one included [default: 1000].
+    #[arg(long)]
+    max_overlays: Option<usize>,
     /// TCP port to listen on [default: 5000].
     #[arg(long, env = "PORT")]
     port: Option<u16>,
@@ -70,6 +97,32 @@ struct Cli {
     log_format: Option<LogFormat>,
 }
 
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print a token signed with a key file (for operators and tests; applications mint
+    /// their own with any JWT library).
+    Token(token::TokenArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum JoinAuthArg {
+    /// Anyone may join, as with the JS server.
+    Open,
+    /// A /join socket needs a join token for its overlay.
+    Token,
+}
+
+/// One named overlay in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileOverlay {
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
+    max_prospects: Option<usize>,
+    timeout: Option<u64>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum LogFormat {
@@ -82,6 +135,12 @@ enum LogFormat {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     secret: Option<String>,
+    #[serde(default)]
+    overlays: BTreeMap<String, FileOverlay>,
+    token_key_file: Option<PathBuf>,
+    join_auth: Option<JoinAuthArg>,
+    dynamic_overlays: Option<bool>,
+    max_overlays: Option<usize>,
     port: Option<u16>,
     host: Option<String>,
     timeout: Option<u64>,
@@ -141,6 +200,40 @@ fn settings(cli: Cli) -> anyhow::Result<Settings> {
     if let Some(v) = cli.max_bad_messages.or(file.max_bad_messages) {
         config.max_bad_messages = v;
     }
+    for (name, overlay) in file.overlays {
+        let secret = match (overlay.secret, overlay.secret_file) {
+            (Some(_), Some(_)) => bail!("overlay {name:?}: give secret or secret_file, not both"),
+            (Some(secret), None) => secret,
+            (None, Some(path)) => read_secret(&path)?,
+            (None, None) => String::new(),
+        };
+        let overlay = OverlayConfig {
+            secret,
+            max_prospects: overlay.max_prospects,
+            timeout: overlay.timeout.map(ms),
+        };
+        config.overlays.insert(name, overlay);
+    }
+    for flag in &cli.overlays {
+        let (name, secret) = parse_overlay_flag(flag)?;
+        // A flag overrides the secret of a file entry and keeps its limits.
+        config.overlays.entry(name).or_default().secret = secret;
+    }
+    if let Some(path) = cli.token_key_file.or(file.token_key_file) {
+        let key = TokenKey::from_file(&path)
+            .with_context(|| format!("cannot use the token key file {}", path.display()))?;
+        config.token_key = Some(Arc::new(key));
+    }
+    if let Some(auth) = cli.join_auth.or(file.join_auth) {
+        config.join_auth = match auth {
+            JoinAuthArg::Open => JoinAuth::Open,
+            JoinAuthArg::Token => JoinAuth::Token,
+        };
+    }
+    config.dynamic_overlays = cli.dynamic_overlays || file.dynamic_overlays.unwrap_or(false);
+    if let Some(v) = cli.max_overlays.or(file.max_overlays) {
+        config.max_overlays = v;
+    }
     config.validate()?;
     let host = cli
         .host
@@ -158,6 +251,27 @@ fn settings(cli: Cli) -> anyhow::Result<Settings> {
             .or(file.log_format)
             .unwrap_or(LogFormat::Text),
     })
+}
+
+/// `NAME=SECRET` or `NAME=@FILE` (the secret read from the file).
+fn parse_overlay_flag(flag: &str) -> anyhow::Result<(String, String)> {
+    let Some((name, secret)) = flag.split_once('=') else {
+        // Not echoed: the value may be a secret.
+        bail!("--overlay must be NAME=SECRET or NAME=@FILE");
+    };
+    let secret = match secret.strip_prefix('@') {
+        Some(path) => read_secret(Path::new(path))?,
+        None => secret.to_owned(),
+    };
+    Ok((name.to_owned(), secret))
+}
+
+/// A secret kept in a file: its content, one trailing newline ignored.
+fn read_secret(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the secret file {}", path.display()))?;
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    Ok(text.strip_suffix('\r').unwrap_or(text).to_owned())
 }
 
 fn read_config(path: &Path) -> anyhow::Result<FileConfig> {
@@ -203,7 +317,7 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let mut cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => {
             let code = if error.use_stderr() { EX_USAGE } else { 0 };
@@ -211,6 +325,21 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    if let Some(Command::Token(args)) = cli.command.take() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        return match token::mint(&args, now) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("bootstrap-server token: {error:#}");
+                ExitCode::from(EX_USAGE)
+            }
+        };
+    }
     let settings = match settings(cli) {
         Ok(settings) => settings,
         Err(error) => {

@@ -1,17 +1,34 @@
 //! Server configuration: a plain struct with defaults, validated before anything binds.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bootstrap_protocol::paths::is_url_safe_secret;
 
+use crate::auth::TokenKey;
+use crate::route::{DEFAULT_OVERLAY, is_valid_overlay_name};
+
 /// Everything the server needs to run. Build it with [`Config::new`] and adjust fields.
 #[derive(Clone)]
 pub struct Config {
-    /// The root's secret: the root connects on `/<secret>/webrtc-bootstrap-root`.
-    /// Must be URL-safe ([`is_url_safe_secret`]). Never logged.
+    /// The default overlay's root secret: its root connects on
+    /// `/<secret>/webrtc-bootstrap-root`. URL-safe ([`is_url_safe_secret`]); empty when
+    /// only named overlays or root tokens are used. Never logged.
     pub secret: String,
+    /// Named overlays by name, each at `/o/NAME/...` with its own root, ids and limits.
+    pub overlays: BTreeMap<String, OverlayConfig>,
+    /// The key that signs join and root tokens (JWT); `None` turns token auth off.
+    pub token_key: Option<Arc<TokenKey>>,
+    /// Whether a `/join` socket needs a join token (needs `token_key`).
+    pub join_auth: JoinAuth,
+    /// Whether a valid root token for an overlay that is not configured creates it; it
+    /// is removed once its root and its last `/join` socket have left.
+    pub dynamic_overlays: bool,
+    /// Most overlays at once, configured ones and the default included.
+    pub max_overlays: usize,
     /// Lifetime of every `/join` socket, from the moment it opens (JS `timeout`, 30 s).
     pub timeout: Duration,
     /// Interval of the `"heartbeat"` text frame and of the WebSocket ping sent to the root.
@@ -24,7 +41,7 @@ pub struct Config {
     pub public: Option<PathBuf>,
     /// Largest accepted WebSocket message, in bytes. Larger ones close the socket with 1009.
     pub max_frame_bytes: usize,
-    /// Most `/join` sockets open at once; the excess gets HTTP 503.
+    /// Most `/join` sockets open at once in all overlays; the excess gets HTTP 503.
     pub max_prospects: usize,
     /// Sustained messages per second one socket may send before its messages are dropped.
     pub rate_per_second: u32,
@@ -51,6 +68,11 @@ impl Config {
     pub fn new(secret: impl Into<String>) -> Self {
         Self {
             secret: secret.into(),
+            overlays: BTreeMap::new(),
+            token_key: None,
+            join_auth: JoinAuth::Open,
+            dynamic_overlays: false,
+            max_overlays: 1000,
             timeout: Duration::from_millis(30_000),
             heartbeat_interval: Duration::from_millis(15_000),
             root_ping_timeout: Duration::from_millis(30_000),
@@ -74,13 +96,54 @@ impl Config {
     /// [`ConfigError`] listing what is wrong.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
-        if self.secret.is_empty() {
+        let tokens = self.token_key.is_some();
+        if self.secret.is_empty() && self.overlays.is_empty() && !tokens {
             problems.push(
-                "no secret given (set --secret, SECRET or \"secret\" in the config file)"
+                "no root could ever connect: give a secret (--secret, SECRET or \"secret\" in \
+                 the config file), an overlay (--overlay NAME=SECRET) or a token key \
+                 (--token-key-file)"
                     .to_owned(),
             );
-        } else if !is_url_safe_secret(&self.secret) {
+        } else if !self.secret.is_empty() && !is_url_safe_secret(&self.secret) {
             problems.push("the secret must be URL-safe: only A-Z a-z 0-9 - . _ ~".to_owned());
+        }
+        for (name, overlay) in &self.overlays {
+            if name == DEFAULT_OVERLAY {
+                problems.push(format!(
+                    "overlay {DEFAULT_OVERLAY:?} is the default overlay: set its secret with --secret"
+                ));
+            } else if !is_valid_overlay_name(name) {
+                problems.push(format!(
+                    "overlay name {name:?} is invalid: 1 to 64 of A-Z a-z 0-9 - . _ ~"
+                ));
+            }
+            if overlay.secret.is_empty() && !tokens {
+                problems.push(format!(
+                    "overlay {name:?} has no secret and there is no token key: its root could never connect"
+                ));
+            } else if !overlay.secret.is_empty() && !is_url_safe_secret(&overlay.secret) {
+                problems.push(format!(
+                    "the secret of overlay {name:?} must be URL-safe: only A-Z a-z 0-9 - . _ ~"
+                ));
+            }
+            if overlay.max_prospects == Some(0) || overlay.timeout.is_some_and(|t| t.is_zero()) {
+                problems.push(format!(
+                    "overlay {name:?}: max_prospects and timeout must be greater than 0"
+                ));
+            }
+        }
+        if self.join_auth == JoinAuth::Token && !tokens {
+            problems.push("join auth \"token\" needs a token key (--token-key-file)".to_owned());
+        }
+        if self.dynamic_overlays && !tokens {
+            problems.push("dynamic overlays need a token key (--token-key-file)".to_owned());
+        }
+        if self.overlays.len() >= self.max_overlays {
+            problems.push(format!(
+                "max_overlays ({}) must leave room for the {} configured overlays and the default one",
+                self.max_overlays,
+                self.overlays.len()
+            ));
         }
         let positive = [
             ("timeout", self.timeout.is_zero()),
@@ -115,6 +178,49 @@ impl Config {
     }
 }
 
+/// One named overlay's settings; what it leaves out comes from the server's.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct OverlayConfig {
+    /// Its root's secret (`/o/NAME/<secret>/webrtc-bootstrap-root`); empty when its root
+    /// only presents root tokens. Never logged.
+    pub secret: String,
+    /// Most `/join` sockets open at once in this overlay (and within the server's cap).
+    pub max_prospects: Option<usize>,
+    /// Lifetime of its `/join` sockets.
+    pub timeout: Option<Duration>,
+}
+
+impl OverlayConfig {
+    /// An overlay whose root connects with `secret`, with the server's limits.
+    #[must_use]
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self {
+            secret: secret.into(),
+            ..Self::default()
+        }
+    }
+}
+
+impl fmt::Debug for OverlayConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OverlayConfig")
+            .field("secret", &"<redacted>")
+            .field("max_prospects", &self.max_prospects)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// Whether `/join` sockets need a token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum JoinAuth {
+    /// Anyone may open a `/join` socket, as with the JS server.
+    #[default]
+    Open,
+    /// A `/join` socket needs a valid join token for its overlay.
+    Token,
+}
+
 /// Smallest `max_frame_bytes` accepted: an SDP offer alone is 500–3000 bytes.
 pub const MIN_FRAME_BYTES: usize = 4096;
 
@@ -122,6 +228,11 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("secret", &"<redacted>")
+            .field("overlays", &self.overlays)
+            .field("token_key", &self.token_key.as_ref().map(|_| "<redacted>"))
+            .field("join_auth", &self.join_auth)
+            .field("dynamic_overlays", &self.dynamic_overlays)
+            .field("max_overlays", &self.max_overlays)
             .field("timeout", &self.timeout)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("root_ping_timeout", &self.root_ping_timeout)
@@ -166,13 +277,66 @@ mod tests {
                 .validate()
                 .expect_err("no secret")
                 .to_string()
-                .contains("no secret")
+                .contains("no root could ever connect")
         );
     }
 
     #[test]
     fn debug_hides_the_secret() {
-        let text = format!("{:?}", Config::new("topsecretvalue"));
-        assert!(!text.contains("topsecretvalue"));
+        let mut config = Config::new("topsecretvalue");
+        config
+            .overlays
+            .insert("chat".into(), OverlayConfig::new("overlaysecretvalue"));
+        let text = format!("{config:?}");
+        assert!(!text.contains("topsecretvalue") && !text.contains("overlaysecretvalue"));
+        assert!(text.contains("chat"));
+    }
+
+    #[test]
+    fn a_named_overlay_or_a_token_key_is_enough_for_a_root() {
+        let mut config = Config::new("");
+        assert!(config.validate().is_err());
+        config
+            .overlays
+            .insert("chat".into(), OverlayConfig::new("k"));
+        assert_eq!(config.validate(), Ok(()));
+        let mut tokens = Config::new("");
+        tokens.token_key = Some(Arc::new(
+            TokenKey::from_bytes(b"0123456789abcdef0123456789abcdef").expect("key"),
+        ));
+        tokens.join_auth = JoinAuth::Token;
+        tokens.dynamic_overlays = true;
+        tokens
+            .overlays
+            .insert("by-token".into(), OverlayConfig::default());
+        assert_eq!(tokens.validate(), Ok(()));
+    }
+
+    #[test]
+    fn overlays_are_checked() {
+        let mut config = Config::new("s");
+        for name in ["default", "a/b", "", "bad secret"] {
+            config
+                .overlays
+                .insert(name.into(), OverlayConfig::new("ok"));
+        }
+        config
+            .overlays
+            .insert("nosecret".into(), OverlayConfig::default());
+        config.overlays.insert(
+            "limits".into(),
+            OverlayConfig {
+                secret: "bad/secret".into(),
+                max_prospects: Some(0),
+                timeout: None,
+            },
+        );
+        config.join_auth = JoinAuth::Token;
+        config.dynamic_overlays = true;
+        config.max_overlays = 2;
+        let err = config.validate().expect_err("invalid");
+        // default, a/b, "", "bad secret": 4; nosecret; limits: secret and limits; join
+        // auth; dynamic overlays; max_overlays.
+        assert_eq!(err.0.len(), 10, "{err}");
     }
 }

@@ -17,8 +17,7 @@ use crate::handle::Command;
 use crate::policy::{Offence, Policy, Verdict};
 use crate::queue::TrySendError;
 use crate::registry::Undeliverable;
-use crate::state::{Registration, Role, Shared};
-use crate::stats::Stats;
+use crate::state::{Registration, Role};
 
 /// How a socket ends, and so how it is closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,22 +135,22 @@ impl Handler {
     /// Handles one message or control frame; `Some` ends the socket.
     fn on_inbound(&mut self, inbound: Inbound<'_>, out: &mut Vec<u8>, now: Instant) -> Option<End> {
         self.ping_sent = None; // any frame shows the peer is alive
-        let (role, shared) = (self.registration.role(), self.registration.shared());
+        let (role, registration) = (self.registration.role(), &self.registration);
         let text = match inbound {
             Inbound::Text(text) => text,
             Inbound::Binary(bytes) => match std::str::from_utf8(bytes) {
                 Ok(text) => text,
                 Err(_) => {
-                    Stats::bump(&shared.stats.invalid_messages);
+                    registration.bump(|s| &s.invalid_messages);
                     debug!(?role, "binary frame is not UTF-8; dropped");
-                    return offend(&mut self.policy, Offence::InvalidPayload, shared);
+                    return offend(&mut self.policy, Offence::InvalidPayload, registration);
                 }
             },
             Inbound::Ping(payload) => {
                 // Answering costs a write: pings count against the message rate too.
                 if !self.policy.admit(now) {
-                    Stats::bump(&shared.stats.flood_messages);
-                    return offend(&mut self.policy, Offence::Flood, shared);
+                    registration.bump(|s| &s.flood_messages);
+                    return offend(&mut self.policy, Offence::Flood, registration);
                 }
                 encode_frame(out, OpCode::Pong, payload, None);
                 return None;
@@ -160,19 +159,19 @@ impl Handler {
             Inbound::Close(code) => return Some(End::ClosedByPeer(code)),
         };
         if !self.policy.admit(now) {
-            Stats::bump(&shared.stats.flood_messages);
+            registration.bump(|s| &s.flood_messages);
             debug!(?role, "over the message rate; dropped");
-            return offend(&mut self.policy, Offence::Flood, shared);
+            return offend(&mut self.policy, Offence::Flood, registration);
         }
         match role {
-            Role::Join(id) => on_join_text(text, &id, &mut self.policy, shared),
-            Role::Root(_) => on_root_text(text, &mut self.policy, shared),
+            Role::Join(id) => on_join_text(text, &id, &mut self.policy, registration),
+            Role::Root(_) => on_root_text(text, &mut self.policy, registration),
         }
     }
 
     /// A frame broke the protocol or the size limit: the socket is closed.
     fn on_frame_error(&self, error: FrameError) -> End {
-        Stats::bump(&self.registration.shared().stats.abusive_closes);
+        self.registration.bump(|s| &s.abusive_closes);
         info!(role = ?self.registration.role(), %error, "closing a socket after a bad frame");
         let reason = match error {
             FrameError::TooBig { .. } => "message too big",
@@ -185,40 +184,46 @@ impl Handler {
 
 /// A message from a `/join` socket: `origin` rewritten, then queued for the root or the
 /// `/join` socket it names.
-fn on_join_text(text: &str, id: &PeerId, policy: &mut Policy, shared: &Shared) -> Option<End> {
+fn on_join_text(
+    text: &str,
+    id: &PeerId,
+    policy: &mut Policy,
+    registration: &Registration,
+) -> Option<End> {
     let relayed = match relay(text, id) {
         Ok(relayed) => relayed,
         Err(error) => {
-            Stats::bump(&shared.stats.invalid_messages);
+            registration.bump(|s| &s.invalid_messages);
             debug!(%id, %error, "invalid message dropped");
-            return offend(policy, Offence::InvalidPayload, shared);
+            return offend(policy, Offence::InvalidPayload, registration);
         }
     };
-    let stats = &shared.stats;
-    // Queueing never waits, so it happens under the lock: no handle is cloned.
-    let sent = shared
+    // Queueing never waits, so it happens under the lock: no handle is cloned. Only
+    // the sender's overlay is searched: nothing crosses overlays.
+    let sent = registration
+        .overlay()
         .registry()
         .route(&relayed.destination)
         .map(|handle| handle.tx.try_send(relayed.text));
     match sent {
         Ok(Ok(())) => match relayed.destination {
-            Destination::Root => Stats::bump(&stats.relayed_to_root),
-            _ => Stats::bump(&stats.relayed_to_peer),
+            Destination::Root => registration.bump(|s| &s.relayed_to_root),
+            _ => registration.bump(|s| &s.relayed_to_peer),
         },
         Ok(Err(TrySendError::Full)) => {
-            Stats::bump(&stats.dropped_queue_full);
+            registration.bump(|s| &s.dropped_queue_full);
             debug!(%id, destination = ?relayed.destination, "destination queue full; dropped");
         }
         Ok(Err(TrySendError::Closed)) => {
-            Stats::bump(&stats.dropped_unknown_destination);
+            registration.bump(|s| &s.dropped_unknown_destination);
             debug!(%id, destination = ?relayed.destination, "destination closing; dropped");
         }
         Err(Undeliverable::NoRoot) => {
-            Stats::bump(&stats.dropped_no_root);
+            registration.bump(|s| &s.dropped_no_root);
             debug!(%id, "no root is connected; dropped");
         }
         Err(Undeliverable::UnknownDestination) => {
-            Stats::bump(&stats.dropped_unknown_destination);
+            registration.bump(|s| &s.dropped_unknown_destination);
             debug!(%id, destination = ?relayed.destination, "unknown destination; dropped");
         }
     }
@@ -227,7 +232,7 @@ fn on_join_text(text: &str, id: &PeerId, policy: &mut Policy, shared: &Shared) -
 
 /// A message from the root: its heartbeat answer is expected; anything else is
 /// ignored if it is JSON and counted as an offence if not.
-fn on_root_text(text: &str, policy: &mut Policy, shared: &Shared) -> Option<End> {
+fn on_root_text(text: &str, policy: &mut Policy, registration: &Registration) -> Option<End> {
     if text == HEARTBEAT {
         return None;
     }
@@ -235,18 +240,18 @@ fn on_root_text(text: &str, policy: &mut Policy, shared: &Shared) -> Option<End>
         debug!("unexpected message from root; ignored");
         None
     } else {
-        Stats::bump(&shared.stats.invalid_messages);
+        registration.bump(|s| &s.invalid_messages);
         debug!("root sent invalid JSON; dropped");
-        offend(policy, Offence::InvalidPayload, shared)
+        offend(policy, Offence::InvalidPayload, registration)
     }
 }
 
 /// Counts an offence; closes the socket once it has offended too often.
-fn offend(policy: &mut Policy, offence: Offence, shared: &Shared) -> Option<End> {
+fn offend(policy: &mut Policy, offence: Offence, registration: &Registration) -> Option<End> {
     match policy.offend(offence) {
         Verdict::Drop => None,
         Verdict::Close(offence) => {
-            Stats::bump(&shared.stats.abusive_closes);
+            registration.bump(|s| &s.abusive_closes);
             info!(?offence, "closing a socket after repeated bad messages");
             Some(End::Close(offence.close_code(), offence.close_reason()))
         }
@@ -263,7 +268,8 @@ mod tests {
     use crate::config::Config;
     use crate::handle::Inbox;
     use crate::queue::Received;
-    use crate::state::AppState;
+    use crate::route::DEFAULT_OVERLAY;
+    use crate::state::{AppState, Shared};
 
     fn shared(adjust: impl FnOnce(&mut Config)) -> Arc<Shared> {
         let mut config = Config::new("s");
@@ -274,7 +280,8 @@ mod tests {
 
     /// A `/join` socket's handler, with its id.
     fn join(shared: &Arc<Shared>, now: Instant) -> (Handler, PeerId, Inbox) {
-        let (registration, rx) = shared.admit_join().expect("room");
+        let overlay = shared.overlay(DEFAULT_OVERLAY).expect("default overlay");
+        let (registration, rx) = shared.admit_join(&overlay).expect("room");
         let Role::Join(id) = registration.role() else {
             unreachable!("admitted as /join")
         };
@@ -314,7 +321,9 @@ mod tests {
     async fn join_messages_reach_the_root_with_origin_rewritten() {
         let shared = shared(|_| {});
         let now = Instant::now();
-        let (_root, mut root_rx, _) = shared.register_root();
+        let (_root, mut root_rx, _) = shared
+            .register_root(&shared.overlay(DEFAULT_OVERLAY).expect("default overlay"))
+            .expect("open");
         let (mut handler, id, _rx) = join(&shared, now);
         let text = r#"{"origin":"forged","signal":{"type":"offer"},"rank":3}"#;
         let (out, end) = feed(&mut handler, OpCode::Text, text.as_bytes(), now);
@@ -416,7 +425,9 @@ mod tests {
     async fn the_root_gets_heartbeats_and_is_dropped_when_pings_go_unanswered() {
         let shared = shared(|c| c.root_ping_timeout = Duration::from_secs(30));
         let start = Instant::now();
-        let (registration, _rx, _) = shared.register_root();
+        let (registration, _rx, _) = shared
+            .register_root(&shared.overlay(DEFAULT_OVERLAY).expect("default overlay"))
+            .expect("open");
         let mut root = Handler::new(registration, start);
         let mut out = Vec::new();
         assert_eq!(root.on_command(Command::Heartbeat, &mut out, start), None);
@@ -444,7 +455,9 @@ mod tests {
     async fn the_root_may_send_json_but_not_garbage_and_commands_close() {
         let shared = shared(|c| c.max_bad_messages = 1);
         let now = Instant::now();
-        let (registration, _rx, _) = shared.register_root();
+        let (registration, _rx, _) = shared
+            .register_root(&shared.overlay(DEFAULT_OVERLAY).expect("default overlay"))
+            .expect("open");
         let mut root = Handler::new(registration, now);
         assert_eq!(
             feed(&mut root, OpCode::Text, br#"{"any":"json"}"#, now).1,

@@ -35,12 +35,14 @@
 //! # }
 //! ```
 
+pub mod auth;
 pub mod config;
 mod handle;
 mod handler;
 mod policy;
 mod queue;
 mod registry;
+pub mod route;
 mod routes;
 mod state;
 pub mod stats;
@@ -56,11 +58,12 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt as _;
 use tracing::{debug, info, warn};
 
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, JoinAuth, OverlayConfig};
 pub use routes::router;
-pub use state::{AppState, Health};
+pub use state::{AppState, Health, OverlayHealth};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -190,8 +193,8 @@ async fn accept_loop(
             () = token.cancelled() => return Ok(()),
             accepted = listener.accept() => accepted,
         };
-        let tcp = match accepted {
-            Ok((tcp, _)) => tcp,
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(error) => {
                 warn!(%error, "accept failed");
                 tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
@@ -205,7 +208,15 @@ async fn accept_loop(
         if !NODELAY_INHERITED && let Err(error) = tcp.set_nodelay(true) {
             debug!(%error, "cannot set TCP_NODELAY");
         }
-        let service = TowerToHyperService::new(app.clone());
+        // The client's address, for the throttle of failed authentications.
+        let service = TowerToHyperService::new(app.clone().map_request(
+            move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                request
+            },
+        ));
         let connection = http
             .serve_connection(TokioIo::new(tcp), service)
             .with_upgrades();

@@ -60,9 +60,9 @@ impl<T> Registry<T> {
         Ok(id)
     }
 
-    /// Unregisters a `/join` socket.
-    pub(crate) fn leave(&mut self, id: &PeerId) {
-        self.prospects.remove(id);
+    /// Unregisters a `/join` socket; whether it was registered.
+    pub(crate) fn leave(&mut self, id: &PeerId) -> bool {
+        self.prospects.remove(id).is_some()
     }
 
     /// Makes `handle` the root. Returns its ticket and the replaced root, if any.

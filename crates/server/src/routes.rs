@@ -1,67 +1,191 @@
-//! HTTP routes: the root and `/join` WebSocket upgrades, `/healthz`, static files.
+//! HTTP routes: the root and `/join` WebSocket upgrades of every overlay, `/healthz`,
+//! static files.
 //!
-//! Handlers only check the request, register the socket and hand it to
-//! [`crate::transport::serve`].
+//! Which socket a path asks for is decided by [`crate::route::parse`]; handlers check
+//! the credentials (secret or token), check the upgrade request, register the socket
+//! and hand it to [`crate::transport::serve`]. Refusals are plain HTTP answers sent
+//! before any upgrade: 401 for a missing or invalid token, 404 for an unknown overlay
+//! or a wrong secret (as the JS server), 429 for an address that failed too often,
+//! 503 when a cap is reached.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::header::{RETRY_AFTER, SEC_WEBSOCKET_PROTOCOL};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::{any, get};
-use bootstrap_protocol::paths;
+use axum::routing::get;
 use futures_util::FutureExt as _;
 use futures_util::future::Either;
 use subtle::ConstantTimeEq;
 use tokio_util::task::AbortOnDropHandle;
+use tower::ServiceExt as _;
 use tower_http::services::ServeDir;
-use tracing::info;
+use tracing::{debug, info};
 
+use crate::auth::{Audience, TokenError, bearer_from_subprotocols, token_from_query};
+use crate::config::JoinAuth;
 use crate::handle::heartbeats;
-use crate::state::{AppState, Health};
+use crate::route::{self, Route};
+use crate::state::{AppState, Health, NoOverlay, Refusal, Shared};
 use crate::stats::Stats;
 use crate::transport;
 use crate::upgrade::Upgrade;
 
+/// The subprotocol a browser offers to carry its token (`bearer, <token>`), which the
+/// server must echo or the browser drops the socket.
+const BEARER: &str = "bearer";
+
 /// The server's routes over `state`.
 pub fn router(state: AppState) -> Router {
-    let public = state.0.config.public.clone();
-    let router = Router::new()
-        .route(paths::JOIN_PATH, any(join))
-        .route("/{secret}/webrtc-bootstrap-root", any(root))
+    Router::new()
         .route("/healthz", get(healthz))
-        .with_state(state);
-    match public {
-        Some(dir) => router.fallback_service(ServeDir::new(dir)),
-        None => router.fallback(not_found),
-    }
-}
-
-async fn not_found() -> Response {
-    (StatusCode::NOT_FOUND, "not found\n").into_response()
+        .fallback(entry)
+        .with_state(state)
 }
 
 async fn healthz(State(state): State<AppState>) -> Json<Health> {
     Json(state.health())
 }
 
-async fn join(State(state): State<AppState>, mut request: Request) -> Response {
+fn refuse(status: StatusCode, why: &'static str) -> Response {
+    (status, why).into_response()
+}
+
+fn not_found() -> Response {
+    refuse(StatusCode::NOT_FOUND, "not found\n")
+}
+
+/// Every path but `/healthz`: a socket route, else a static file (if a directory is
+/// served), else 404.
+async fn entry(State(state): State<AppState>, request: Request) -> Response {
+    let uri = request.uri().clone();
+    match route::parse(uri.path()) {
+        Some(Route::Join { overlay, token }) => join(&state.0, overlay, token, request),
+        Some(Route::Root {
+            overlay,
+            credential,
+        }) => root(&state.0, overlay, credential, request),
+        None => match state.0.config.public.as_ref() {
+            Some(dir) => match ServeDir::new(dir).oneshot(request).await {
+                Ok(response) => response.into_response(),
+                Err(never) => match never {},
+            },
+            None => not_found(),
+        },
+    }
+}
+
+/// The client's address, where the server knows it (behind [`crate::serve`]).
+fn client_ip(request: &Request) -> IpAddr {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
+/// Refuses an address that failed to authenticate too often.
+fn throttled(shared: &Shared, ip: IpAddr) -> Option<Response> {
+    let retry = shared
+        .throttle()
+        .check(ip, tokio::time::Instant::now())
+        .err()?;
+    Stats::bump(&shared.stats.auth_throttled);
+    let mut response = refuse(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too many failed attempts; retry later\n",
+    );
+    let seconds = retry.max(Duration::from_secs(1)).as_secs();
+    if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+        response.headers_mut().insert(RETRY_AFTER, value);
+    }
+    Some(response)
+}
+
+/// Counts a failed authentication against `ip`; the answer is 401.
+fn unauthorized(shared: &Shared, ip: IpAddr, error: TokenError) -> Response {
+    shared.throttle().failed(ip, tokio::time::Instant::now());
+    Stats::bump(&shared.stats.auth_failures);
+    debug!(%ip, %error, "token refused");
+    let mut response = refuse(StatusCode::UNAUTHORIZED, "missing or invalid token\n");
+    response
+        .headers_mut()
+        .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+    response
+}
+
+fn join(
+    shared: &Arc<Shared>,
+    name: &str,
+    path_token: Option<&str>,
+    mut request: Request,
+) -> Response {
+    let Some(overlay) = shared.overlay(name) else {
+        return refuse(StatusCode::NOT_FOUND, "no such overlay\n");
+    };
+    let headers = request.headers();
+    let bearer = bearer_from_subprotocols(
+        headers
+            .get_all(SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|value| value.to_str().ok()),
+    );
+    // A browser that offered `bearer` drops a socket whose answer does not echo it.
+    let protocol = headers
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|item| item.trim() == BEARER)
+        .then_some(BEARER);
+    if shared.config.join_auth == JoinAuth::Token {
+        let ip = client_ip(&request);
+        if let Some(response) = throttled(shared, ip) {
+            return response;
+        }
+        // Carriers, in order: the subprotocol, the path, the query.
+        let token = bearer
+            .or(path_token)
+            .or_else(|| request.uri().query().and_then(token_from_query));
+        let Some(key) = shared.config.token_key.as_deref() else {
+            return unauthorized(shared, ip, TokenError::Missing);
+        };
+        let verified = match token {
+            Some(token) => key.verify(token, Audience::Join, &overlay.name, unix_now()),
+            None => Err(TokenError::Missing),
+        };
+        match verified {
+            Ok(claims) => debug!(overlay = %overlay.name, sub = ?claims.sub, "join token accepted"),
+            Err(error) => return unauthorized(shared, ip, error),
+        }
+    }
     let upgrade = match Upgrade::accept(&mut request) {
         Ok(upgrade) => upgrade,
         Err(refused) => return refused.into_response(),
     };
-    let shared = &state.0;
     // If the upgrade never completes, the registration is dropped and unregisters the id.
-    let Ok((registration, rx)) = shared.admit_join() else {
-        Stats::bump(&shared.stats.joins_refused);
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many open /join sockets\n",
-        )
-            .into_response();
+    let (registration, rx) = match shared.admit_join(&overlay) {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            Stats::bump(&shared.stats.joins_refused);
+            Stats::bump(&overlay.stats.joins_refused);
+            let why = match refusal {
+                Refusal::OverlayFull => "too many open /join sockets in this overlay\n",
+                Refusal::ServerFull => "too many open /join sockets\n",
+            };
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, why);
+        }
     };
-    let response = upgrade.response();
+    let response = upgrade.response(protocol);
     let on_upgrade = upgrade.on_upgrade;
     // Chained rather than one `async` block, which would keep the captured upgrade
     // handle and registration beside the socket's state for the socket's whole life.
@@ -73,31 +197,77 @@ async fn join(State(state): State<AppState>, mut request: Request) -> Response {
     response
 }
 
-async fn root(State(state): State<AppState>, mut request: Request) -> Response {
+/// How a root proved itself.
+enum RootAuth {
+    /// With its overlay's secret.
+    Secret,
+    /// With a root token (which may create a dynamic overlay).
+    Token(Option<String>),
+}
+
+fn root(shared: &Arc<Shared>, name: &str, credential: &str, mut request: Request) -> Response {
     // Compare the raw (still percent-encoded) path segment, as the JS server does, in
     // constant time. Never log it.
-    let given = request
-        .uri()
-        .path()
-        .strip_prefix('/')
-        .and_then(|p| p.strip_suffix(paths::ROOT_SUFFIX))
-        .unwrap_or_default();
-    let shared = Arc::clone(&state.0);
-    if !bool::from(given.as_bytes().ct_eq(shared.config.secret.as_bytes())) {
-        return not_found().await;
-    }
+    let known = shared.overlay(name);
+    let by_secret = known.as_ref().is_some_and(|overlay| {
+        !overlay.secret.is_empty()
+            && bool::from(credential.as_bytes().ct_eq(overlay.secret.as_bytes()))
+    });
+    let auth = if by_secret {
+        RootAuth::Secret
+    } else if let Some(key) = shared.config.token_key.as_deref() {
+        let ip = client_ip(&request);
+        if let Some(response) = throttled(shared, ip) {
+            return response;
+        }
+        match key.verify(credential, Audience::Root, name, unix_now()) {
+            Ok(claims) => RootAuth::Token(claims.sub),
+            Err(error) => return unauthorized(shared, ip, error),
+        }
+    } else {
+        // Without token auth the wire is the JS server's: a wrong secret is not found.
+        return not_found();
+    };
+    let overlay = match known {
+        Some(overlay) => overlay,
+        None => match shared.overlay_or_create(name, true) {
+            Ok(overlay) => overlay,
+            Err(NoOverlay::Unknown) => return refuse(StatusCode::NOT_FOUND, "no such overlay\n"),
+            Err(NoOverlay::TooMany) => {
+                Stats::bump(&shared.stats.overlays_refused);
+                return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many overlays\n");
+            }
+            Err(NoOverlay::NoSeed) => {
+                return refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cannot create the overlay\n",
+                );
+            }
+        },
+    };
     let upgrade = match Upgrade::accept(&mut request) {
         Ok(upgrade) => upgrade,
-        Err(refused) => return refused.into_response(),
+        Err(refused) => {
+            shared.remove_if_empty(&overlay);
+            return refused.into_response();
+        }
     };
-    let response = upgrade.response();
+    let response = upgrade.response(None);
     let on_upgrade = upgrade.on_upgrade;
+    let shared = Arc::clone(shared);
     let tracker = shared.tracker.clone();
     tracker.spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
+            shared.remove_if_empty(&overlay);
             return;
         };
-        let (registration, rx, tx) = shared.register_root();
+        if let RootAuth::Token(sub) = &auth {
+            info!(overlay = %overlay.name, ?sub, "root token accepted");
+        }
+        let Some((registration, rx, tx)) = shared.register_root(&overlay) else {
+            // A dynamic overlay emptied and removed meanwhile: the root reconnects.
+            return;
+        };
         // Stopped (dropped) with the root's task.
         let _heartbeats = AbortOnDropHandle::new(tokio::spawn(heartbeats(
             tx,
@@ -105,7 +275,7 @@ async fn root(State(state): State<AppState>, mut request: Request) -> Response {
         )));
         drop(shared);
         transport::serve(upgraded, registration, rx).await;
-        info!("root disconnected");
+        info!(overlay = %overlay.name, "root disconnected");
     });
     response
 }

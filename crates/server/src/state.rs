@@ -1,26 +1,41 @@
-//! Shared server state: configuration, the registry behind one mutex, counters, and
-//! the shutdown token and task tracker every connection task answers to; and each
-//! socket's [`Registration`] in it, from admission (a `/join` socket, a root) until the
+//! Shared server state: configuration, the overlays (each with its registry behind its
+//! own lock, its limits and its counters), server-wide counters, and the shutdown token
+//! and task tracker every connection task answers to; and each socket's
+//! [`Registration`] in its overlay, from admission (a `/join` socket, a root) until the
 //! socket leaves.
 //!
 //! Every critical section is one registry operation. Queueing a message never waits,
-//! so the relay queues it while holding the lock (no handle is cloned).
+//! so the relay queues it while holding its overlay's lock (no handle is cloned).
+//! Locks nest in one order only: the overlay map, then one overlay's registry.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
-use bootstrap_protocol::IdGenerator;
+use bootstrap_protocol::{IdGenerator, PeerId};
 use serde::Serialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use bootstrap_protocol::PeerId;
-
 use crate::Error;
-use crate::config::Config;
+use crate::auth::FailureThrottle;
+use crate::config::{Config, OverlayConfig};
 use crate::handle::{self, Command, Inbox, Outbox, SocketHandle};
-use crate::registry::{Full, Registry, RootTicket};
+use crate::registry::{Registry, RootTicket};
+use crate::route::DEFAULT_OVERLAY;
 use crate::stats::{Stats, StatsSnapshot};
+
+/// Failed authentications one address may make within [`AUTH_WINDOW`] before it is
+/// answered 429.
+const AUTH_FAILURES: u32 = 10;
+
+/// The window of [`AUTH_FAILURES`].
+const AUTH_WINDOW: Duration = Duration::from_secs(60);
+
+/// Most addresses the throttle remembers (its memory bound).
+const AUTH_TRACKED_ADDRESSES: usize = 65_536;
 
 /// The server's state, cheap to clone (one `Arc`).
 #[derive(Debug, Clone)]
@@ -29,13 +44,51 @@ pub struct AppState(pub(crate) Arc<Shared>);
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) config: Config,
-    /// A std mutex, never held across `.await`: every critical section is one map
-    /// operation, plus at most one queue push that never waits.
-    registry: Mutex<Registry<SocketHandle>>,
+    /// Every overlay by name, the default one included. Held only to look one up, add
+    /// or remove one.
+    overlays: Mutex<HashMap<Arc<str>, Arc<Overlay>>>,
+    /// Open `/join` sockets in all overlays, against `config.max_prospects`.
+    prospects: AtomicUsize,
+    /// Counters of all overlays together.
     pub(crate) stats: Stats,
+    /// Addresses that failed to authenticate, to throttle.
+    throttle: Mutex<FailureThrottle>,
     started: Instant,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
+}
+
+/// One overlay: its root, its `/join` sockets and their ids, its limits and counters.
+/// Nothing ever crosses from one overlay to another.
+#[derive(Debug)]
+pub(crate) struct Overlay {
+    pub(crate) name: Arc<str>,
+    /// Its root's secret; empty when its root presents root tokens only.
+    pub(crate) secret: String,
+    max_prospects: usize,
+    /// Lifetime of its `/join` sockets.
+    pub(crate) timeout: Duration,
+    /// Created by a root token; removed once empty.
+    dynamic: bool,
+    /// A std mutex, never held across `.await`.
+    registry: Mutex<Slot>,
+    pub(crate) stats: Stats,
+}
+
+/// What an overlay's lock guards.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    pub(crate) registry: Registry<SocketHandle>,
+    /// Removed from the server: nothing may register in it any more.
+    retired: bool,
+}
+
+impl std::ops::Deref for Slot {
+    type Target = Registry<SocketHandle>;
+
+    fn deref(&self) -> &Registry<SocketHandle> {
+        &self.registry
+    }
 }
 
 /// What `GET /healthz` answers.
@@ -43,34 +96,86 @@ pub(crate) struct Shared {
 pub struct Health {
     /// Always `"ok"` while the server answers.
     pub status: &'static str,
-    /// Whether a root is connected.
+    /// Whether the default overlay's root is connected.
     pub root_connected: bool,
-    /// Open `/join` sockets.
+    /// Open `/join` sockets, in all overlays.
     pub prospects: usize,
-    /// The cap on open `/join` sockets.
+    /// The cap on open `/join` sockets, in all overlays.
     pub max_prospects: usize,
     /// Seconds since the server started.
     pub uptime_seconds: f64,
-    /// Counters since the server started.
+    /// Counters since the server started, all overlays together.
+    pub stats: StatsSnapshot,
+    /// Every overlay, by name (never a secret).
+    pub overlays: Vec<OverlayHealth>,
+}
+
+/// One overlay in [`Health`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OverlayHealth {
+    /// Its name ([`DEFAULT_OVERLAY`](crate::route::DEFAULT_OVERLAY) for the default
+    /// overlay).
+    pub name: String,
+    /// Whether its root is connected.
+    pub root_connected: bool,
+    /// Its open `/join` sockets.
+    pub prospects: usize,
+    /// Its cap on open `/join` sockets.
+    pub max_prospects: usize,
+    /// Whether a root token created it.
+    pub dynamic: bool,
+    /// Its counters.
     pub stats: StatsSnapshot,
 }
 
+/// Why a `/join` socket was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The overlay has `max_prospects` open `/join` sockets.
+    OverlayFull,
+    /// The server has `max_prospects` open `/join` sockets.
+    ServerFull,
+}
+
+/// Why an overlay cannot be found or created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NoOverlay {
+    /// Not configured, and not created (no dynamic overlays, or not by a root).
+    Unknown,
+    /// `max_overlays` exist.
+    TooMany,
+    /// No OS randomness to seed its ids.
+    NoSeed,
+}
+
 impl AppState {
-    /// Validates `config` and builds the state, seeding the id generator.
+    /// Validates `config` and builds the state, seeding the id generators.
     ///
     /// # Errors
     /// An invalid configuration, or no OS randomness to seed ids with.
     pub fn new(config: Config) -> Result<Self, Error> {
         config.validate()?;
-        let ids = match config.seed {
-            Some(seed) => IdGenerator::seeded(seed),
-            None => IdGenerator::from_os()?,
+        let mut overlays = HashMap::new();
+        let default = OverlayConfig::new(config.secret.clone());
+        let mut add = |name: &str, overlay: &OverlayConfig| -> Result<(), Error> {
+            let overlay = Overlay::new(&config, name, overlay, false)?;
+            overlays.insert(Arc::clone(&overlay.name), Arc::new(overlay));
+            Ok(())
         };
-        let registry = Mutex::new(Registry::new(ids, config.max_prospects));
+        add(DEFAULT_OVERLAY, &default)?;
+        for (name, overlay) in &config.overlays {
+            add(name, overlay)?;
+        }
         Ok(Self(Arc::new(Shared {
             config,
-            registry,
+            overlays: Mutex::new(overlays),
+            prospects: AtomicUsize::new(0),
             stats: Stats::default(),
+            throttle: Mutex::new(FailureThrottle::new(
+                AUTH_FAILURES,
+                AUTH_WINDOW,
+                AUTH_TRACKED_ADDRESSES,
+            )),
             started: Instant::now(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -80,17 +185,24 @@ impl AppState {
     /// The server's current status.
     #[must_use]
     pub fn health(&self) -> Health {
-        let (root_connected, prospects) = {
-            let registry = self.0.registry();
-            (registry.has_root(), registry.prospect_count())
-        };
+        let shared = &self.0;
+        let mut overlays: Vec<OverlayHealth> = shared
+            .all_overlays()
+            .iter()
+            .map(|overlay| overlay.health())
+            .collect();
+        overlays.sort_by(|a, b| a.name.cmp(&b.name));
+        let root_connected = overlays
+            .iter()
+            .any(|o| o.name == DEFAULT_OVERLAY && o.root_connected);
         Health {
             status: "ok",
             root_connected,
-            prospects,
-            max_prospects: self.0.config.max_prospects,
-            uptime_seconds: self.0.started.elapsed().as_secs_f64(),
-            stats: self.0.stats.snapshot(),
+            prospects: shared.prospects.load(Ordering::Relaxed),
+            max_prospects: shared.config.max_prospects,
+            uptime_seconds: shared.started.elapsed().as_secs_f64(),
+            stats: shared.stats.snapshot(),
+            overlays,
         }
     }
 
@@ -102,46 +214,185 @@ impl AppState {
     }
 }
 
-impl Shared {
-    /// Admits a new `/join` socket (unless `max_prospects` are open) and gives it an
-    /// id; the registration unregisters it when dropped, so an upgrade that never
-    /// completes frees its slot at once.
-    pub(crate) fn admit_join(self: &Arc<Self>) -> Result<(Registration, Inbox), Full> {
-        let (handle, rx) = handle::channel(self.config.join_queue);
-        let id = self.registry().admit(handle)?;
-        Stats::bump(&self.stats.joins);
-        Ok((Registration::new(Arc::clone(self), Role::Join(id)), rx))
+impl Overlay {
+    fn new(
+        config: &Config,
+        name: &str,
+        overlay: &OverlayConfig,
+        dynamic: bool,
+    ) -> Result<Self, bootstrap_protocol::id::SeedError> {
+        // The default overlay draws the ids a seed has always given; a named one draws
+        // its own sequence from the seed and its name.
+        let ids = match config.seed {
+            Some(seed) if name == DEFAULT_OVERLAY => IdGenerator::seeded(seed),
+            Some(seed) => IdGenerator::seeded(seed ^ fnv1a(name.as_bytes())),
+            None => IdGenerator::from_os()?,
+        };
+        let max_prospects = overlay.max_prospects.unwrap_or(config.max_prospects);
+        Ok(Self {
+            name: name.into(),
+            secret: overlay.secret.clone(),
+            max_prospects,
+            timeout: overlay.timeout.unwrap_or(config.timeout),
+            dynamic,
+            registry: Mutex::new(Slot {
+                registry: Registry::new(ids, max_prospects),
+                retired: false,
+            }),
+            stats: Stats::default(),
+        })
     }
 
-    /// Makes a new socket the root, telling the root it replaces (if any) to close.
-    /// Returns its registration, its queue, and a sender for its heartbeats.
-    pub(crate) fn register_root(self: &Arc<Self>) -> (Registration, Inbox, Outbox) {
-        let (handle, rx) = handle::channel(self.config.root_queue);
-        let heartbeats = handle.tx.clone();
-        let (ticket, old) = self.registry().set_root(handle);
-        Stats::bump(&self.stats.roots);
-        if let Some(old) = old {
-            let _ = old.tx.control(Command::Replaced);
-            tracing::info!("root connected, replacing the previous root");
-        } else {
-            tracing::info!("root connected");
-        }
-        let registration = Registration::new(Arc::clone(self), Role::Root(ticket));
-        (registration, rx, heartbeats)
-    }
-
-    /// Tells every registered socket to close with `command` (on shutdown).
-    pub(crate) fn close_all(&self, command: Command) {
-        for handle in self.registry().handles() {
-            let _ = handle.tx.control(command);
-        }
-    }
-
-    /// The registry, locked.
-    pub(crate) fn registry(&self) -> MutexGuard<'_, Registry<SocketHandle>> {
+    /// The overlay's registry, locked.
+    pub(crate) fn registry(&self) -> MutexGuard<'_, Slot> {
         // No code panics while holding the lock, so poisoning cannot happen; if it did,
         // the registry is still consistent (every method is a single map operation).
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn health(&self) -> OverlayHealth {
+        let (root_connected, prospects) = {
+            let slot = self.registry();
+            (slot.has_root(), slot.prospect_count())
+        };
+        OverlayHealth {
+            name: self.name.to_string(),
+            root_connected,
+            prospects,
+            max_prospects: self.max_prospects,
+            dynamic: self.dynamic,
+            stats: self.stats.snapshot(),
+        }
+    }
+}
+
+impl Shared {
+    /// The overlay named `name`, if it exists.
+    pub(crate) fn overlay(&self, name: &str) -> Option<Arc<Overlay>> {
+        self.overlays().get(name).cloned()
+    }
+
+    /// The overlay named `name`, created (as a dynamic overlay) if it does not exist
+    /// and `create` allows it.
+    pub(crate) fn overlay_or_create(
+        &self,
+        name: &str,
+        create: bool,
+    ) -> Result<Arc<Overlay>, NoOverlay> {
+        let mut overlays = self.overlays();
+        if let Some(overlay) = overlays.get(name) {
+            return Ok(Arc::clone(overlay));
+        }
+        if !create || !self.config.dynamic_overlays {
+            return Err(NoOverlay::Unknown);
+        }
+        if overlays.len() >= self.config.max_overlays {
+            return Err(NoOverlay::TooMany);
+        }
+        let overlay = Overlay::new(&self.config, name, &OverlayConfig::default(), true)
+            .map_err(|_| NoOverlay::NoSeed)?;
+        let overlay = Arc::new(overlay);
+        overlays.insert(Arc::clone(&overlay.name), Arc::clone(&overlay));
+        tracing::info!(overlay = %name, "dynamic overlay created");
+        Ok(overlay)
+    }
+
+    /// The throttle of failed authentications, locked.
+    pub(crate) fn throttle(&self) -> MutexGuard<'_, FailureThrottle> {
+        self.throttle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn overlays(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<Overlay>>> {
+        self.overlays.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn all_overlays(&self) -> Vec<Arc<Overlay>> {
+        self.overlays().values().cloned().collect()
+    }
+
+    /// Admits a new `/join` socket into `overlay` (unless it or the server has
+    /// `max_prospects` open) and gives it an id; the registration unregisters it when
+    /// dropped, so an upgrade that never completes frees its slot at once.
+    pub(crate) fn admit_join(
+        self: &Arc<Self>,
+        overlay: &Arc<Overlay>,
+    ) -> Result<(Registration, Inbox), Refusal> {
+        let (handle, rx) = handle::channel(self.config.join_queue);
+        let max = self.config.max_prospects;
+        self.prospects
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .map_err(|_| Refusal::ServerFull)?;
+        let admitted = {
+            let mut slot = overlay.registry();
+            if slot.retired {
+                // Removed while we looked it up: as if it had been full.
+                Err(crate::registry::Full)
+            } else {
+                slot.registry.admit(handle)
+            }
+        };
+        let Ok(id) = admitted else {
+            self.prospects.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refusal::OverlayFull);
+        };
+        let registration = Registration::new(Arc::clone(self), Arc::clone(overlay), Role::Join(id));
+        registration.bump(|s| &s.joins);
+        Ok((registration, rx))
+    }
+
+    /// Makes a new socket the root of `overlay`, telling the root it replaces (if any)
+    /// to close. Returns its registration, its queue, and a sender for its heartbeats;
+    /// `None` if the overlay was removed meanwhile.
+    pub(crate) fn register_root(
+        self: &Arc<Self>,
+        overlay: &Arc<Overlay>,
+    ) -> Option<(Registration, Inbox, Outbox)> {
+        let (handle, rx) = handle::channel(self.config.root_queue);
+        let heartbeats = handle.tx.clone();
+        let (ticket, old) = {
+            let mut slot = overlay.registry();
+            if slot.retired {
+                return None;
+            }
+            slot.registry.set_root(handle)
+        };
+        let registration =
+            Registration::new(Arc::clone(self), Arc::clone(overlay), Role::Root(ticket));
+        registration.bump(|s| &s.roots);
+        if let Some(old) = old {
+            let _ = old.tx.control(Command::Replaced);
+            tracing::info!(overlay = %overlay.name, "root connected, replacing the previous root");
+        } else {
+            tracing::info!(overlay = %overlay.name, "root connected");
+        }
+        Some((registration, rx, heartbeats))
+    }
+
+    /// Removes a dynamic overlay once its root and its last `/join` socket have left.
+    pub(crate) fn remove_if_empty(&self, overlay: &Overlay) {
+        if !overlay.dynamic {
+            return;
+        }
+        let mut overlays = self.overlays();
+        let mut slot = overlay.registry();
+        if slot.retired || slot.has_root() || slot.prospect_count() > 0 {
+            return;
+        }
+        slot.retired = true;
+        overlays.remove(&overlay.name);
+        tracing::info!(overlay = %overlay.name, "dynamic overlay removed");
+    }
+
+    /// Tells every registered socket of every overlay to close with `command` (on
+    /// shutdown).
+    pub(crate) fn close_all(&self, command: Command) {
+        for overlay in self.all_overlays() {
+            for handle in overlay.registry().handles() {
+                let _ = handle.tx.control(command);
+            }
+        }
     }
 }
 
@@ -154,22 +405,24 @@ pub(crate) enum Role {
     Root(RootTicket),
 }
 
-/// A socket's place in the registry: leaving it, explicitly or by being dropped (an
+/// A socket's place in its overlay: leaving it, explicitly or by being dropped (an
 /// upgrade that never completed, a task dropped before it ended), unregisters the
 /// socket once.
 #[derive(Debug)]
 pub(crate) struct Registration {
     role: Role,
     shared: Arc<Shared>,
+    overlay: Arc<Overlay>,
     left: bool,
 }
 
 impl Registration {
     /// Takes responsibility for unregistering the socket registered as `role`.
-    fn new(shared: Arc<Shared>, role: Role) -> Self {
+    fn new(shared: Arc<Shared>, overlay: Arc<Overlay>, role: Role) -> Self {
         Self {
             role,
             shared,
+            overlay,
             left: false,
         }
     }
@@ -184,15 +437,31 @@ impl Registration {
         &self.shared
     }
 
+    /// The overlay the socket belongs to.
+    pub(crate) fn overlay(&self) -> &Overlay {
+        &self.overlay
+    }
+
+    /// Adds one to a counter of the overlay and of the server.
+    pub(crate) fn bump(&self, counter: impl Fn(&Stats) -> &AtomicU64) {
+        Stats::bump(counter(&self.overlay.stats));
+        Stats::bump(counter(&self.shared.stats));
+    }
+
     /// Unregisters the socket (once): no message is routed to it any more.
     pub(crate) fn leave(&mut self) {
         if std::mem::replace(&mut self.left, true) {
             return;
         }
         match self.role {
-            Role::Join(id) => self.shared.registry().leave(&id),
-            Role::Root(ticket) => self.shared.registry().root_left(ticket),
+            Role::Join(id) => {
+                if self.overlay.registry().registry.leave(&id) {
+                    self.shared.prospects.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+            Role::Root(ticket) => self.overlay.registry().registry.root_left(ticket),
         }
+        self.shared.remove_if_empty(&self.overlay);
     }
 }
 
@@ -202,63 +471,161 @@ impl Drop for Registration {
     }
 }
 
+/// FNV-1a, to derive a named overlay's id seed from the server's seed (tests only).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    use futures_util::FutureExt as _;
+
     use super::*;
     use crate::queue::Received;
 
-    fn shared(max_prospects: usize) -> Arc<Shared> {
+    fn shared(adjust: impl FnOnce(&mut Config)) -> Arc<Shared> {
         let mut config = Config::new("s");
-        config.max_prospects = max_prospects;
         config.seed = Some(7);
+        adjust(&mut config);
         AppState::new(config).expect("valid config").0
+    }
+
+    fn default(shared: &Shared) -> Arc<Overlay> {
+        shared
+            .overlay(DEFAULT_OVERLAY)
+            .expect("the default overlay")
     }
 
     #[tokio::test]
     async fn a_registration_unregisters_its_socket_once_when_dropped() {
-        let shared = shared(1);
-        let (join, _rx) = shared.admit_join().expect("room for one");
-        assert!(shared.admit_join().is_err(), "capped at max_prospects");
-        assert_eq!(shared.registry().prospect_count(), 1);
+        let shared = shared(|c| c.max_prospects = 1);
+        let overlay = default(&shared);
+        let (join, _rx) = shared.admit_join(&overlay).expect("room for one");
+        assert_eq!(shared.admit_join(&overlay).err(), Some(Refusal::ServerFull));
+        assert_eq!(overlay.registry().prospect_count(), 1);
         drop(join);
-        assert_eq!(shared.registry().prospect_count(), 0);
-        let (mut join, _rx) = shared.admit_join().expect("the slot is free again");
+        assert_eq!(overlay.registry().prospect_count(), 0);
+        let (mut join, _rx) = shared.admit_join(&overlay).expect("the slot is free again");
         join.leave();
         join.leave();
         drop(join);
-        assert_eq!(shared.registry().prospect_count(), 0);
-        assert_eq!(
-            shared
-                .stats
-                .joins
-                .load(std::sync::atomic::Ordering::Relaxed),
-            2
-        );
+        assert_eq!(shared.prospects.load(Ordering::Relaxed), 0);
+        assert_eq!(shared.stats.joins.load(Ordering::Relaxed), 2);
+        assert_eq!(overlay.stats.joins.load(Ordering::Relaxed), 2);
     }
 
     #[tokio::test]
     async fn a_new_root_replaces_the_old_one_which_cannot_unregister_it() {
-        let shared = shared(1);
-        let (first, mut first_rx, _) = shared.register_root();
-        let (second, _second_rx, _) = shared.register_root();
+        let shared = shared(|_| {});
+        let overlay = default(&shared);
+        let (first, mut first_rx, _) = shared.register_root(&overlay).expect("open");
+        let (second, _second_rx, _) = shared.register_root(&overlay).expect("open");
         assert_eq!(
             first_rx.recv().await,
             Some(Received::Control(Command::Replaced))
         );
         drop(first);
         assert!(
-            shared.registry().has_root(),
+            overlay.registry().has_root(),
             "the old root left, the new one stays"
         );
         drop(second);
-        assert!(!shared.registry().has_root());
+        assert!(!overlay.registry().has_root());
     }
 
     #[tokio::test]
-    async fn close_all_tells_the_root_and_every_prospect() {
-        let shared = shared(4);
-        let (_root, mut root_rx, _) = shared.register_root();
-        let (_join, mut join_rx) = shared.admit_join().expect("room");
+    async fn overlays_have_their_own_roots_caps_and_counters() {
+        let shared = shared(|c| {
+            c.max_prospects = 3;
+            c.overlays.insert(
+                "a".into(),
+                OverlayConfig {
+                    secret: "ka".into(),
+                    max_prospects: Some(1),
+                    timeout: Some(Duration::from_secs(5)),
+                },
+            );
+            c.overlays.insert("b".into(), OverlayConfig::new("kb"));
+        });
+        let (a, b) = (
+            shared.overlay("a").expect("a"),
+            shared.overlay("b").expect("b"),
+        );
+        assert_eq!(
+            (a.timeout, b.timeout),
+            (Duration::from_secs(5), Duration::from_secs(30))
+        );
+        let (_root_a, mut root_a_rx, _) = shared.register_root(&a).expect("open");
+        let (_root_b, _root_b_rx, _) = shared.register_root(&b).expect("open");
+        // Each overlay has its root: no replacement across overlays.
+        assert!(root_a_rx.recv().now_or_never().is_none());
+        let (_join_a, _) = shared.admit_join(&a).expect("room in a");
+        assert_eq!(shared.admit_join(&a).err(), Some(Refusal::OverlayFull));
+        let (_b1, _) = shared.admit_join(&b).expect("room in b");
+        let (_b2, _) = shared.admit_join(&b).expect("room in b");
+        assert_eq!(
+            shared.admit_join(&b).err(),
+            Some(Refusal::ServerFull),
+            "3 in all"
+        );
+        let health = AppState(Arc::clone(&shared)).health();
+        let names: Vec<_> = health
+            .overlays
+            .iter()
+            .map(|o| (o.name.as_str(), o.prospects, o.root_connected))
+            .collect();
+        assert_eq!(
+            names,
+            [("a", 1, true), ("b", 2, true), ("default", 0, false)]
+        );
+        assert_eq!((health.prospects, health.root_connected), (3, false));
+        assert_eq!(health.overlays[1].stats.joins, 2);
+    }
+
+    #[tokio::test]
+    async fn a_dynamic_overlay_exists_while_used_and_max_overlays_caps_them() {
+        let shared = shared(|c| {
+            c.token_key = Some(Arc::new(
+                crate::auth::TokenKey::from_bytes(b"0123456789abcdef0123456789abcdef")
+                    .expect("key"),
+            ));
+            c.dynamic_overlays = true;
+            c.max_overlays = 2;
+        });
+        assert_eq!(
+            shared.overlay_or_create("x", false).err(),
+            Some(NoOverlay::Unknown)
+        );
+        let x = shared.overlay_or_create("x", true).expect("created");
+        assert_eq!(
+            shared.overlay_or_create("y", true).err(),
+            Some(NoOverlay::TooMany)
+        );
+        let (root, _rx, _) = shared.register_root(&x).expect("open");
+        let (join, _rx) = shared.admit_join(&x).expect("room");
+        drop(root);
+        assert!(
+            shared.overlay("x").is_some(),
+            "a /join socket is still open"
+        );
+        drop(join);
+        assert!(shared.overlay("x").is_none(), "removed once empty");
+        assert!(shared.register_root(&x).is_none(), "retired");
+        assert_eq!(shared.admit_join(&x).err(), Some(Refusal::OverlayFull));
+        assert_eq!(shared.prospects.load(Ordering::Relaxed), 0);
+        shared.overlay_or_create("y", true).expect("room again");
+    }
+
+    #[tokio::test]
+    async fn close_all_tells_every_root_and_prospect_of_every_overlay() {
+        let shared = shared(|c| {
+            c.overlays.insert("a".into(), OverlayConfig::new("ka"));
+        });
+        let (a, d) = (shared.overlay("a").expect("a"), default(&shared));
+        let (_root, mut root_rx, _) = shared.register_root(&d).expect("open");
+        let (_join, mut join_rx) = shared.admit_join(&a).expect("room");
         shared.close_all(Command::Shutdown);
         assert_eq!(
             root_rx.recv().await,

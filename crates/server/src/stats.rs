@@ -53,6 +53,13 @@ counters! {
     abusive_closes,
     /// `/join` sockets closed at the end of their lifetime (`timeout`).
     timeouts,
+    /// Requests refused with 401: a missing, invalid or expired token, or a bad root
+    /// token.
+    auth_failures,
+    /// Requests refused with 429 after too many failures from their address.
+    auth_throttled,
+    /// Dynamic overlays refused because `max_overlays` exist.
+    overlays_refused,
 }
 
 impl Stats {

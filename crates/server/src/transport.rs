@@ -31,7 +31,6 @@ use crate::handle::{Command, Inbox};
 use crate::handler::{End, Handler};
 use crate::queue::Received;
 use crate::state::{Registration, Role, Shared};
-use crate::stats::Stats;
 
 /// Most queued messages written at once.
 const WRITE_BATCH: usize = 64;
@@ -142,8 +141,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SocketTask<S> {
     /// `rx`, which starts with `early`: bytes the client sent before it saw our answer.
     pub(crate) fn new(io: S, registration: Registration, rx: Inbox, mut early: Vec<u8>) -> Self {
         let now = Instant::now();
-        let config = &registration.shared().config;
-        let (timeout, max_frame_bytes) = (config.timeout, config.max_frame_bytes);
+        let timeout = registration.overlay().timeout;
+        let max_frame_bytes = registration.shared().config.max_frame_bytes;
         let mut socket = Socket {
             decoder: Decoder::new(max_frame_bytes),
             handler: Handler::new(registration, now),
@@ -234,7 +233,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         if !self.write_timed_out(cx) {
                             return Poll::Pending;
                         }
-                        Stats::bump(&self.socket.shared().stats.abusive_closes);
+                        self.socket
+                            .handler
+                            .registration()
+                            .bump(|s| &s.abusive_closes);
                         info!("socket does not read its messages; closing it");
                         return Poll::Ready(End::Abandon);
                     }
@@ -247,7 +249,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 continue;
             }
             if !is_root && lifetime.as_mut().poll(cx).is_ready() {
-                Stats::bump(&self.socket.shared().stats.timeouts);
+                self.socket.handler.registration().bump(|s| &s.timeouts);
                 return Poll::Ready(End::CloseNoStatus);
             }
             // Pongs for the pings just read, if any, are written on the next turn.
@@ -403,7 +405,7 @@ impl Socket {
         if now.duration_since(since) < self.shared().config.write_timeout {
             return None;
         }
-        Stats::bump(&self.shared().stats.abusive_closes);
+        self.handler.registration().bump(|s| &s.abusive_closes);
         info!(role = ?self.handler.registration().role(), "outbound queue stayed full; closing the socket");
         Some(End::Close(close::POLICY, "not reading fast enough"))
     }
@@ -426,6 +428,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::handle::Outbox;
+    use crate::route::DEFAULT_OVERLAY;
     use crate::state::AppState;
 
     fn shared(adjust: impl FnOnce(&mut Config)) -> Arc<Shared> {
@@ -437,7 +440,8 @@ mod tests {
 
     /// A `/join` socket's task on a connection that buffers `buffer` bytes.
     fn join(shared: &Arc<Shared>, buffer: usize) -> (JoinHandle<()>, DuplexStream) {
-        let (registration, rx) = shared.admit_join().expect("room");
+        let overlay = shared.overlay(DEFAULT_OVERLAY).expect("default overlay");
+        let (registration, rx) = shared.admit_join(&overlay).expect("room");
         let (server, client) = duplex(buffer);
         let task = tokio::spawn(SocketTask::new(server, registration, rx, Vec::new()));
         (task, client)
@@ -445,7 +449,8 @@ mod tests {
 
     /// The root's task, with the sender of its queue (for heartbeats).
     fn root(shared: &Arc<Shared>, buffer: usize) -> (JoinHandle<()>, DuplexStream, Outbox) {
-        let (registration, rx, tx) = shared.register_root();
+        let overlay = shared.overlay(DEFAULT_OVERLAY).expect("default overlay");
+        let (registration, rx, tx) = shared.register_root(&overlay).expect("open");
         let (server, client) = duplex(buffer);
         let task = tokio::spawn(SocketTask::new(server, registration, rx, Vec::new()));
         (task, client, tx)
@@ -495,11 +500,12 @@ mod tests {
                 .await
                 .is_err()
         );
-        assert_eq!(shared.registry().prospect_count(), 1);
+        let overlay = shared.overlay(DEFAULT_OVERLAY).expect("default overlay");
+        assert_eq!(overlay.registry().prospect_count(), 1);
         assert_eq!(frame(&mut client).await, (OpCode::Close, Vec::new()));
         assert_eq!(start.elapsed(), Duration::from_secs(30));
         ends_within(task, Duration::from_millis(1)).await;
-        assert_eq!(shared.registry().prospect_count(), 0);
+        assert_eq!(overlay.registry().prospect_count(), 0);
         assert_eq!(shared.stats.timeouts.load(Ordering::Relaxed), 1);
     }
 
@@ -511,7 +517,13 @@ mod tests {
         tx.try_send("x".repeat(1000)).expect("room");
         ends_within(task, Duration::from_secs(11)).await;
         assert_eq!(start.elapsed(), Duration::from_secs(10));
-        assert!(!shared.registry().has_root());
+        assert!(
+            !shared
+                .overlay(DEFAULT_OVERLAY)
+                .expect("default")
+                .registry()
+                .has_root()
+        );
         assert_eq!(shared.stats.abusive_closes.load(Ordering::Relaxed), 1);
     }
 
@@ -523,7 +535,8 @@ mod tests {
             c.timeout = Duration::from_secs(3600);
         });
         let start = Instant::now();
-        let (registration, rx) = shared.admit_join().expect("room");
+        let overlay = shared.overlay(DEFAULT_OVERLAY).expect("default overlay");
+        let (registration, rx) = shared.admit_join(&overlay).expect("room");
         let Role::Join(id) = registration.role() else {
             unreachable!("a /join socket")
         };
@@ -535,7 +548,8 @@ mod tests {
             tokio::spawn(async move {
                 loop {
                     let route = bootstrap_protocol::Destination::Peer(id);
-                    if let Ok(handle) = shared.registry().route(&route) {
+                    let overlay = shared.overlay(DEFAULT_OVERLAY).expect("default overlay");
+                    if let Ok(handle) = overlay.registry().route(&route) {
                         while handle.tx.try_send("y".repeat(100)).is_ok() {}
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -577,7 +591,13 @@ mod tests {
             (OpCode::Close, (close::ROOT_UNRESPONSIVE, "no pong"))
         );
         ends_within(task, Duration::from_millis(1)).await;
-        assert!(!shared.registry().has_root());
+        assert!(
+            !shared
+                .overlay(DEFAULT_OVERLAY)
+                .expect("default")
+                .registry()
+                .has_root()
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -615,7 +635,8 @@ mod tests {
         }
         ends_within(root_task, Duration::from_millis(1)).await;
         ends_within(join_task, Duration::from_millis(1)).await;
-        assert_eq!(shared.registry().handles().count(), 0);
+        let overlay = shared.overlay(DEFAULT_OVERLAY).expect("default overlay");
+        assert_eq!(overlay.registry().handles().count(), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -6,7 +6,8 @@
 
 use axum::extract::Request;
 use axum::http::header::{
-    CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE,
+    CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
+    SEC_WEBSOCKET_VERSION, UPGRADE,
 };
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -72,9 +73,16 @@ impl Upgrade {
         Ok(Self { accept, on_upgrade })
     }
 
-    /// The `101 Switching Protocols` answer; send it, then await [`Self::on_upgrade`].
-    pub(crate) fn response(&self) -> Response {
-        switching_protocols(self.accept.clone())
+    /// The `101 Switching Protocols` answer, with the subprotocol chosen, if any; send
+    /// it, then await [`Self::on_upgrade`].
+    pub(crate) fn response(&self, protocol: Option<&'static str>) -> Response {
+        let mut response = switching_protocols(self.accept.clone());
+        if let Some(protocol) = protocol {
+            response
+                .headers_mut()
+                .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(protocol));
+        }
+        response
     }
 }
 
