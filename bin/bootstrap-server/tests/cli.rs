@@ -115,7 +115,7 @@ fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
 
 #[test]
 fn missing_secret_is_a_usage_error() -> anyhow::Result<()> {
-    assert_usage_error(&run_to_end(&[], &[])?, "no secret");
+    assert_usage_error(&run_to_end(&[], &[])?, "no root could ever connect");
     Ok(())
 }
 
@@ -239,6 +239,136 @@ async fn config_file_flags_override_and_sigterm_closes_sockets_with_1001() -> an
             }
         };
         assert_eq!(close.map(|f| u16::from(f.code)), Some(1001));
+    }
+    Ok(())
+}
+
+#[test]
+fn overlay_flags_and_token_keys_are_checked_without_echoing_secrets() -> anyhow::Result<()> {
+    let dir = tempdir()?;
+    let missing = dir.join("missing");
+    let missing = missing.to_str().context("path")?;
+    assert_usage_error(
+        &run_to_end(&["--overlay", "topsecretvalue"], &[])?,
+        "NAME=SECRET",
+    );
+    let output = run_to_end(&["--overlay", "topsecretvalue"], &[])?;
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("topsecretvalue"));
+    assert_usage_error(
+        &run_to_end(&["--overlay", "a/b=s"], &[])?,
+        "overlay name \"a/b\" is invalid",
+    );
+    assert_usage_error(
+        &run_to_end(&["--overlay", "default=s"], &[])?,
+        "is the default overlay",
+    );
+    assert_usage_error(
+        &run_to_end(&["--overlay", &format!("a=@{missing}")], &[])?,
+        "cannot read the secret file",
+    );
+    assert_usage_error(
+        &run_to_end(&["--overlay", "a="], &[])?,
+        "its root could never connect",
+    );
+    assert_usage_error(
+        &run_to_end(&["--secret", "s", "--join-auth", "token"], &[])?,
+        "needs a token key",
+    );
+    assert_usage_error(
+        &run_to_end(&["--token-key-file", missing], &[])?,
+        "cannot use the token key file",
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overlays_from_flags_files_and_tokens_minted_by_the_binary() -> anyhow::Result<()> {
+    let dir = tempdir()?;
+    let secret_file = dir.join("b.secret");
+    std::fs::write(&secret_file, "secret-b\n")?;
+    let key_file = dir.join("token.key");
+    std::fs::write(&key_file, "an HS256 key of more than thirty-two bytes\n")?;
+    let config = dir.join("config.json");
+    std::fs::write(
+        &config,
+        r#"{"overlays":{"c":{"secret":"secret-c","max_prospects":5,"timeout":1000}}}"#,
+    )?;
+    let key = key_file.to_str().context("path")?;
+    let mint = |aud: &str, overlay: &str| -> anyhow::Result<String> {
+        let output = run_to_end(
+            &[
+                "token",
+                "--key-file",
+                key,
+                "--aud",
+                aud,
+                "--overlay",
+                overlay,
+                "--ttl",
+                "60",
+            ],
+            &[],
+        )?;
+        anyhow::ensure!(output.status.success(), "{output:?}");
+        Ok(String::from_utf8(output.stdout)?.trim().to_owned())
+    };
+    let join_a = mint("join", "a")?;
+    let root_b = mint("root", "b")?;
+    assert_eq!(join_a.split('.').count(), 3, "{join_a}");
+    let port = free_port()?;
+    let b_flag = format!("b=@{}", secret_file.to_str().context("path")?);
+    let server = Server::spawn(
+        &[
+            config.to_str().context("path")?,
+            "--overlay",
+            "a=secret-a",
+            "--overlay",
+            &b_flag,
+            "--token-key-file",
+            key,
+            "--join-auth",
+            "token",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ],
+        port,
+    )?;
+    let connect = |path: String| {
+        let url = format!("ws://{}{path}", server.addr);
+        async move {
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio_tungstenite::connect_async(url),
+            )
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|connected| Ok(connected?.0))
+        }
+    };
+    // The secret from the file (its newline ignored), and a root token in its place.
+    let _root_a = connect("/o/a/secret-a/webrtc-bootstrap-root".into()).await?;
+    let _root_b = connect(format!("/o/b/{root_b}/webrtc-bootstrap-root")).await?;
+    let _root_c = connect("/o/c/secret-c/webrtc-bootstrap-root".into()).await?;
+    let _old_b = connect("/o/b/secret-b/webrtc-bootstrap-root".into()).await?;
+    let _join_a = connect(format!("/o/a/t/{join_a}/join")).await?;
+    assert!(connect("/o/a/join".into()).await.is_err(), "no token");
+    assert!(
+        connect(format!("/o/b/t/{join_a}/join")).await.is_err(),
+        "token for a"
+    );
+    let health = http_get(server.addr, "/healthz")?;
+    for needle in [
+        r#""name":"a","root_connected":true,"prospects":1"#,
+        r#""name":"b","root_connected":true"#,
+        r#""name":"c","root_connected":true,"prospects":0,"max_prospects":5"#,
+        r#""auth_failures":2"#,
+    ] {
+        assert!(health.contains(needle), "{needle} not in {health}");
+    }
+    for secret in ["secret-a", "secret-b", "secret-c", &join_a, &root_b] {
+        assert!(!health.contains(secret), "{health}");
     }
     Ok(())
 }
