@@ -23,6 +23,8 @@ use crate::ws::{Arrival, Frame, WsClient, WsError};
 pub(crate) struct Ctx {
     /// The server under test.
     pub(crate) server: SocketAddr,
+    /// The path newcomers and answerers open (`/join`, or one carrying a token).
+    pub(crate) join_path: String,
     /// Message content.
     pub(crate) script: Script,
     /// Handshakes waiting for their offer to reach the root.
@@ -116,7 +118,7 @@ impl<'a> Handshake<'a> {
         let started = Instant::now();
         let deadline = started + ctx.timeout;
         let seed = self.n.wrapping_mul(2_654_435_761);
-        let mut newcomer = connect(ctx.server, seed, deadline)
+        let mut newcomer = connect(ctx, seed, deadline)
             .await
             .map_err(self.connection("newcomer"))?;
         ctx.board.register(self.n, tx);
@@ -143,7 +145,7 @@ impl<'a> Handshake<'a> {
                     self.at_root = 1;
                     self.newcomer_id = Some(origin);
                     // The root answers with a fresh `/join` socket.
-                    let mut socket = connect(ctx.server, seed.rotate_left(16), deadline)
+                    let mut socket = connect(ctx, seed.rotate_left(16), deadline)
                         .await
                         .map_err(self.connection("answerer"))?;
                     for rank in 0..=ctx.script.candidates {
@@ -381,8 +383,9 @@ enum Event {
 }
 
 /// Opens a `/join` socket, giving up at `deadline`.
-async fn connect(server: SocketAddr, seed: u32, deadline: Instant) -> Result<WsClient, WsError> {
-    tokio::time::timeout_at(deadline, WsClient::connect(server, "/join", None, seed))
+async fn connect(ctx: &Ctx, seed: u32, deadline: Instant) -> Result<WsClient, WsError> {
+    let connect = WsClient::connect(ctx.server, &ctx.join_path, None, seed);
+    tokio::time::timeout_at(deadline, connect)
         .await
         .unwrap_or(Err(WsError::TimedOut))
 }

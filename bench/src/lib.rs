@@ -7,12 +7,15 @@
 //! - [`idle`]: memory per idle `/join` socket, and the most sockets within an RSS budget.
 //! - [`servers`]: starting our server binary and the JS server on free loopback ports.
 //! - [`compare`]: runs the same points against both servers and writes the results.
+//! - [`auth`]: what token auth costs: the same load point with and without join
+//!   tokens, on fresh server processes, alternating.
 //! - [`report`]: the results file and the table; `chart` draws the SVG.
 //! - [`procfs`]: CPU time and memory of a process from `/proc`.
 //! - [`webrtc`]: join time between Rust peers and join storms of tree-overlay nodes.
 //! - `ws`, `script`, `root`, `handshake`, `verify`: the generator's WebSocket client,
 //!   message content, root task, handshake task and failure bookkeeping.
 
+pub mod auth;
 mod chart;
 pub mod compare;
 mod handshake;

@@ -29,6 +29,9 @@ pub struct LoadConfig {
     pub server: SocketAddr,
     /// The root's secret.
     pub secret: String,
+    /// The path newcomers and answerers open: `/join`, or one that carries a join token
+    /// such as `/t/TOKEN/join` or `/join?token=TOKEN`.
+    pub join_path: String,
     /// Measured handshakes (N).
     pub handshakes: u32,
     /// Most handshakes in flight (C).
@@ -59,6 +62,7 @@ impl LoadConfig {
         Self {
             server,
             secret: secret.into(),
+            join_path: "/join".to_owned(),
             handshakes: 20_000,
             concurrency,
             candidates: 4,
@@ -185,6 +189,7 @@ pub async fn run(config: &LoadConfig) -> anyhow::Result<LoadReport> {
         .min(config.candidates);
     let ctx = Arc::new(Ctx {
         server: config.server,
+        join_path: config.join_path.clone(),
         script: Script::new(config.candidates, early, config.sdp_bytes),
         board: Board::default(),
         timeout: config.handshake_timeout,

@@ -45,6 +45,36 @@ enum Command {
     },
     /// WebRTC join time between Rust peers, and join storms of tree-overlay nodes.
     Webrtc(WebrtcArgs),
+    /// What token auth costs: the same load point with and without join tokens.
+    Auth(AuthArgs),
+}
+
+#[derive(Debug, Args)]
+struct AuthArgs {
+    /// Handshakes in flight.
+    #[arg(short = 'c', long, default_value_t = 50)]
+    concurrency: u32,
+    /// Measured handshakes per run.
+    #[arg(short = 'n', long, default_value_t = 20_000)]
+    handshakes: u32,
+    /// Unmeasured handshakes first.
+    #[arg(long, default_value_t = 1000)]
+    warmup: u32,
+    /// Runs per mode.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Our server binary [default: next to this binary].
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Worker threads of our server (0: one per core).
+    #[arg(long, default_value_t = 1)]
+    server_workers: usize,
+    /// Output directory for auth.json and auth.md [default: docs/bench].
+    #[arg(long, default_value = "docs/bench")]
+    out: PathBuf,
+    /// Write nothing.
+    #[arg(long)]
+    no_out: bool,
 }
 
 #[derive(Debug, Args)]
@@ -68,6 +98,9 @@ struct LoadArgs {
     /// The root's secret.
     #[arg(long, env = "SECRET", hide_env_values = true)]
     secret: String,
+    /// Path of the /join sockets, e.g. /t/TOKEN/join to carry a join token.
+    #[arg(long, default_value = "/join")]
+    join_path: String,
     /// Measured handshakes (N).
     #[arg(short = 'n', long, default_value_t = 20_000)]
     handshakes: u32,
@@ -225,7 +258,28 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Webrtc(args) => run_webrtc(&args),
+        Command::Auth(args) => run_auth(args),
     }
+}
+
+fn run_auth(args: AuthArgs) -> anyhow::Result<ExitCode> {
+    let config = bootstrap_bench::auth::AuthConfig {
+        programs: Programs {
+            server_bin: args.server_bin.unwrap_or_else(default_server_bin),
+            node: "node".into(),
+            js_dir: PathBuf::from("bench/js"),
+            node_heap_mib: 0,
+            server_workers: (args.server_workers > 0).then_some(args.server_workers),
+        },
+        concurrency: args.concurrency,
+        handshakes: args.handshakes,
+        warmup: args.warmup,
+        rounds: args.rounds,
+        out_dir: (!args.no_out).then_some(args.out),
+    };
+    let report = bootstrap_bench::auth::run(&config)?;
+    println!("{}", bootstrap_bench::auth::markdown(&report));
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_webrtc(args: &WebrtcArgs) -> anyhow::Result<ExitCode> {
@@ -282,6 +336,7 @@ fn parse_url(url: &str) -> anyhow::Result<SocketAddr> {
 fn run_load(args: &LoadArgs) -> anyhow::Result<ExitCode> {
     let mut config = LoadConfig::new(parse_url(&args.url)?, &args.secret, args.concurrency);
     config.handshakes = args.handshakes;
+    config.join_path.clone_from(&args.join_path);
     config.candidates = args.candidates;
     config.sdp_bytes = args.sdp_bytes;
     config.early = args.early;

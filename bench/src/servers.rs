@@ -92,6 +92,19 @@ impl Spawned {
     /// # Errors
     /// When the program cannot start or does not listen within 20 s.
     pub fn start(kind: Kind, programs: &Programs, secret: &str) -> anyhow::Result<Self> {
+        Self::start_with(kind, programs, secret, &[])
+    }
+
+    /// [`Self::start`], with `extra` flags for our server (ignored for the JS server).
+    ///
+    /// # Errors
+    /// When the program cannot start or does not listen within 20 s.
+    pub fn start_with(
+        kind: Kind,
+        programs: &Programs,
+        secret: &str,
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
         let port = free_port()?;
         let log = std::env::temp_dir().join(format!("bootstrap-bench-{kind}-{port}.log"));
         let file = std::fs::File::create(&log)
@@ -102,6 +115,7 @@ impl Spawned {
                 c.args(["--secret", secret, "--host", "127.0.0.1", "--port"])
                     .arg(port.to_string())
                     .args(our_flags())
+                    .args(extra)
                     .env("RUST_LOG", "warn");
                 match programs.server_workers {
                     Some(n) => c.env("TOKIO_WORKER_THREADS", n.to_string()),

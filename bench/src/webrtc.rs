@@ -9,11 +9,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
-use webrtc_bootstrap_peer::{Client, Options};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::net::TcpListener;
 use webrtc_bootstrap_overlay::{Event, Node, NodeOptions};
+use webrtc_bootstrap_peer::{Client, Options};
 use webrtc_bootstrap_server::{AppState, Config};
 
 use crate::chart::{Panel, pair_svg};
