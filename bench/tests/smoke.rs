@@ -13,70 +13,21 @@ use bootstrap_bench::idle::{self, IdleConfig};
 use bootstrap_bench::load::{self, LoadConfig, LoadReport};
 use bootstrap_bench::servers::{self, Kind, Programs, Spawned};
 use bootstrap_bench::{FailureKind, report};
-use webrtc_bootstrap_server::{AppState, Config};
+use bootstrap_testkit::TestServer;
+use webrtc_bootstrap_server::Config;
 
 const SECRET: &str = "smoke-secret";
 
-/// Our server on 127.0.0.1:0 on its own runtime thread; stops when dropped.
-struct InProcess {
-    addr: SocketAddr,
-    cancel: Option<Box<dyn FnOnce() + Send>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for InProcess {
-    fn drop(&mut self) {
-        if let Some(cancel) = self.cancel.take() {
-            cancel();
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl InProcess {
-    fn start(adjust: impl FnOnce(&mut Config)) -> Self {
-        let mut config = Config::new(SECRET);
-        config.timeout = Duration::from_secs(600);
-        config.max_prospects = 100_000;
-        config.rate_per_second = 1_000_000;
-        config.rate_burst = 1_000_000;
-        adjust(&mut config);
-        let state = AppState::new(config).expect("valid config");
-        let token = state.shutdown_token();
-        let cancel = token.clone();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind");
-                ready_tx
-                    .send(listener.local_addr().expect("addr"))
-                    .expect("ready");
-                let stop = token.clone();
-                webrtc_bootstrap_server::serve(listener, state, async move {
-                    stop.cancelled().await;
-                })
-                .await
-                .expect("serve");
-            });
-        });
-        let addr = ready_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("server ready");
-        Self {
-            addr,
-            cancel: Some(Box::new(move || cancel.cancel())),
-            thread: Some(thread),
-        }
-    }
+/// Our server on 127.0.0.1:0 on its own runtime thread (these tests are not async),
+/// with limits that the load points never reach; stops when dropped.
+fn start_server(adjust: impl FnOnce(&mut Config)) -> TestServer {
+    let mut config = Config::new(SECRET);
+    config.timeout = Duration::from_secs(600);
+    config.max_prospects = 100_000;
+    config.rate_per_second = 1_000_000;
+    config.rate_burst = 1_000_000;
+    adjust(&mut config);
+    TestServer::start_on_thread(config).expect("server starts")
 }
 
 fn load_config(addr: SocketAddr, handshakes: u32, concurrency: u32) -> LoadConfig {
@@ -109,7 +60,7 @@ fn assert_verified(report: &LoadReport) {
 
 #[test]
 fn every_message_is_verified_at_several_concurrencies() {
-    let server = InProcess::start(|_| {});
+    let server = start_server(|_| {});
     for concurrency in [1, 25] {
         let report = load::run_blocking(&load_config(server.addr, 150, concurrency))
             .expect("load point runs");
@@ -138,7 +89,7 @@ fn every_message_is_verified_at_several_concurrencies() {
 fn a_server_that_drops_messages_fails_verification() {
     // Two messages per socket, then everything is dropped: the newcomer's third
     // message (its second root-bound candidate) never arrives.
-    let server = InProcess::start(|config| {
+    let server = start_server(|config| {
         config.rate_per_second = 1;
         config.rate_burst = 2;
         config.max_bad_messages = 1000;
@@ -161,7 +112,7 @@ fn a_server_that_drops_messages_fails_verification() {
 
 #[test]
 fn idle_sockets_are_counted() {
-    let server = InProcess::start(|_| {});
+    let server = start_server(|_| {});
     let mut config = IdleConfig::new(server.addr, std::process::id());
     config.checkpoints = vec![300];
     config.budget_mib = 0;

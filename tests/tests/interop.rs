@@ -12,15 +12,14 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
-use webrtc_bootstrap_peer::{Client, Message, Options, Peer};
 use bootstrap_testkit::netns::INSIDE_ENV;
-use bootstrap_testkit::{in_loopback_netns, report, skip_or_fail};
+use bootstrap_testkit::{TestServer, in_loopback_netns, report, skip_or_fail};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use webrtc_bootstrap_overlay::{Delivery, Event, Node, NodeOptions};
+use webrtc_bootstrap_peer::{Client, Message, Options, Peer};
 
 const SECRET: &str = "interop-secret";
 const WAIT: Duration = Duration::from_secs(30);
@@ -170,11 +169,11 @@ impl Js {
     }
 }
 
-/// Our server, in this process (inside the namespace).
+/// Our server, in this process (inside the namespace), with the harness's helpers.
 struct RustServer {
+    /// `127.0.0.1:port`, what the JS harness's `--url` takes.
     host: String,
-    state: webrtc_bootstrap_server::AppState,
-    _stop: tokio_util::sync::DropGuard,
+    server: TestServer,
 }
 
 impl RustServer {
@@ -192,7 +191,7 @@ impl RustServer {
     /// callback, so only the server can tell).
     async fn wait_for_root(&self) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + WAIT;
-        while !self.state.health().root_connected {
+        while !self.server.health().root_connected {
             ensure!(
                 tokio::time::Instant::now() < deadline,
                 "no root connected in time"
@@ -204,23 +203,10 @@ impl RustServer {
 }
 
 async fn rust_server() -> anyhow::Result<RustServer> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let host = listener.local_addr()?.to_string();
-    let state =
-        webrtc_bootstrap_server::AppState::new(webrtc_bootstrap_server::Config::new(SECRET))?;
-    let token: CancellationToken = state.shutdown_token();
-    let stop = token.clone();
-    tokio::spawn(webrtc_bootstrap_server::serve(
-        listener,
-        state.clone(),
-        async move {
-            stop.cancelled().await;
-        },
-    ));
+    let server = TestServer::with_secret(SECRET).await?;
     Ok(RustServer {
-        host,
-        state,
-        _stop: token.drop_guard(),
+        host: server.host(),
+        server,
     })
 }
 

@@ -5,21 +5,30 @@
 //! bootstrap-node root --url ws://127.0.0.1:5000 --secret s3cret --max-degree 3
 //! bootstrap-node join --url ws://127.0.0.1:5000
 //! ```
+//! In a named overlay, on a server with token auth (tokens from `bootstrap-server token`;
+//! `@FILE` or the environment keep them out of the process list):
+//! ```text
+//! bootstrap-node root --url ws://127.0.0.1:5000 --overlay chat --token @root.jwt --join-token @join.jwt
+//! BOOTSTRAP_TOKEN=eyJ... bootstrap-node join --url ws://127.0.0.1:5000 --overlay chat
+//! ```
 //! Lines typed on standard input are broadcast through the whole tree: a node sends them
 //! up to the root, the root broadcasts them down. Every node prints what it receives.
 //! `/status` prints the node's parent and children, `/tree` the whole tree as the root
 //! shares it; `/quit` (or end of input) leaves.
 
+use std::fmt;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::ExitCode;
+use std::str::FromStr;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use webrtc_bootstrap_peer::{Client, IceServer, Options};
+use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use webrtc_bootstrap_overlay::{Delivery, Event, Node, NodeInfo, NodeOptions, Source};
+use webrtc_bootstrap_peer::{Client, IceServer, Options};
 
 /// A node of a WebRTC tree overlay built through a webrtc-bootstrap server.
 #[derive(Debug, Parser)]
@@ -31,26 +40,107 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Role {
-    /// Become the root of the tree (needs the server's secret).
+    /// Become the root of the tree (needs the overlay's secret or a root token).
     Root {
         #[command(flatten)]
         common: Common,
-        /// The server's root secret.
-        #[arg(long, env = "SECRET", hide_env_values = true)]
-        secret: String,
+        /// The overlay's root secret (give this or --token).
+        #[arg(
+            long,
+            env = "SECRET",
+            hide_env_values = true,
+            value_name = "SECRET|@FILE"
+        )]
+        secret: Option<Credential>,
+        /// A root token in place of the secret, on a server with token auth: the token,
+        /// or @FILE to read it from a file (better than argv, which other users see).
+        #[arg(
+            long,
+            env = "BOOTSTRAP_TOKEN",
+            hide_env_values = true,
+            value_name = "TOKEN|@FILE"
+        )]
+        token: Option<Credential>,
+        /// The join token the root's answers present (each answer opens a /join socket),
+        /// needed when the server requires join tokens: the token or @FILE.
+        #[arg(
+            long,
+            env = "BOOTSTRAP_JOIN_TOKEN",
+            hide_env_values = true,
+            value_name = "TOKEN|@FILE"
+        )]
+        join_token: Option<Credential>,
     },
     /// Join the tree.
     Join {
         #[command(flatten)]
         common: Common,
+        /// The join token, when the server requires one: the token, or @FILE to read it
+        /// from a file (better than argv, which other users see). It is also presented
+        /// when this node answers nodes joining under it.
+        #[arg(
+            long,
+            env = "BOOTSTRAP_TOKEN",
+            hide_env_values = true,
+            value_name = "TOKEN|@FILE"
+        )]
+        token: Option<Credential>,
     },
+}
+
+/// A secret or token as given on the command line or in the environment: the value,
+/// or `@FILE` for a file holding it. `Debug` hides it.
+#[derive(Clone)]
+struct Credential(String);
+
+impl FromStr for Credential {
+    type Err = std::convert::Infallible;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Ok(Self(value.to_owned()))
+    }
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Credential {
+    /// The value: read from the file for `@FILE` (one trailing newline ignored).
+    /// `what` names it in errors, which never include the value.
+    fn resolve(&self, what: &str) -> anyhow::Result<String> {
+        let value = match self.0.strip_prefix('@') {
+            Some(path) => read_credential(Path::new(path))
+                .with_context(|| format!("cannot read the {what} file {path}"))?,
+            None => self.0.clone(),
+        };
+        if value.is_empty() {
+            bail!("the {what} is empty");
+        }
+        Ok(value)
+    }
+}
+
+/// A credential kept in a file: its content, one trailing newline (`\n` or `\r\n`)
+/// ignored.
+fn read_credential(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)?;
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    Ok(text.strip_suffix('\r').unwrap_or(text).to_owned())
 }
 
 #[derive(Debug, Args)]
 struct Common {
-    /// The bootstrap server, e.g. ws://127.0.0.1:5000 or wss://example.org.
+    /// The bootstrap server, e.g. ws://127.0.0.1:5000 or wss://example.org. As with JS
+    /// clients it may end in /o/NAME (an overlay) and /t/TOKEN (a join token).
     #[arg(long)]
     url: String,
+    /// The overlay to join or be the root of (the server's /o/NAME/...) [default: the
+    /// server's default overlay].
+    #[arg(long, env = "BOOTSTRAP_OVERLAY", value_name = "NAME")]
+    overlay: Option<String>,
     /// Most children this node accepts.
     #[arg(long, default_value_t = 10)]
     max_degree: usize,
@@ -101,6 +191,7 @@ impl Common {
             ice_servers,
             udp_addrs,
             timeout: Duration::from_millis(self.timeout),
+            overlay: self.overlay.clone(),
             ..Options::default()
         }
     }
@@ -114,6 +205,9 @@ impl Common {
     }
 }
 
+/// Exit code for a bad command line (BSD `EX_USAGE`), as `bootstrap-server` uses.
+const EX_USAGE: u8 = 64;
+
 /// Default log filter: warnings, minus the WebRTC stack's routine ones.
 const QUIET_LOGS: &str = "warn,rtc=error,rtc_ice=error,rtc_dtls=error,rtc_sctp=error,webrtc=error";
 
@@ -126,6 +220,14 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Bad flags, credentials or addresses stop here, before anything connects.
+    let setup = match Setup::from_cli(&cli) {
+        Ok(setup) => setup,
+        Err(error) => {
+            eprintln!("bootstrap-node: {error:#}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -133,7 +235,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(setup)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("bootstrap-node: {error:#}");
@@ -142,15 +244,82 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let (common, secret) = match &cli.role {
-        Role::Root { common, secret } => (common, Some(secret.as_str())),
-        Role::Join { common } => (common, None),
-    };
-    let client = Client::with_options(&common.url, common.options())?;
-    let name = common.name();
+/// What a role connects with: the root's credential (secret or root token), if it is
+/// the root, and the join token of its `/join` sockets.
+fn credentials(role: &Role) -> anyhow::Result<(Option<String>, Option<String>)> {
+    match role {
+        Role::Root {
+            secret,
+            token,
+            join_token,
+            ..
+        } => {
+            let credential = match (secret, token) {
+                (Some(secret), None) => secret.resolve("secret")?,
+                (None, Some(token)) => token.resolve("root token")?,
+                (Some(_), Some(_)) => bail!(
+                    "give the root secret (--secret, SECRET) or a root token (--token, \
+                     BOOTSTRAP_TOKEN), not both"
+                ),
+                (None, None) => bail!(
+                    "the root needs its secret (--secret, SECRET) or a root token (--token, \
+                     BOOTSTRAP_TOKEN)"
+                ),
+            };
+            let join_token = join_token
+                .as_ref()
+                .map(|token| token.resolve("join token"))
+                .transpose()?;
+            Ok((Some(credential), join_token))
+        }
+        Role::Join { token, .. } => Ok((
+            None,
+            token
+                .as_ref()
+                .map(|token| token.resolve("join token"))
+                .transpose()?,
+        )),
+    }
+}
+
+/// A checked command line: the client to connect with, and the root's credential.
+struct Setup {
+    client: Client,
+    /// The secret or root token when this node is the root. Never printed.
+    credential: Option<String>,
+    name: String,
+    max_degree: usize,
+}
+
+impl Setup {
+    fn from_cli(cli: &Cli) -> anyhow::Result<Self> {
+        let common = match &cli.role {
+            Role::Root { common, .. } | Role::Join { common, .. } => common,
+        };
+        let (credential, join_token) = credentials(&cli.role)?;
+        let options = Options {
+            token: join_token,
+            ..common.options()
+        };
+        Ok(Self {
+            client: Client::with_options(&common.url, options)?,
+            credential,
+            name: common.name(),
+            max_degree: common.max_degree,
+        })
+    }
+}
+
+async fn run(setup: Setup) -> anyhow::Result<()> {
+    let Setup {
+        client,
+        credential,
+        name,
+        max_degree,
+    } = setup;
+    let secret = credential.as_deref();
     let options = NodeOptions {
-        max_degree: common.max_degree,
+        max_degree,
         name: Some(name.clone()),
         report_topology: true,
         ..NodeOptions::default()

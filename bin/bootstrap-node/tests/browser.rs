@@ -26,11 +26,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
-use bootstrap_testkit::Proc;
+use bootstrap_testkit::{Proc, TestServer};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::process::Command;
-use webrtc_bootstrap_server::{AppState, Config};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bootstrap-node");
 const SECRET: &str = "browser-secret";
@@ -204,28 +203,14 @@ fn driver(script: &str, addr: &str) -> Command {
     command
 }
 
-/// Serves `config` on a fresh loopback port until the returned guard is dropped.
-async fn start_server(
-    config: Config,
-) -> anyhow::Result<(String, AppState, tokio_util::sync::DropGuard)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let state = AppState::new(config)?;
-    let token = state.shutdown_token();
-    let guard = token.clone().drop_guard();
-    tokio::spawn(webrtc_bootstrap_server::serve(
-        listener,
-        state.clone(),
-        async move { token.cancelled().await },
-    ));
-    Ok((addr.to_string(), state, guard))
-}
-
 /// The server for the browser tests: it serves `web/` at `/`.
-async fn start_web_server() -> anyhow::Result<(String, AppState, tokio_util::sync::DropGuard)> {
-    let mut config = Config::new(SECRET);
-    config.public = Some(workspace().join("web").canonicalize().context("web/")?);
-    start_server(config).await
+async fn start_web_server() -> anyhow::Result<TestServer> {
+    let public = workspace().join("web").canonicalize().context("web/")?;
+    TestServer::with(|config| {
+        config.secret = SECRET.to_owned();
+        config.public = Some(public);
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------
@@ -233,9 +218,10 @@ async fn start_web_server() -> anyhow::Result<(String, AppState, tokio_util::syn
 
 async fn demo_scenario() -> anyhow::Result<()> {
     let started = Instant::now();
-    let (addr, _, _server) = start_web_server().await?;
+    let server = start_web_server().await?;
+    let addr = server.host();
     // For the failure messages: a server nobody is root of, and a port nobody listens on.
-    let (no_root_addr, _, _no_root) = start_server(Config::new(SECRET)).await?;
+    let no_root = TestServer::with_secret(SECRET).await?;
     let dead_addr = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
 
     let url = format!("ws://{addr}");
@@ -260,7 +246,7 @@ async fn demo_scenario() -> anyhow::Result<()> {
     let mut drive = Proc::spawn(
         "drive.mjs",
         driver("drive.mjs", &addr)
-            .env("NO_ROOT_URL", format!("ws://{no_root_addr}"))
+            .env("NO_ROOT_URL", no_root.base_url())
             .env("DEAD_URL", format!("ws://{dead_addr}"))
             .env("SCREENSHOT", &screenshot)
             .env("EXTRA_NODE", RUST_NODE)
@@ -441,7 +427,8 @@ async fn js_scenario() -> anyhow::Result<()> {
     const JS_ROOT: &str = "jsroot";
     const JS_TEXT: &str = "hello from the JS root";
     let started = Instant::now();
-    let (addr, state, _server) = start_web_server().await?;
+    let server = start_web_server().await?;
+    let addr = server.host();
     let mut root = js_proc(
         "js root",
         &[
@@ -459,7 +446,7 @@ async fn js_scenario() -> anyhow::Result<()> {
     root.expect(r#""event":"ready""#).await?;
     // The JS root says nothing once its socket is open: ask the server.
     let wait = Instant::now() + bootstrap_testkit::process::LINE_WAIT;
-    while !state.health().root_connected {
+    while !server.health().root_connected {
         ensure!(Instant::now() < wait, "the JS root never connected");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -4,8 +4,7 @@
 
 use std::time::Duration;
 
-use bootstrap_testkit::{Proc, in_loopback_netns};
-use tokio::net::TcpListener;
+use bootstrap_testkit::{Proc, TestServer, in_loopback_netns};
 use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_bootstrap-node");
@@ -26,37 +25,20 @@ fn node_with(name: &str, args: &[&str], extra: &[&str]) -> anyhow::Result<Proc> 
     )
 }
 
-/// Starts a server in this process; it stops when the guard is dropped.
-async fn server() -> anyhow::Result<(String, tokio_util::sync::DropGuard)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("ws://{}", listener.local_addr()?);
-    let config = webrtc_bootstrap_server::Config::new("node-secret");
-    let state = webrtc_bootstrap_server::AppState::new(config)?;
-    let token = state.shutdown_token();
-    let guard = token.clone().drop_guard();
-    tokio::spawn(webrtc_bootstrap_server::serve(
-        listener,
-        state,
-        async move {
-            token.cancelled().await;
-        },
-    ));
-    Ok((url, guard))
-}
+/// The root's secret in these tests.
+const SECRET: &str = "node-secret";
 
 /// A server, a root and `joiners` nodes `j1`, `j2`… joined one after the other, every
 /// node with `--max-degree max_degree`.
-async fn tree(
-    max_degree: &str,
-    joiners: usize,
-) -> anyhow::Result<(tokio_util::sync::DropGuard, Proc, Vec<Proc>)> {
-    let (url, server) = server().await?;
+async fn tree(max_degree: &str, joiners: usize) -> anyhow::Result<(TestServer, Proc, Vec<Proc>)> {
+    let server = TestServer::with_secret(SECRET).await?;
+    let url = server.base_url();
     let root_args = [
         "root",
         "--url",
         &url,
         "--secret",
-        "node-secret",
+        SECRET,
         "--max-degree",
         max_degree,
     ];
@@ -146,13 +128,10 @@ async fn children_of_a_killed_node_rejoin_and_hear_the_next_broadcast() -> anyho
 #[test]
 fn defaults_work_on_a_loopback_only_host() -> anyhow::Result<()> {
     in_loopback_netns("defaults_work_on_a_loopback_only_host", async || {
-        let (url, _server) = server().await?;
+        let server = TestServer::with_secret(SECRET).await?;
+        let url = server.base_url();
         // No --udp-bind: the default binds every interface plus 127.0.0.1.
-        let mut root = node_with(
-            "root",
-            &["root", "--url", &url, "--secret", "node-secret"],
-            &[],
-        )?;
+        let mut root = node_with("root", &["root", "--url", &url, "--secret", SECRET], &[])?;
         root.expect("ready root").await?;
         let mut a = node_with("a", &["join", "--url", &url], &[])?;
         a.expect("ready node").await?;

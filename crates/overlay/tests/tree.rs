@@ -3,45 +3,17 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use webrtc_bootstrap_peer::{Client, Options};
+use bootstrap_testkit::TestServer;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use webrtc_bootstrap_overlay::{Delivery, Event, Node, NodeOptions, Source};
-use webrtc_bootstrap_server::{AppState, Config};
+use webrtc_bootstrap_peer::{Client, Options};
 
 const SECRET: &str = "tree-secret";
 
-struct Server {
-    url: String,
-    state: AppState,
-    token: CancellationToken,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.token.cancel();
-    }
-}
-
-async fn server() -> anyhow::Result<Server> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("ws://{}", listener.local_addr()?);
-    let state = AppState::new(Config::new(SECRET))?;
-    let token = state.shutdown_token();
-    let stop = token.clone();
-    tokio::spawn(webrtc_bootstrap_server::serve(
-        listener,
-        state.clone(),
-        async move { stop.cancelled().await },
-    ));
-    Ok(Server { url, state, token })
-}
-
-fn client(server: &Server) -> anyhow::Result<Client> {
+fn client(server: &TestServer) -> anyhow::Result<Client> {
     let mut options = Options::loopback();
     options.timeout = Duration::from_secs(20);
-    Ok(Client::with_options(&server.url, options)?)
+    Ok(Client::with_options(&server.base_url(), options)?)
 }
 
 fn options(max_degree: usize) -> NodeOptions {
@@ -52,7 +24,11 @@ fn options(max_degree: usize) -> NodeOptions {
 }
 
 /// Joins `count` nodes, a few at a time.
-async fn join_many(server: &Server, count: usize, max_degree: usize) -> anyhow::Result<Vec<Node>> {
+async fn join_many(
+    server: &TestServer,
+    count: usize,
+    max_degree: usize,
+) -> anyhow::Result<Vec<Node>> {
     let mut nodes = Vec::new();
     for batch in 0..count.div_ceil(5) {
         let mut joins = Vec::new();
@@ -123,7 +99,7 @@ async fn wait_until(what: &str, check: impl Fn() -> bool) -> anyhow::Result<()> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_nodes_with_max_degree_three_and_a_broadcast() -> anyhow::Result<()> {
-    let server = server().await?;
+    let server = TestServer::with_secret(SECRET).await?;
     let mut root = Node::root(client(&server)?, SECRET, options(3)).await?;
     let mut nodes = join_many(&server, 30, 3).await?;
     assert_eq!(nodes.len(), 30);
@@ -172,7 +148,7 @@ async fn thirty_nodes_with_max_degree_three_and_a_broadcast() -> anyhow::Result<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn children_of_a_closed_inner_node_rejoin() -> anyhow::Result<()> {
-    let server = server().await?;
+    let server = TestServer::with_secret(SECRET).await?;
     let root = Node::root(client(&server)?, SECRET, options(2)).await?;
     let mut nodes = join_many(&server, 8, 2).await?;
     // Close an inner node (one with children).
@@ -216,7 +192,7 @@ async fn children_of_a_closed_inner_node_rejoin() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_stored_for_an_empty_slot_is_answered_by_the_next_child() -> anyhow::Result<()> {
-    let server = server().await?;
+    let server = TestServer::with_secret(SECRET).await?;
     let root = Node::root(client(&server)?, SECRET, options(1)).await?;
     // A takes the root's only slot; B's offer arrives while A is still a candidate, so
     // it is stored for slot 0 and handed to A when A connects.
@@ -235,7 +211,7 @@ async fn a_request_stored_for_an_empty_slot_is_answered_by_the_next_child() -> a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stored_requests_and_candidates_are_dropped_at_the_timeout() -> anyhow::Result<()> {
-    let server = server().await?;
+    let server = TestServer::with_secret(SECRET).await?;
     let timeout = Duration::from_millis(1500);
     let root = Node::root(
         client(&server)?,
@@ -272,7 +248,7 @@ async fn stored_requests_and_candidates_are_dropped_at_the_timeout() -> anyhow::
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_unknown_messages_leave_the_node_running() -> anyhow::Result<()> {
-    let server = server().await?;
+    let server = TestServer::with_secret(SECRET).await?;
     let mut root = Node::root(client(&server)?, SECRET, options(3)).await?;
     // A plain peer (not an overlay node) as the root's child, sending garbage.
     let rogue = client(&server)?.join().await?;
@@ -320,7 +296,7 @@ async fn malformed_and_unknown_messages_leave_the_node_running() -> anyhow::Resu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_really_closes_parent_and_children() -> anyhow::Result<()> {
-    let server = server().await?;
+    let server = TestServer::with_secret(SECRET).await?;
     let root = Node::root(client(&server)?, SECRET, options(2)).await?;
     let mut nodes = join_many(&server, 3, 2).await?;
     // Two children of the root, and the third under one of them.
@@ -356,7 +332,7 @@ async fn close_really_closes_parent_and_children() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_travel_up_to_the_root_and_to_one_child() -> anyhow::Result<()> {
-    let server = server().await?;
+    let server = TestServer::with_secret(SECRET).await?;
     let mut root = Node::root(client(&server)?, SECRET, options(1)).await?;
     let mut nodes = join_many(&server, 3, 1).await?;
     // A chain root -> n0 -> n1 -> n2 (max_degree 1): the deepest node sends to the root.
@@ -414,7 +390,7 @@ fn tree_size(tree: &Value) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_gets_the_picture_of_the_whole_tree() -> anyhow::Result<()> {
-    let server = server().await?;
+    let server = TestServer::with_secret(SECRET).await?;
     let named = |name: &str| NodeOptions {
         max_degree: 2,
         name: Some(name.to_owned()),
@@ -459,7 +435,7 @@ async fn every_node_gets_the_picture_of_the_whole_tree() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_nodes_releases_their_sockets() -> anyhow::Result<()> {
-    let server = server().await?;
+    let server = TestServer::with_secret(SECRET).await?;
     let root = Node::root(client(&server)?, SECRET, options(2)).await?;
     let node = Node::join(client(&server)?, options(2)).await?;
     wait_until("root and child", || {

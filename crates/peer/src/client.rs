@@ -24,23 +24,35 @@ impl Client {
     /// A client of the server at `address` (`ws://host:port` or `wss://host`) with
     /// default [`Options`].
     ///
+    /// As for JS clients, the socket paths are appended to the address, so it may carry
+    /// a path prefix: `ws://host/o/NAME` reaches overlay `NAME`, and
+    /// `ws://host/o/NAME/t/TOKEN` presents a join token on every `/join` socket (the
+    /// root path leaves the `/t/TOKEN` out). [`Options::overlay`] and
+    /// [`Options::token`] do the same without touching the address.
+    ///
     /// # Errors
-    /// [`Error::InvalidAddress`] when `address` is not a `ws://` or `wss://` URL.
+    /// [`Error::InvalidAddress`] when `address` is not a `ws://` or `wss://` URL, or has
+    /// a query, a fragment, a segment that is not URL-safe, or a socket path (`/join`);
+    /// [`Error::InvalidOverlay`] for an invalid `/o/NAME`.
     pub fn new(address: &str) -> Result<Self, Error> {
         Self::with_options(address, Options::default())
     }
 
-    /// A client of the server at `address` with `options`.
+    /// A client of the server at `address` (see [`Client::new`]) with `options`.
     ///
     /// # Errors
-    /// [`Error::InvalidAddress`] when `address` is not a `ws://` or `wss://` URL.
+    /// As [`Client::new`], and [`Error::InvalidOverlay`] or [`Error::InvalidToken`] for
+    /// an [`Options::overlay`] or [`Options::token`] that cannot go into a URL;
+    /// [`Error::InvalidAddress`] too when the address names another overlay than
+    /// [`Options::overlay`], or carries a token while [`Options::token`] is set.
     pub fn with_options(address: &str, options: Options) -> Result<Self, Error> {
         Ok(Self {
             inner: Endpoint::new(address, options)?,
         })
     }
 
-    /// The server address.
+    /// The server address, as given (without a trailing `/`). It may carry a token
+    /// (`/t/TOKEN`): do not log it. `Debug` of the client hides the token.
     #[must_use]
     pub fn address(&self) -> &str {
         self.inner.server().as_str()
@@ -57,23 +69,34 @@ impl Client {
     /// returns once the data channel is open. The `/join` socket is closed then.
     ///
     /// # Errors
-    /// [`Error::Unreachable`], [`Error::NoAnswer`] (no root connected?),
+    /// [`Error::Unreachable`], [`Error::Unauthorized`] (the server wants a valid join
+    /// token), [`Error::Throttled`], [`Error::JoinRefused`] (for example an unknown
+    /// overlay, or a full server), [`Error::NoAnswer`] (no root connected?),
     /// [`Error::ConnectTimeout`], [`Error::IceFailed`], [`Error::DtlsFailed`],
     /// [`Error::ClosedByRemote`], [`Error::SignalingClosed`].
     pub async fn join(&self) -> Result<Peer, Error> {
         session::join(self.inner.server(), self.inner.options()).await
     }
 
-    /// Connects as the root with `secret` and starts receiving join requests. After
-    /// this first connection succeeds, the root reconnects by itself with backoff
-    /// whenever the server goes away ([`crate::RootStatus`]).
+    /// Connects as the root of this client's overlay with `credential` and starts
+    /// receiving join requests. After this first connection succeeds, the root
+    /// reconnects by itself with backoff whenever the server goes away
+    /// ([`crate::RootStatus`]).
+    ///
+    /// `credential` is the overlay's root secret or, on a server with token auth, a root
+    /// token (a JWT with `aud` `"root"` for this overlay), which may also create a
+    /// dynamic overlay. It goes into the root path
+    /// (`…[/o/NAME]/<credential>/webrtc-bootstrap-root`) and never into errors or logs.
+    /// Answering newcomers opens `/join` sockets, which present [`Options::token`] when
+    /// the server requires join tokens.
     ///
     /// # Errors
     /// [`Error::InvalidSecret`], [`Error::Unreachable`], [`Error::RootRejected`]
-    /// (wrong secret).
-    pub async fn root(&self, secret: &str) -> Result<Root, Error> {
+    /// (wrong secret, or unknown overlay), [`Error::Unauthorized`] (wrong secret or
+    /// invalid root token, on a server with token auth), [`Error::Throttled`].
+    pub async fn root(&self, credential: &str) -> Result<Root, Error> {
         let server = self.inner.server();
-        let url = server.root_url(secret)?;
+        let url = server.root_url(credential)?;
         let socket = signaling::connect(&url, self.inner.options().connect_timeout)
             .await
             .map_err(|e| e.for_root(&server.root_url_redacted()))?;

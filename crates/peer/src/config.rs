@@ -1,13 +1,17 @@
 //! [`Options`]: everything a [`crate::Client`] can be told, with the defaults of the JS
 //! client where it has one.
+//!
+//! Two fields are credentials: [`Options::token`] and the TURN
+//! [`IceServer::credential`]. Their `Debug` output hides them, so options can be logged.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::backoff::Reconnect;
 
-/// A STUN or TURN server.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// A STUN or TURN server. `Debug` hides the credential.
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct IceServer {
     /// `stun:host:port`, `turn:host:port?transport=udp`, `turns:…`.
     pub urls: Vec<String>,
@@ -42,8 +46,23 @@ impl IceServer {
     }
 }
 
+impl fmt::Debug for IceServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IceServer")
+            .field("urls", &self.urls)
+            .field("username", &self.username)
+            .field("credential", &self.credential.as_ref().map(|_| REDACTED))
+            .finish()
+    }
+}
+
+/// What `Debug` prints in place of a credential.
+const REDACTED: &str = "<redacted>";
+
 /// How a client connects. Start from [`Options::default`] and change fields.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// `Debug` hides [`Options::token`].
+#[derive(Clone, PartialEq, Eq)]
 pub struct Options {
     /// STUN and TURN servers. Default: none (host candidates only). The JS client
     /// defaults to two public STUN servers; add them here for peers behind NAT.
@@ -73,6 +92,43 @@ pub struct Options {
     /// The root gives up on a socket that received nothing (not even the server's
     /// 15 s heartbeat or a ping) for this long, and reconnects. Default: 45 s.
     pub root_idle_timeout: Duration,
+    /// The overlay to join or be the root of: its `/join` sockets open
+    /// `…/o/NAME/join` and its root `…/o/NAME/<secret>/webrtc-bootstrap-root`. A name
+    /// is 1 to 64 of `A-Z a-z 0-9 - . _ ~` (not `.` or `..`); the server calls its
+    /// default overlay `default`. Default: `None`, the server's default overlay at the
+    /// JS server's paths (`/join`), as if the server had no overlays.
+    ///
+    /// The address may name the overlay instead (`ws://host/o/NAME`, as JS clients
+    /// do); naming two different overlays is [`crate::Error::InvalidAddress`].
+    pub overlay: Option<String>,
+    /// The join token (a JWT from whoever runs the server) that every `/join` socket of
+    /// this client presents, for servers that require one: the newcomer's, and each
+    /// answerer's (a root that answers newcomers needs one too). It travels in the
+    /// query, `…/join?token=TOKEN`; it must be URL-safe (`A-Z a-z 0-9 - . _ ~`), as a
+    /// JWT is. A refused token is [`crate::Error::Unauthorized`]. Default: `None`.
+    ///
+    /// It is not the root's credential: [`crate::Client::root`] takes the secret or a
+    /// root token. The address may carry the token instead (`ws://host/t/TOKEN` or
+    /// `ws://host/o/NAME/t/TOKEN`, as JS clients do), but not both.
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Options")
+            .field("ice_servers", &self.ice_servers)
+            .field("udp_addrs", &self.udp_addrs)
+            .field("mdns", &self.mdns)
+            .field("timeout", &self.timeout)
+            .field("trickle", &self.trickle)
+            .field("ice_check_interval", &self.ice_check_interval)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("reconnect", &self.reconnect)
+            .field("root_idle_timeout", &self.root_idle_timeout)
+            .field("overlay", &self.overlay)
+            .field("token", &self.token.as_ref().map(|_| REDACTED))
+            .finish()
+    }
 }
 
 impl Default for Options {
@@ -87,6 +143,8 @@ impl Default for Options {
             connect_timeout: Duration::from_secs(10),
             reconnect: Reconnect::default(),
             root_idle_timeout: Duration::from_secs(45),
+            overlay: None,
+            token: None,
         }
     }
 }
@@ -100,5 +158,44 @@ impl Options {
             udp_addrs: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
             ..Self::default()
         }
+    }
+
+    /// These options in overlay `name` ([`Options::overlay`]); checked when the
+    /// [`crate::Client`] is built.
+    #[must_use]
+    pub fn with_overlay(mut self, name: impl Into<String>) -> Self {
+        self.overlay = Some(name.into());
+        self
+    }
+
+    /// These options with join token `token` ([`Options::token`]); checked when the
+    /// [`crate::Client`] is built.
+    #[must_use]
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_the_token_and_the_turn_credential() {
+        let mut options = Options::loopback()
+            .with_overlay("chat")
+            .with_token("eyJhbGciOiJIUzI1NiJ9.c2VjcmV0.sig");
+        options
+            .ice_servers
+            .push(IceServer::turn("turn:127.0.0.1:3478", "user", "pa55word"));
+        let text = format!("{options:?} {options:#?}");
+        assert!(
+            !text.contains("eyJ") && !text.contains("pa55word"),
+            "{text}"
+        );
+        assert!(text.contains("chat") && text.contains(REDACTED), "{text}");
+        let none = format!("{:?}", Options::default());
+        assert!(none.contains("token: None"), "{none}");
     }
 }

@@ -7,9 +7,9 @@
 
 use std::sync::Arc;
 
+use crate::address::Server;
 use crate::config::Options;
 use crate::error::Error;
-use crate::signaling::Server;
 
 /// Where and how to reach one signaling server. Shared behind an `Arc`, never changed.
 #[derive(Debug)]
@@ -19,10 +19,15 @@ pub(crate) struct Endpoint {
 }
 
 impl Endpoint {
-    /// Validates `address` (see [`Server::parse`]) and pairs it with `options`.
+    /// Validates `address` with the overlay and join token of `options` (see
+    /// [`Server::new`]) and pairs it with `options`.
     pub(crate) fn new(address: &str, options: Options) -> Result<Arc<Self>, Error> {
         Ok(Arc::new(Self {
-            server: Server::parse(address)?,
+            server: Server::new(
+                address,
+                options.overlay.as_deref(),
+                options.token.as_deref(),
+            )?,
             options,
         }))
     }

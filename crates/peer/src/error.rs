@@ -15,9 +15,24 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// The root secret cannot go into a URL path unchanged (only `A-Z a-z 0-9 - . _ ~`).
-    #[error("the root secret must be non-empty and URL-safe (A-Z a-z 0-9 - . _ ~)")]
+    /// The root secret (or root token) cannot go into a URL path unchanged (only
+    /// `A-Z a-z 0-9 - . _ ~`, and not `.` or `..`).
+    #[error("the root secret or root token must be non-empty and URL-safe (A-Z a-z 0-9 - . _ ~)")]
     InvalidSecret,
+    /// The overlay name ([`crate::Options::overlay`]) is not 1 to 64 of
+    /// `A-Z a-z 0-9 - . _ ~`, or is `.` or `..`.
+    #[error(
+        "invalid overlay name {name:?}: it must be 1 to 64 of A-Z a-z 0-9 - . _ ~ (not . or ..)"
+    )]
+    InvalidOverlay {
+        /// The name as given.
+        name: String,
+    },
+    /// The join token ([`crate::Options::token`]) cannot go into a URL unchanged: it must
+    /// be non-empty and only `A-Z a-z 0-9 - . _ ~`, as a JWT is. The token itself is not
+    /// repeated here.
+    #[error("the token must be non-empty and URL-safe (A-Z a-z 0-9 - . _ ~), as a JWT is")]
+    InvalidToken,
     /// The signaling server could not be reached: connection refused, DNS failure, TLS
     /// failure, or no WebSocket handshake within the timeout.
     #[error("signaling server unreachable at {url}: {reason}")]
@@ -41,6 +56,31 @@ pub enum Error {
         url: String,
         /// The HTTP status or handshake failure.
         reason: String,
+    },
+    /// The server refused the credentials with HTTP 401: on `/join`, the join token is
+    /// missing, invalid, expired, not yet valid or for another overlay; on the root
+    /// socket, the secret is wrong and the root token (if it is one) is invalid. Only
+    /// servers with token auth answer 401; retrying with the same credentials fails
+    /// the same way.
+    #[error(
+        "the server refused the credentials for {url} (HTTP 401): the token is missing, invalid, \
+         expired or for another overlay, or the root secret is wrong"
+    )]
+    Unauthorized {
+        /// The URL tried, with the token or secret hidden.
+        url: String,
+    },
+    /// The server refused the socket with HTTP 429 because this address failed to
+    /// authenticate too often recently.
+    #[error(
+        "the server refuses {url} for now after repeated failed attempts (HTTP 429){}",
+        retry_after.map(|d| format!("; retry in {d:?}")).unwrap_or_default()
+    )]
+    Throttled {
+        /// The URL tried, with the token or secret hidden.
+        url: String,
+        /// How long the server asked to wait (its `Retry-After`), if it said.
+        retry_after: Option<Duration>,
     },
     /// No answer arrived within the timeout. The server drops root-bound signals
     /// silently when no root is connected, so this usually means no root is connected
@@ -124,5 +164,25 @@ mod tests {
         }
         .to_string();
         assert!(text.contains("70000") && text.contains("65536"), "{text}");
+    }
+
+    #[test]
+    fn throttled_says_when_to_retry() {
+        let url = "ws://h/join?token=<token>".to_owned();
+        let text = Error::Throttled {
+            url: url.clone(),
+            retry_after: Some(Duration::from_secs(7)),
+        }
+        .to_string();
+        assert!(
+            text.contains("429") && text.contains("retry in 7s"),
+            "{text}"
+        );
+        let text = Error::Throttled {
+            url,
+            retry_after: None,
+        }
+        .to_string();
+        assert!(!text.contains("retry in"), "{text}");
     }
 }

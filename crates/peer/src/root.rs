@@ -34,6 +34,10 @@ const ROUTE_QUEUE: usize = 64;
 /// How long closing the root socket may take.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
+/// The longest `Retry-After` a reconnecting root honours; longer ones are capped, so a
+/// misbehaving server cannot park the root for hours.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
 /// Where the root's connection to the server is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -50,7 +54,8 @@ pub enum RootStatus {
     /// Another root connected with the secret and replaced this one (close code 4000).
     /// This root stopped.
     Replaced,
-    /// The server refused the secret when reconnecting. This root stopped.
+    /// The server refused the secret or root token when reconnecting (HTTP 401, 403 or
+    /// 404; a root token may have expired). This root stopped.
     Rejected(String),
     /// [`Root::close`] was called or the [`Root`] was dropped.
     Closed,
@@ -231,9 +236,11 @@ impl Task {
             };
             drop(socket);
             tracing::info!(reason = %last_error, "root connection lost; reconnecting");
+            // A throttled attempt waits at least as long as the server asked.
+            let mut not_before = Duration::ZERO;
             socket = loop {
                 let attempt = backoff.attempt();
-                let delay = backoff.next_delay();
+                let delay = backoff.next_delay().max(not_before);
                 self.status.send_replace(RootStatus::Reconnecting {
                     attempt,
                     last_error: last_error.clone(),
@@ -247,19 +254,36 @@ impl Task {
                         signaling::connect(url, timeout).await
                     } => Some(result),
                 };
+                not_before = Duration::ZERO;
                 match connected {
                     None => {
                         self.status.send_replace(RootStatus::Closed);
                         return;
                     }
                     Some(Ok(socket)) => break socket,
-                    Some(Err(ConnectError::Status(status @ (401 | 403 | 404)))) => {
-                        tracing::warn!(status, "the server rejected the root secret; stopping");
+                    Some(Err(
+                        error @ ConnectError::Status {
+                            code: 401 | 403 | 404,
+                            ..
+                        },
+                    )) => {
+                        // Its secret or root token no longer opens the root (a token may
+                        // have expired): retrying cannot help.
+                        tracing::warn!(%error, "the server rejected the root's credential; stopping");
                         self.status
-                            .send_replace(RootStatus::Rejected(format!("HTTP {status}")));
+                            .send_replace(RootStatus::Rejected(error.to_string()));
                         return;
                     }
-                    Some(Err(error)) => last_error = error.to_string(),
+                    Some(Err(error)) => {
+                        if let ConnectError::Status {
+                            retry_after: Some(wait),
+                            ..
+                        } = &error
+                        {
+                            not_before = (*wait).min(MAX_RETRY_AFTER);
+                        }
+                        last_error = error.to_string();
+                    }
                 }
             };
             backoff.reset();

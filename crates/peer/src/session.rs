@@ -14,12 +14,13 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::adapter::{Channel, ChannelEvent, LinkState, Rtc, RtcEvent, RtcEvents};
+use crate::address::Server;
 use crate::config::Options;
 use crate::error::Error;
 use crate::negotiation::{Action, Negotiation, Role};
 use crate::peer::Peer;
 use crate::request::Request;
-use crate::signaling::{self, Server, Socket};
+use crate::signaling::{self, Socket};
 
 /// Opens this side's `/join` socket and its peer connection. They do not depend on each
 /// other, so both are set up at once.
@@ -29,7 +30,7 @@ async fn open(server: &Server, options: &Options) -> Result<(Socket, Rtc, RtcEve
         signaling::connect(&url, options.connect_timeout.min(options.timeout)),
         Rtc::new(options)
     );
-    let socket = socket.map_err(|e| e.for_join(&url))?;
+    let socket = socket.map_err(|e| e.for_join(&server.join_url_redacted()))?;
     let (rtc, events) = rtc?;
     Ok((socket, rtc, events))
 }

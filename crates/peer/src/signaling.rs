@@ -1,9 +1,9 @@
-//! WebSocket IO with the signaling server: server addresses, connecting with errors that
-//! say what happened, and encoding/decoding envelopes. No protocol decisions here.
+//! WebSocket IO with the signaling server: connecting with errors that say what
+//! happened (what a refusal means on `/join` and on the root path), and encoding and
+//! decoding envelopes. No protocol decisions here; the URLs come from `address`.
 
 use std::time::Duration;
 
-use bootstrap_protocol::paths::{JOIN_PATH, is_url_safe_secret, root_path};
 use bootstrap_protocol::{Envelope, Signal};
 use futures_util::SinkExt;
 use tokio::net::TcpStream;
@@ -18,68 +18,20 @@ pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// How long closing a `/join` socket may take before it is simply dropped.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
-/// A validated server address: `ws://host[:port]` or `wss://host[:port]`, no trailing `/`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Server {
-    base: String,
-}
-
-impl Server {
-    /// Checks `address` (`ws://` or `wss://`, a host, and nothing after an optional `/`).
-    pub(crate) fn parse(address: &str) -> Result<Self, Error> {
-        let invalid = |reason| Error::InvalidAddress {
-            address: address.to_owned(),
-            reason,
-        };
-        let rest = address
-            .strip_prefix("ws://")
-            .or_else(|| address.strip_prefix("wss://"))
-            .ok_or_else(|| invalid("it must start with ws:// or wss://"))?;
-        let authority = rest.strip_suffix('/').unwrap_or(rest);
-        if authority.is_empty() {
-            return Err(invalid("it has no host"));
-        }
-        if authority.contains(['/', '?', '#', ' ']) {
-            return Err(invalid(
-                "it must be only a scheme and a host[:port] (the paths are fixed)",
-            ));
-        }
-        Ok(Self {
-            base: address.strip_suffix('/').unwrap_or(address).to_owned(),
-        })
-    }
-
-    /// The address as given, without a trailing `/`.
-    pub(crate) fn as_str(&self) -> &str {
-        &self.base
-    }
-
-    /// `…/join`.
-    pub(crate) fn join_url(&self) -> String {
-        format!("{}{JOIN_PATH}", self.base)
-    }
-
-    /// `…/<secret>/webrtc-bootstrap-root`.
-    pub(crate) fn root_url(&self, secret: &str) -> Result<String, Error> {
-        if !is_url_safe_secret(secret) {
-            return Err(Error::InvalidSecret);
-        }
-        Ok(format!("{}{}", self.base, root_path(secret)))
-    }
-
-    /// The root URL with the secret hidden, for errors and logs.
-    pub(crate) fn root_url_redacted(&self) -> String {
-        format!("{}{}", self.base, root_path("<secret>"))
-    }
-}
-
 /// Why a WebSocket could not be opened, before it is given a meaning.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ConnectError {
     /// Nothing answered: connection refused, DNS, TLS, or no handshake in time.
     Unreachable(String),
     /// The server answered with an HTTP status instead of upgrading.
-    Status(u16),
+    Status {
+        /// The status code.
+        code: u16,
+        /// The `Retry-After` the server sent, in seconds form.
+        retry_after: Option<Duration>,
+        /// The first line of the body (the Rust server says why there), bounded.
+        why: String,
+    },
     /// The TCP connection was accepted, then dropped during the handshake (what the JS
     /// server does to unknown paths, such as a wrong root secret).
     Dropped(String),
@@ -89,23 +41,63 @@ impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Unreachable(reason) => write!(f, "unreachable: {reason}"),
-            Self::Status(status) => write!(f, "refused with HTTP {status}"),
+            Self::Status { .. } => write!(f, "refused with {}", self.status_text()),
             Self::Dropped(reason) => write!(f, "dropped during the handshake: {reason}"),
         }
     }
 }
 
 impl ConnectError {
-    /// The meaning on the `/join` path.
+    /// A refusal with `code` and nothing else, as a test or a bare server gives it.
+    #[cfg(test)]
+    pub(crate) fn status(code: u16) -> Self {
+        Self::Status {
+            code,
+            retry_after: None,
+            why: String::new(),
+        }
+    }
+
+    /// `HTTP 404 (no such overlay)`, or `HTTP 404` when the body said nothing.
+    fn status_text(&self) -> String {
+        match self {
+            Self::Status { code, why, .. } if why.is_empty() => format!("HTTP {code}"),
+            Self::Status { code, why, .. } => format!("HTTP {code} ({why})"),
+            other => other.to_string(),
+        }
+    }
+
+    /// 401 and 429, which mean the same on every path; `url` is redacted.
+    fn auth_refusal(&self, url: &str) -> Option<Error> {
+        match self {
+            Self::Status { code: 401, .. } => Some(Error::Unauthorized {
+                url: url.to_owned(),
+            }),
+            Self::Status {
+                code: 429,
+                retry_after,
+                ..
+            } => Some(Error::Throttled {
+                url: url.to_owned(),
+                retry_after: *retry_after,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The meaning on the `/join` path (`url` is redacted).
     pub(crate) fn for_join(self, url: &str) -> Error {
+        if let Some(error) = self.auth_refusal(url) {
+            return error;
+        }
         match self {
             Self::Unreachable(reason) => Error::Unreachable {
                 url: url.to_owned(),
                 reason,
             },
-            Self::Status(status) => Error::JoinRefused {
+            Self::Status { .. } => Error::JoinRefused {
                 url: url.to_owned(),
-                reason: format!("HTTP {status}"),
+                reason: self.status_text(),
             },
             Self::Dropped(reason) => Error::JoinRefused {
                 url: url.to_owned(),
@@ -116,13 +108,16 @@ impl ConnectError {
 
     /// The meaning on the root path (`url` is redacted).
     pub(crate) fn for_root(self, url: &str) -> Error {
+        if let Some(error) = self.auth_refusal(url) {
+            return error;
+        }
         match self {
             Self::Unreachable(reason) => Error::Unreachable {
                 url: url.to_owned(),
                 reason,
             },
-            Self::Status(status) => Error::RootRejected {
-                reason: format!("HTTP {status}"),
+            Self::Status { .. } => Error::RootRejected {
+                reason: self.status_text(),
             },
             Self::Dropped(reason) => Error::RootRejected {
                 reason: format!("connection dropped during the WebSocket handshake: {reason}"),
@@ -130,6 +125,9 @@ impl ConnectError {
         }
     }
 }
+
+/// Longest part of a refusal's body kept for an error message.
+const MAX_WHY: usize = 120;
 
 /// Opens a WebSocket to `url`, giving up after `timeout`.
 pub(crate) async fn connect(url: &str, timeout: Duration) -> Result<Socket, ConnectError> {
@@ -146,7 +144,33 @@ fn classify(error: tungstenite::Error) -> ConnectError {
     use std::io::ErrorKind;
     use tungstenite::Error as E;
     match error {
-        E::Http(response) => ConnectError::Status(response.status().as_u16()),
+        E::Http(response) => {
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            // Only printable text, one line, bounded: the body is the server's to choose.
+            let why = response
+                .body()
+                .as_deref()
+                .and_then(|body| std::str::from_utf8(body).ok())
+                .and_then(|body| body.lines().next())
+                .map(|line| {
+                    line.trim()
+                        .chars()
+                        .filter(|c| !c.is_control())
+                        .take(MAX_WHY)
+                        .collect()
+                })
+                .unwrap_or_default();
+            ConnectError::Status {
+                code: response.status().as_u16(),
+                retry_after,
+                why,
+            }
+        }
         E::Io(e)
             if matches!(
                 e.kind(),
@@ -205,42 +229,50 @@ mod tests {
     use super::*;
 
     #[test]
-    fn addresses() {
-        let s = Server::parse("ws://127.0.0.1:8080").expect("valid");
-        assert_eq!(s.join_url(), "ws://127.0.0.1:8080/join");
-        assert_eq!(
-            s.root_url("s3cret").expect("url"),
-            "ws://127.0.0.1:8080/s3cret/webrtc-bootstrap-root"
-        );
-        assert_eq!(
-            s.root_url_redacted(),
-            "ws://127.0.0.1:8080/<secret>/webrtc-bootstrap-root"
-        );
-        let s = Server::parse("wss://example.org/").expect("valid");
-        assert_eq!(s.join_url(), "wss://example.org/join");
-        assert_eq!(s.as_str(), "wss://example.org");
-        for bad in [
-            "http://x",
-            "x:80",
-            "ws://",
-            "ws:///",
-            "ws://x/join",
-            "ws://x?y",
-        ] {
-            assert!(
-                matches!(Server::parse(bad), Err(Error::InvalidAddress { .. })),
-                "{bad}"
-            );
-        }
-        assert_eq!(s.root_url("a/b"), Err(Error::InvalidSecret));
-    }
-
-    #[test]
     fn connect_errors_get_their_meaning() {
         assert!(matches!(
-            ConnectError::Status(404).for_root("u"),
+            ConnectError::status(404).for_root("u"),
             Error::RootRejected { reason } if reason == "HTTP 404"
         ));
+        let not_found = ConnectError::Status {
+            code: 404,
+            retry_after: None,
+            why: "no such overlay".to_owned(),
+        };
+        assert!(matches!(
+            not_found.for_join("u"),
+            Error::JoinRefused { reason, .. } if reason == "HTTP 404 (no such overlay)"
+        ));
+        for url in [
+            "ws://h/join?token=<token>",
+            "ws://h/<secret>/webrtc-bootstrap-root",
+        ] {
+            assert_eq!(
+                ConnectError::status(401).for_join(url),
+                Error::Unauthorized {
+                    url: url.to_owned()
+                }
+            );
+            assert_eq!(
+                ConnectError::status(401).for_root(url),
+                Error::Unauthorized {
+                    url: url.to_owned()
+                }
+            );
+            let throttled = ConnectError::Status {
+                code: 429,
+                retry_after: Some(Duration::from_secs(3)),
+                why: String::new(),
+            };
+            assert_eq!(
+                throttled.clone().for_join(url),
+                Error::Throttled {
+                    url: url.to_owned(),
+                    retry_after: Some(Duration::from_secs(3))
+                }
+            );
+            assert!(matches!(throttled.for_root(url), Error::Throttled { .. }));
+        }
         assert!(matches!(
             ConnectError::Dropped("x".into()).for_root("u"),
             Error::RootRejected { .. }
@@ -250,7 +282,7 @@ mod tests {
             Error::Unreachable { .. }
         ));
         assert!(matches!(
-            ConnectError::Status(503).for_join("u"),
+            ConnectError::status(503).for_join("u"),
             Error::JoinRefused { .. }
         ));
     }

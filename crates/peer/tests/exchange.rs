@@ -2,13 +2,13 @@
 
 mod common;
 
-use common::{SECRET, TestServer, init_tracing, options, within};
+use common::{Healthz as _, SECRET, TestServer, init_tracing, options, start_server, within};
 use webrtc_bootstrap_peer::{Client, Error, MAX_MESSAGE_SIZE, Message, Peer, PeerState};
 
 const N: usize = 100;
 
 async fn pair(server: &TestServer) -> (Peer, Peer, webrtc_bootstrap_peer::Root) {
-    let client = Client::with_options(&server.url(), options()).expect("client");
+    let client = Client::with_options(&server.base_url(), options()).expect("client");
     let mut root = within("root", client.root(SECRET)).await.expect("root");
     let answering = async {
         let incoming = root.next().await.expect("a newcomer");
@@ -56,7 +56,7 @@ async fn receive_all(peer: &mut Peer, side: &str, tag: u8) {
 #[tokio::test]
 async fn hundred_text_and_binary_messages_each_way_in_order() {
     init_tracing();
-    let server = TestServer::start().await;
+    let server = start_server().await;
     let (mut newcomer, mut answerer, root) = pair(&server).await;
     assert!(newcomer.remote_id().is_some_and(|id| id.len() == 32));
     assert!(answerer.remote_id().is_some_and(|id| id.len() == 32));
@@ -88,7 +88,7 @@ async fn hundred_text_and_binary_messages_each_way_in_order() {
 #[tokio::test]
 async fn largest_message_passes_and_larger_is_refused() {
     init_tracing();
-    let server = TestServer::start().await;
+    let server = start_server().await;
     let (newcomer, mut answerer, _root) = pair(&server).await;
     assert_eq!(newcomer.max_message_size(), MAX_MESSAGE_SIZE);
     let big: Vec<u8> = (0..MAX_MESSAGE_SIZE).map(|i| (i % 251) as u8).collect();

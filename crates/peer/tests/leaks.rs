@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{SECRET, TestServer, echo_root, init_tracing, options, within};
+use common::{Healthz as _, SECRET, echo_root, init_tracing, options, start_server, within};
 use webrtc_bootstrap_peer::{Client, Message, Options};
 
 const JOINS: usize = 200;
@@ -49,8 +49,8 @@ async fn join_and_talk(client: &Client, i: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_joins_leave_no_sockets_or_tasks_behind() {
     init_tracing();
-    let server = TestServer::start().await;
-    let client = Client::with_options(&server.url(), options()).expect("client");
+    let server = start_server().await;
+    let client = Client::with_options(&server.base_url(), options()).expect("client");
     let answering = echo_root(client.root(SECRET).await.expect("root"));
 
     // Warm up lazily created state (thread pools, TLS/crypto providers, caches).
@@ -59,8 +59,9 @@ async fn two_hundred_joins_leave_no_sockets_or_tasks_behind() {
     }
     // A second server whose root starts answering and gives up at once (drops the
     // answer): joins to it wait for an answer that never comes, and are cancelled there.
-    let abandoning = TestServer::start().await;
-    let abandoning_client = Client::with_options(&abandoning.url(), options()).expect("client");
+    let abandoning = start_server().await;
+    let abandoning_client =
+        Client::with_options(&abandoning.base_url(), options()).expect("client");
     let mut quitter = abandoning_client.root(SECRET).await.expect("root");
     server.wait_prospects(0).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -98,7 +99,7 @@ async fn two_hundred_joins_leave_no_sockets_or_tasks_behind() {
 
     // Joins cancelled half-way: the future is dropped while it waits for an answer.
     let impatient = Client::with_options(
-        &abandoning.url(),
+        &abandoning.base_url(),
         Options {
             timeout: Duration::from_secs(5),
             ..options()

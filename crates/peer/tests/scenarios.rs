@@ -6,7 +6,9 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::{SECRET, TestServer, echo_root, init_tracing, options, within};
+use common::{
+    Healthz as _, SECRET, echo_root, init_tracing, options, start_server, start_server_at, within,
+};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use webrtc_bootstrap_peer::{
@@ -32,8 +34,8 @@ async fn wait_status(
 #[tokio::test]
 async fn twenty_newcomers_at_once_each_get_their_own_channel() {
     init_tracing();
-    let server = TestServer::start().await;
-    let client = Client::with_options(&server.url(), options()).expect("client");
+    let server = start_server().await;
+    let client = Client::with_options(&server.base_url(), options()).expect("client");
     let root = client.root(SECRET).await.expect("root");
     let answering = echo_root(root);
 
@@ -62,10 +64,10 @@ async fn twenty_newcomers_at_once_each_get_their_own_channel() {
 #[tokio::test]
 async fn no_root_gives_the_timeout_error_within_the_timeout() {
     init_tracing();
-    let server = TestServer::start().await;
+    let server = start_server().await;
     let timeout = Duration::from_millis(1000);
     let client = Client::with_options(
-        &server.url(),
+        &server.base_url(),
         Options {
             timeout,
             ..options()
@@ -89,8 +91,8 @@ async fn no_root_gives_the_timeout_error_within_the_timeout() {
 #[tokio::test]
 async fn wrong_secret_is_rejected() {
     init_tracing();
-    let server = TestServer::start().await;
-    let client = Client::with_options(&server.url(), options()).expect("client");
+    let server = start_server().await;
+    let client = Client::with_options(&server.base_url(), options()).expect("client");
     let error = within("root", client.root("not-the-secret"))
         .await
         .expect_err("wrong secret");
@@ -131,10 +133,10 @@ async fn server_not_running_is_unreachable_within_two_seconds() {
 #[tokio::test]
 async fn root_survives_a_server_restart() {
     init_tracing();
-    let server = TestServer::start().await;
+    let server = start_server().await;
     let addr = server.addr;
     let client = Client::with_options(
-        &server.url(),
+        &server.base_url(),
         Options {
             reconnect: Reconnect {
                 initial: Duration::from_millis(50),
@@ -149,7 +151,7 @@ async fn root_survives_a_server_restart() {
     let answering = echo_root(root);
     server.wait_root(true).await;
 
-    server.stop().await;
+    server.stop().await.expect("stop the server");
     let lost = wait_status(&mut status, |s| {
         matches!(s, RootStatus::Reconnecting { .. })
     })
@@ -161,7 +163,7 @@ async fn root_survives_a_server_restart() {
 
     // Let a few attempts fail before the server comes back.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let server = TestServer::start_at(addr).await;
+    let server = start_server_at(addr).await;
     wait_status(&mut status, |s| *s == RootStatus::Connected).await;
     server.wait_root(true).await;
 
@@ -179,8 +181,8 @@ async fn root_survives_a_server_restart() {
 #[tokio::test]
 async fn a_replaced_root_is_told_and_stops() {
     init_tracing();
-    let server = TestServer::start().await;
-    let client = Client::with_options(&server.url(), options()).expect("client");
+    let server = start_server().await;
+    let client = Client::with_options(&server.base_url(), options()).expect("client");
     let mut first = client.root(SECRET).await.expect("first root");
     server.wait_root(true).await;
     let second = client.root(SECRET).await.expect("second root");
@@ -201,9 +203,9 @@ async fn a_replaced_root_is_told_and_stops() {
 #[tokio::test]
 async fn raw_requests_can_be_answered_elsewhere() {
     init_tracing();
-    let server = TestServer::start().await;
-    let root_client = Client::with_options(&server.url(), options()).expect("client");
-    let other_node = Client::with_options(&server.url(), options()).expect("client");
+    let server = start_server().await;
+    let root_client = Client::with_options(&server.base_url(), options()).expect("client");
+    let other_node = Client::with_options(&server.base_url(), options()).expect("client");
     let mut root = root_client.root(SECRET).await.expect("root");
 
     let forwarding = tokio::spawn(async move {
@@ -245,8 +247,8 @@ async fn raw_requests_can_be_answered_elsewhere() {
 #[tokio::test]
 async fn answerer_rejects_other_origins_and_drops_late_signals() {
     init_tracing();
-    let server = TestServer::start().await;
-    let client = Client::with_options(&server.url(), options()).expect("client");
+    let server = start_server().await;
+    let client = Client::with_options(&server.base_url(), options()).expect("client");
     let mut root = client.root(SECRET).await.expect("root");
     let answering = tokio::spawn(async move {
         let incoming = root.next().await.expect("newcomer");
@@ -266,7 +268,7 @@ async fn answerer_rejects_other_origins_and_drops_late_signals() {
             .expect("late signal is fine");
         (peer, incoming)
     });
-    let newcomer_client = Client::with_options(&server.url(), options()).expect("client");
+    let newcomer_client = Client::with_options(&server.base_url(), options()).expect("client");
     let newcomer = within("join", newcomer_client.join()).await.expect("join");
     let (answerer, _incoming) = within("answer", answering).await.expect("task");
     newcomer.send_text("ok").await.expect("send");
@@ -276,12 +278,12 @@ async fn answerer_rejects_other_origins_and_drops_late_signals() {
 #[tokio::test]
 async fn trickle_off_on_both_sides() {
     init_tracing();
-    let server = TestServer::start().await;
+    let server = start_server().await;
     let no_trickle = Options {
         trickle: false,
         ..options()
     };
-    let client = Client::with_options(&server.url(), no_trickle).expect("client");
+    let client = Client::with_options(&server.base_url(), no_trickle).expect("client");
     let mut root = client.root(SECRET).await.expect("root");
     let answering = tokio::spawn(async move {
         let mut incoming = root.next().await.expect("newcomer");
@@ -314,15 +316,15 @@ async fn trickle_off_on_both_sides() {
 #[tokio::test]
 async fn only_the_three_js_signal_shapes_go_on_the_wire() {
     init_tracing();
-    let server = TestServer::start().await;
+    let server = start_server().await;
     let (mut raw_root, _) = tokio_tungstenite::connect_async(format!(
         "{}/{SECRET}/webrtc-bootstrap-root",
-        server.url()
+        server.base_url()
     ))
     .await
     .expect("raw root");
     server.wait_root(true).await;
-    let client = Client::with_options(&server.url(), options()).expect("client");
+    let client = Client::with_options(&server.base_url(), options()).expect("client");
     let mut joining = tokio::spawn({
         let client = client.clone();
         async move { client.join().await }
@@ -397,10 +399,10 @@ async fn only_the_three_js_signal_shapes_go_on_the_wire() {
 #[tokio::test]
 async fn no_candidate_pair_is_an_ice_failure() {
     init_tracing();
-    let server = TestServer::start().await;
+    let server = start_server().await;
     let timeout = Duration::from_millis(1500);
     let v6 = Client::with_options(
-        &server.url(),
+        &server.base_url(),
         Options {
             timeout,
             udp_addrs: vec!["[::1]:0".parse().expect("addr")],
@@ -414,7 +416,7 @@ async fn no_candidate_pair_is_an_ice_failure() {
         incoming.accept().connected().await
     });
     let v4 = Client::with_options(
-        &server.url(),
+        &server.base_url(),
         Options {
             timeout,
             ..options()

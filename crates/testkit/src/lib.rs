@@ -5,9 +5,13 @@
 //! - [`netns`]: re-run a test inside a network namespace whose only interface is
 //!   loopback, and report or skip loudly past libtest's output capture.
 //! - [`process`]: [`Proc`], a child process read line by line, with timeouts.
+//! - [`server`]: [`TestServer`], a real signaling server in this process on a loopback
+//!   port.
 
 pub mod netns;
 pub mod process;
+pub mod server;
 
 pub use netns::{in_loopback_netns, report, skip_or_fail};
 pub use process::Proc;
+pub use server::TestServer;

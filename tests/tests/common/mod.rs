@@ -1,5 +1,6 @@
-//! Helpers shared by the end-to-end tests: a real server on `127.0.0.1:0`, WebSocket
-//! clients, a raw-frame client for malformed input, and waits that always time out.
+//! Helpers shared by the end-to-end tests: the real server on `127.0.0.1:0`
+//! ([`TestServer`], from the testkit), WebSocket clients, a raw-frame client for
+//! malformed input, and waits that always time out.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -9,81 +10,46 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use webrtc_bootstrap_server::{AppState, Config, Health};
+use webrtc_bootstrap_server::Health;
 
-pub const SECRET: &str = "test-secret";
+pub use bootstrap_testkit::TestServer;
+
+/// The root's secret of [`TestServer::start`] and [`TestServer::with`].
+pub const SECRET: &str = bootstrap_testkit::server::SECRET;
+
 /// Default wait for anything that should happen.
 pub const WAIT: Duration = Duration::from_secs(5);
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// A server running in this process; dropping it shuts it down.
-pub struct TestServer {
-    pub addr: SocketAddr,
-    pub state: AppState,
-    task: Option<JoinHandle<Result<(), webrtc_bootstrap_server::Error>>>,
+/// What the suites do with a [`TestServer`]: open clients and wait for its state.
+pub trait ServerExt {
+    /// A client on `/join`.
+    async fn join(&self) -> anyhow::Result<Ws>;
+    /// A client on the root path.
+    async fn root(&self) -> anyhow::Result<Ws>;
+    /// Waits until `check` holds for the server's health.
+    async fn wait_health(
+        &self,
+        what: &str,
+        check: impl Fn(&Health) -> bool,
+    ) -> anyhow::Result<Health>;
 }
 
-impl TestServer {
-    pub async fn start() -> anyhow::Result<Self> {
-        Self::with(|_| {}).await
-    }
-
-    pub async fn with(adjust: impl FnOnce(&mut Config)) -> anyhow::Result<Self> {
-        let mut config = Config::new(SECRET);
-        adjust(&mut config);
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let state = AppState::new(config)?;
-        let token = state.shutdown_token();
-        let task = tokio::spawn(webrtc_bootstrap_server::serve(
-            listener,
-            state.clone(),
-            async move {
-                token.cancelled().await;
-            },
-        ));
-        Ok(Self {
-            addr,
-            state,
-            task: Some(task),
-        })
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("ws://{}{path}", self.addr)
-    }
-
-    pub async fn join(&self) -> anyhow::Result<Ws> {
+impl ServerExt for TestServer {
+    async fn join(&self) -> anyhow::Result<Ws> {
         connect(&self.url("/join")).await
     }
 
-    pub async fn root(&self) -> anyhow::Result<Ws> {
-        connect(&self.url(&format!("/{SECRET}/webrtc-bootstrap-root"))).await
+    async fn root(&self) -> anyhow::Result<Ws> {
+        connect(&self.root_url()).await
     }
 
-    pub fn health(&self) -> Health {
-        self.state.health()
-    }
-
-    /// Shuts the server down and waits for `run` to return.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
-        self.state.shutdown_token().cancel();
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(10), task)
-                .await
-                .context("shutdown timed out")???;
-        }
-        Ok(())
-    }
-
-    /// Waits until `check` holds for the server's health.
-    pub async fn wait_health(
+    async fn wait_health(
         &self,
         what: &str,
         check: impl Fn(&Health) -> bool,
@@ -99,12 +65,6 @@ impl TestServer {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.state.shutdown_token().cancel();
     }
 }
 

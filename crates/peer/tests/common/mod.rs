@@ -1,18 +1,18 @@
 //! Shared helpers of the end-to-end tests: a real Rust signaling server on
-//! `127.0.0.1:0`, loopback-only options, and `/healthz` reads.
+//! `127.0.0.1:0` ([`TestServer`], from the testkit), loopback-only options, and
+//! `/healthz` reads.
 #![allow(dead_code, unreachable_pub)]
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use webrtc_bootstrap_server as server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use webrtc_bootstrap_peer::Options;
+use webrtc_bootstrap_server as server;
 
-pub const SECRET: &str = "test-secret";
+pub use bootstrap_testkit::TestServer;
+pub use bootstrap_testkit::server::SECRET;
 
 /// Every wait in the tests is bounded by this unless said otherwise.
 pub const WAIT: Duration = Duration::from_secs(15);
@@ -24,57 +24,38 @@ pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("timed out: {what}"))
 }
 
-/// A running server; stops when dropped.
-pub struct TestServer {
-    pub addr: SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+/// How long the servers of these tests wait for sockets on shutdown: short, so a stop or
+/// a restart is quick.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// A server on a fresh loopback port; stops when dropped.
+pub async fn start_server() -> TestServer {
+    start_server_at(SocketAddr::from(([127, 0, 0, 1], 0))).await
 }
 
-impl TestServer {
-    /// A server on a fresh loopback port.
-    pub async fn start() -> Self {
-        Self::start_at(SocketAddr::from(([127, 0, 0, 1], 0))).await
-    }
+/// A server on `addr` (to restart on the same port); stops when dropped.
+pub async fn start_server_at(addr: SocketAddr) -> TestServer {
+    let mut config = server::Config::new(SECRET);
+    config.shutdown_grace = SHUTDOWN_GRACE;
+    TestServer::start_at(addr, config)
+        .await
+        .expect("start the test server")
+}
 
-    /// A server on `addr` (to restart on the same port).
-    pub async fn start_at(addr: SocketAddr) -> Self {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .expect("bind the test server");
-        let addr = listener.local_addr().expect("local addr");
-        let mut config = server::Config::new(SECRET);
-        config.shutdown_grace = Duration::from_secs(2);
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            server::run(listener, config, async {
-                let _ = rx.await;
-            })
-            .await
-            .expect("server run");
-        });
-        Self {
-            addr,
-            shutdown: Some(tx),
-            task: Some(task),
-        }
-    }
-
-    /// `ws://127.0.0.1:port`.
-    pub fn url(&self) -> String {
-        format!("ws://{}", self.addr)
-    }
-
-    /// Stops the server and waits until it no longer listens.
-    pub async fn stop(mut self) {
-        self.shutdown.take();
-        if let Some(task) = self.task.take() {
-            within("server stop", task).await.expect("server task");
-        }
-    }
-
+/// What these tests ask the server, over HTTP like a monitoring probe.
+pub trait Healthz {
     /// `GET /healthz`, parsed.
-    pub async fn health(&self) -> serde_json::Value {
+    async fn healthz(&self) -> serde_json::Value;
+    /// Open `/join` sockets.
+    async fn prospects(&self) -> u64;
+    /// Waits until the server has `n` open `/join` sockets.
+    async fn wait_prospects(&self, n: u64);
+    /// Waits until the server sees a root (or none).
+    async fn wait_root(&self, connected: bool);
+}
+
+impl Healthz for TestServer {
+    async fn healthz(&self) -> serde_json::Value {
         let mut stream = tokio::net::TcpStream::connect(self.addr)
             .await
             .expect("connect for healthz");
@@ -94,15 +75,13 @@ impl TestServer {
         serde_json::from_str(body).expect("healthz JSON")
     }
 
-    /// Open `/join` sockets.
-    pub async fn prospects(&self) -> u64 {
-        self.health().await["prospects"]
+    async fn prospects(&self) -> u64 {
+        self.healthz().await["prospects"]
             .as_u64()
             .expect("prospects count")
     }
 
-    /// Waits until the server has `n` open `/join` sockets.
-    pub async fn wait_prospects(&self, n: u64) {
+    async fn wait_prospects(&self, n: u64) {
         within(&format!("{n} prospects"), async {
             loop {
                 if self.prospects().await == n {
@@ -114,23 +93,16 @@ impl TestServer {
         .await;
     }
 
-    /// Waits until the server sees a root (or none).
-    pub async fn wait_root(&self, connected: bool) {
+    async fn wait_root(&self, connected: bool) {
         within("root connected", async {
             loop {
-                if self.health().await["root_connected"].as_bool() == Some(connected) {
+                if self.healthz().await["root_connected"].as_bool() == Some(connected) {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
         .await;
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.shutdown.take();
     }
 }
 
