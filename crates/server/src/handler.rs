@@ -155,7 +155,15 @@ impl Handler {
                 encode_frame(out, OpCode::Pong, payload, None);
                 return None;
             }
-            Inbound::Pong => return None,
+            // Pongs and pieces of fragmented messages cost nothing to send and are
+            // answered with nothing, but count against the rate like every frame.
+            Inbound::Pong | Inbound::Fragment => {
+                if !self.policy.admit(now) {
+                    registration.bump(|s| &s.flood_messages);
+                    return offend(&mut self.policy, Offence::Flood, registration);
+                }
+                return None;
+            }
             Inbound::Close(code) => return Some(End::ClosedByPeer(code)),
         };
         if !self.policy.admit(now) {
@@ -384,6 +392,40 @@ mod tests {
         let later = now + Duration::from_secs(1);
         let (mut fresh, _, _rx) = join(&shared, later);
         assert_eq!(feed(&mut fresh, OpCode::Ping, b"", later).1, None);
+    }
+
+    #[tokio::test]
+    async fn pongs_and_fragments_count_against_the_rate() {
+        let shared = shared(|c| {
+            c.rate_burst = 3;
+            c.rate_per_second = 1;
+            c.max_bad_messages = 2;
+        });
+        let now = Instant::now();
+        let (mut handler, _, _rx) = join(&shared, now);
+        for _ in 0..3 {
+            assert_eq!(feed(&mut handler, OpCode::Pong, b"", now).1, None);
+        }
+        assert_eq!(
+            feed(&mut handler, OpCode::Pong, b"", now).1,
+            None,
+            "dropped once"
+        );
+        let (_, end) = feed(&mut handler, OpCode::Pong, b"", now);
+        assert_eq!(end, Some(End::Close(close::POLICY, "too many messages")));
+        // Empty pieces of a message that never ends, likewise.
+        let (mut handler, _, _rx) = join(&shared, now);
+        let mut bytes = Vec::new();
+        encode_frame(&mut bytes, OpCode::Text, b"", Some([1, 2, 3, 4]));
+        bytes[0] &= 0x7f; // not the last frame
+        for _ in 0..10 {
+            encode_frame(&mut bytes, OpCode::Continuation, b"", Some([1, 2, 3, 4]));
+            let last = bytes.len() - 6;
+            bytes[last] &= 0x7f;
+        }
+        let mut decoder = Decoder::new(1024);
+        let end = handler.on_bytes(&mut decoder, &mut bytes, &mut Vec::new(), now);
+        assert_eq!(end, Some(End::Close(close::POLICY, "too many messages")));
     }
 
     #[tokio::test]

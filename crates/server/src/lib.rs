@@ -148,6 +148,9 @@ pub async fn serve(
         }
     });
     let served = accept_loop(&listener, router(state), &token, &shared.tracker).await;
+    // Stop listening at once: a client that connects during the grace period is
+    // refused now rather than left in the listen queue and reset later.
+    drop(listener);
     // Serving ended (shutdown or error): make sure every socket task is told.
     token.cancel();
     shared.close_all(handle::Command::Shutdown);
@@ -165,6 +168,10 @@ pub async fn serve(
     info!("stopped");
     served.map_err(Error::Serve)
 }
+
+/// Largest request head (request line and headers), as common servers allow; hyper
+/// answers a larger one with 431.
+const MAX_REQUEST_HEAD: usize = 16 * 1024;
 
 /// How long a client may take to send its request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -187,7 +194,9 @@ async fn accept_loop(
 ) -> std::io::Result<()> {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // A larger request head is answered 431: an unfinished head costs at most this.
+        .max_buf_size(MAX_REQUEST_HEAD);
     loop {
         let accepted = tokio::select! {
             () = token.cancelled() => return Ok(()),

@@ -285,14 +285,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         )
     }
 
-    /// Writes what is left of `socket.out`, then flushes.
+    /// Writes what is left of `socket.out`, then flushes. While the socket is open, a
+    /// write that makes progress restarts the write timeout: only a peer that reads
+    /// nothing for `write_timeout` counts as stalled, not one that reads slowly.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Wrote {
         let out = &mut self.socket.out;
         while self.written < out.len() {
             match Pin::new(&mut self.io).poll_write(cx, &out[self.written..]) {
                 Poll::Pending => return Wrote::Waiting,
                 Poll::Ready(Ok(0)) => return Wrote::Failed,
-                Poll::Ready(Ok(n)) => self.written += n,
+                Poll::Ready(Ok(n)) => {
+                    self.written += n;
+                    if self.phase == Phase::Open {
+                        self.stalled = None;
+                    }
+                }
                 Poll::Ready(Err(error)) => {
                     debug!(%error, "write failed");
                     return Wrote::Failed;
@@ -525,6 +532,34 @@ mod tests {
                 .has_root()
         );
         assert_eq!(shared.stats.abusive_closes.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_but_steady_reader_is_not_treated_as_stalled() {
+        let shared = shared(|c| c.write_timeout = Duration::from_secs(10));
+        let (task, mut client, tx) = root(&shared, 64);
+        // 10 KB at 640 B/s: 14 s to read, longer than the write timeout, but the
+        // writes never stop making progress.
+        for i in 0..10 {
+            tx.try_send(format!("{i}{}", "r".repeat(999)))
+                .expect("room");
+        }
+        let start = Instant::now();
+        let mut got = 0;
+        while got < 10 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut chunk = [0; 64];
+            let n = client.read(&mut chunk).await.expect("read");
+            assert_ne!(n, 0, "closed after {:?}", start.elapsed());
+            got += chunk[..n].iter().filter(|&&b| b == 0x81).count();
+        }
+        assert!(
+            start.elapsed() > Duration::from_secs(12),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(!task.is_finished(), "the reader was dropped");
+        assert_eq!(shared.stats.abusive_closes.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -4,9 +4,14 @@ use std::ops::ControlFlow;
 
 use crate::frame::{FrameError, Header, OpCode, apply_mask, may_be_sent, parse_header};
 
-/// One complete message or control frame a client sent.
+/// One complete message, control frame, or piece of a fragmented message a client
+/// sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inbound<'a> {
+    /// A frame of a fragmented message that does not complete it (the message comes
+    /// whole once its last frame arrives). Reported so that every frame can be counted
+    /// against a budget: empty continuation frames cost a peer nothing to send.
+    Fragment,
     /// A text message, checked to be UTF-8.
     Text(&'a str),
     /// A binary message.
@@ -149,7 +154,7 @@ impl Decoder {
                 };
                 self.message.extend_from_slice(payload);
                 if !header.fin {
-                    return Ok(ControlFlow::Continue(()));
+                    return Ok(on(Inbound::Fragment));
                 }
                 self.fragmented = None;
                 // Taken, so the buffer is given back once the message is delivered.
@@ -165,7 +170,7 @@ impl Decoder {
                 }
                 self.fragmented = Some(kind);
                 self.message.extend_from_slice(payload);
-                Ok(ControlFlow::Continue(()))
+                Ok(on(Inbound::Fragment))
             }
         }
     }
@@ -209,11 +214,16 @@ mod tests {
         for piece in input.chunks(step) {
             let mut piece = piece.to_vec();
             let flow = decoder.decode(&mut piece, |inbound| {
+                // Fragments are counted by `fragments_are_reported`, not listed here.
+                if inbound == Inbound::Fragment {
+                    return ControlFlow::Continue(());
+                }
                 seen.push(match inbound {
                     Inbound::Text(t) => format!("text:{t}"),
                     Inbound::Binary(b) => format!("binary:{}", b.len()),
                     Inbound::Ping(p) => format!("ping:{}", p.len()),
                     Inbound::Pong => "pong".into(),
+                    Inbound::Fragment => unreachable!("skipped above"),
                     Inbound::Close(code) => format!("close:{code:?}"),
                 });
                 ControlFlow::Continue(())
@@ -352,6 +362,36 @@ mod tests {
                 "step {step}"
             );
         }
+    }
+
+    #[test]
+    fn fragments_are_reported_so_every_frame_can_be_counted() {
+        let mut input = client_frame(false, OpCode::Text, b"");
+        for _ in 0..3 {
+            input.extend(client_frame(false, OpCode::Continuation, b""));
+        }
+        input.extend(client_frame(true, OpCode::Continuation, b"x"));
+        let mut events = Vec::new();
+        let flow = Decoder::new(10).decode(&mut input, |inbound| {
+            events.push(format!("{inbound:?}"));
+            ControlFlow::Continue(())
+        });
+        assert_eq!(flow, Ok(ControlFlow::Continue(())));
+        assert_eq!(
+            events,
+            [
+                "Fragment",
+                "Fragment",
+                "Fragment",
+                "Fragment",
+                "Text(\"x\")"
+            ]
+        );
+        // A consumer may stop at a fragment.
+        let mut again = client_frame(false, OpCode::Text, b"a");
+        again.extend(client_frame(true, OpCode::Continuation, b"b"));
+        let flow = Decoder::new(10).decode(&mut again, |_| ControlFlow::Break(()));
+        assert_eq!(flow, Ok(ControlFlow::Break(())));
     }
 
     #[test]

@@ -1,0 +1,67 @@
+//! Limits on what a client can make the server hold or wait for: request heads,
+//! connections during shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// Sends `request` and returns the status line of the answer.
+async fn status_line(server: &TestServer, request: &[u8]) -> anyhow::Result<String> {
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await?;
+    tcp.write_all(request).await?;
+    let mut answer = Vec::new();
+    let mut chunk = [0; 1024];
+    loop {
+        let n = tokio::time::timeout(WAIT, tcp.read(&mut chunk)).await??;
+        answer.extend_from_slice(&chunk[..n]);
+        if n == 0 || answer.windows(2).any(|w| w == b"\r\n") {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&answer);
+    Ok(text.lines().next().unwrap_or_default().to_owned())
+}
+
+#[tokio::test]
+async fn a_request_head_over_16_kib_gets_431() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let mut big = upgrade_request(server.addr, "/join").into_bytes();
+    let padding = format!("x-padding: {}\r\n\r\n", "p".repeat(20 * 1024));
+    big.truncate(big.len() - 2); // reopen the head
+    big.extend_from_slice(padding.as_bytes());
+    let line = status_line(&server, &big).await?;
+    assert!(line.contains(" 431 "), "{line}");
+    assert_eq!(server.health().prospects, 0);
+    // A head within the limit is still upgraded.
+    let mut fine = upgrade_request(server.addr, "/join").into_bytes();
+    fine.truncate(fine.len() - 2);
+    fine.extend_from_slice(format!("x-padding: {}\r\n\r\n", "p".repeat(8 * 1024)).as_bytes());
+    let line = status_line(&server, &fine).await?;
+    assert!(line.contains(" 101 "), "{line}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_server_stops_listening_as_soon_as_it_shuts_down() -> anyhow::Result<()> {
+    let server = TestServer::with(|c| c.shutdown_grace = Duration::from_secs(5)).await?;
+    // A client halfway through its request head keeps the server in its grace period.
+    let mut stuck = tokio::net::TcpStream::connect(server.addr).await?;
+    stuck.write_all(b"GET /join HTTP/1.1\r\n").await?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.state.shutdown_token().cancel();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let refused = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::TcpStream::connect(server.addr),
+    )
+    .await;
+    assert!(
+        matches!(refused, Ok(Err(ref e)) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+        "{refused:?}"
+    );
+    drop(stuck);
+    Ok(())
+}
