@@ -2,6 +2,13 @@
 // 4.4.1 server, over the browser's own WebSocket and RTCPeerConnection. No dependencies,
 // no bundler: `import { Client } from './bootstrap.js'`.
 //
+// Overlays and tokens (docs/server.md#overlays-and-tokens): `options.overlay` puts every
+// socket under `/o/NAME`; `options.token` (a join token) rides in the WebSocket
+// subprotocol, `new WebSocket(url, ['bearer', token])`, the one carrier a browser can set
+// without putting the token in the URL. A browser never sees why a socket was refused
+// (401, 404, 503 all look the same), so the client asks the server's `/healthz` and says
+// what most likely happened.
+//
 // Wire protocol (docs/protocol.md: #messages, #handshake, #timeouts-and-closing), the same as the Rust peer library and
 // the JS client:
 // - every signal is one text frame `{"origin":null,"destination":…,"signal":…,"rank":n}`
@@ -22,6 +29,22 @@
 export const MAX_MESSAGE_SIZE = 65536;
 
 const JOIN_PATH = '/join';
+const ROOT_SUFFIX = '/webrtc-bootstrap-root';
+
+/** The server's name for the overlay at `/join`: its entry in `/healthz`, and the `ovl`
+ * claim of its tokens. */
+export const DEFAULT_OVERLAY = 'default';
+
+/** Longest overlay name the server accepts. */
+export const MAX_OVERLAY_LENGTH = 64;
+
+/** The WebSocket subprotocol that carries a join token: the browser offers `bearer` and
+ * the token, the server answers `bearer` (without that echo the browser drops the
+ * socket). */
+export const BEARER_SUBPROTOCOL = 'bearer';
+
+/** What URLs in errors and logs show in place of a token. */
+const TOKEN_PLACEHOLDER = '<token>';
 
 // ---------------------------------------------------------------------------------------
 // Errors: one class per variant of the Rust library's `Error`, all `BootstrapError`s with
@@ -46,6 +69,29 @@ export class InvalidAddressError extends BootstrapError {
   }
 }
 
+/** The overlay name is not 1 to 64 of `A-Z a-z 0-9 - . _ ~`, or is `.` or `..`. */
+export class InvalidOverlayError extends BootstrapError {
+  constructor(name) {
+    super('InvalidOverlay', `invalid overlay name ${JSON.stringify(String(name))}: it must be 1 to 64 of A-Z a-z 0-9 - . _ ~ (not . or ..)`);
+    this.overlay = name;
+  }
+}
+
+/** The join token cannot travel unchanged: it must be non-empty and only
+ * `A-Z a-z 0-9 - . _ ~`, as a JWT is. The token itself is not repeated. */
+export class InvalidTokenError extends BootstrapError {
+  constructor() {
+    super('InvalidToken', 'the join token must be non-empty and URL-safe (A-Z a-z 0-9 - . _ ~), as a JWT is');
+  }
+}
+
+/** A root secret (or root token) that cannot go into a URL path unchanged. */
+export class InvalidSecretError extends BootstrapError {
+  constructor() {
+    super('InvalidSecret', 'the root secret or root token must be non-empty and URL-safe (A-Z a-z 0-9 - . _ ~)');
+  }
+}
+
 /** The signaling server could not be reached (refused, DNS, TLS, no handshake in time). */
 export class UnreachableError extends BootstrapError {
   constructor(url, reason) {
@@ -55,13 +101,29 @@ export class UnreachableError extends BootstrapError {
   }
 }
 
-/** The server answered HTTP but refused the `/join` WebSocket (full: HTTP 503, or not a
- * webrtc-bootstrap server). Browsers hide the status; see `classifySocketFailure`. */
+/** Why a server refused a `/join` socket, as far as the client can tell (`refusal`). */
+export const Refusal = Object.freeze({
+  /** The overlay does not exist on this server (HTTP 404). */
+  NoSuchOverlay: 'NoSuchOverlay',
+  /** The join token is missing, invalid, expired or for another overlay (HTTP 401), or
+   * the server throttles this address after failed attempts (HTTP 429). */
+  Unauthorized: 'Unauthorized',
+  /** Too many open `/join` sockets in the overlay or the server (HTTP 503). */
+  Full: 'Full',
+  /** The server's `/healthz` cannot be read (another origin, or not a webrtc-bootstrap
+   * server): any of the above. */
+  Unknown: 'Unknown',
+});
+
+/** The server answered HTTP but refused the `/join` WebSocket. Browsers hide the HTTP
+ * status; `refusal` (a `Refusal`) is the client's best reading of the server's
+ * `/healthz`, see `classifySocketFailure`. */
 export class JoinRefusedError extends BootstrapError {
-  constructor(url, reason) {
+  constructor(url, reason, refusal = Refusal.Unknown) {
     super('JoinRefused', `the server refused the /join socket at ${url}: ${reason}`);
     this.url = url;
     this.reason = reason;
+    this.refusal = refusal;
   }
 }
 
@@ -146,27 +208,108 @@ export class WebRtcError extends BootstrapError {
 // ---------------------------------------------------------------------------------------
 // IO-free helpers.
 
+/** Whether `segment` can be a path segment: non-empty, URL-safe, not `.` or `..` (which
+ * URL parsers resolve away). Tokens, secrets and overlay names are such segments. */
+function isSegment(segment) {
+  return typeof segment === 'string' && /^[A-Za-z0-9._~-]+$/.test(segment) && segment !== '.' && segment !== '..';
+}
+
+/** Whether `name` is an overlay name the server accepts: 1 to 64 of `A-Z a-z 0-9 - . _ ~`,
+ * not `.` or `..`. */
+export function isOverlayName(name) {
+  return isSegment(name) && name.length <= MAX_OVERLAY_LENGTH;
+}
+
+/** `address` fit for an error message: no user info, query or fragment, and the segment
+ * after a `t` segment (a token) hidden. */
+export function redactAddress(address) {
+  if (typeof address !== 'string') return String(address);
+  const cut = address.search(/[?#]/);
+  const main = cut < 0 ? address : address.slice(0, cut);
+  const at = main.indexOf('://');
+  const scheme = at < 0 ? '' : main.slice(0, at + 3);
+  const parts = main.slice(scheme.length).split('/');
+  parts[0] = parts[0].slice(parts[0].lastIndexOf('@') + 1);
+  for (let i = parts.length - 1; i >= 1; i -= 1) if (parts[i - 1] === 't') parts[i] = TOKEN_PLACEHOLDER;
+  return scheme + parts.join('/') + (cut < 0 ? '' : '?…');
+}
+
 /**
- * Checks a server address (`ws://host[:port]` or `wss://host[:port]`, nothing after an
- * optional `/`), as the Rust `Client` does. Returns `{ base, joinUrl, httpUrl }`.
- * @throws {InvalidAddressError}
+ * Checks a server address and says where this client's sockets go on it, as the Rust
+ * `Client` does (crates/peer/src/address.rs).
+ *
+ * The address is `ws://host[:port]` or `wss://host[:port]`, optionally followed by a path
+ * prefix (a reverse proxy's), `/o/NAME` (an overlay) and `/t/TOKEN` (a join token in the
+ * path, as JS clients carry one). `overlay` (a name) and `token` (a join token, sent in
+ * the `bearer` subprotocol) say the same without touching the address; naming two
+ * different overlays, or giving two tokens, is an error.
+ *
+ * Returns `{ base, overlay, joinUrl, joinUrlRedacted, protocols, hasToken, httpUrl,
+ * rootUrl(credential) }`: `base` is what socket paths are appended to (no credential in
+ * it), `overlay` the overlay's name (`DEFAULT_OVERLAY` when none is named), `protocols`
+ * the `WebSocket` subprotocols of a `/join` socket (or `undefined`), `httpUrl` the same
+ * server over HTTP (for `/healthz`), and `rootUrl` the root's URL with a secret or root
+ * token in its path.
+ * @throws {InvalidAddressError | InvalidOverlayError | InvalidTokenError}
  */
-export function parseServerAddress(address) {
-  const invalid = (reason) => new InvalidAddressError(address, reason);
+export function parseServerAddress(address, { overlay = null, token = null } = {}) {
+  const invalid = (reason) => new InvalidAddressError(redactAddress(address), reason);
   if (typeof address !== 'string') throw invalid('it must be a string');
   const scheme = address.startsWith('ws://') ? 'ws://' : address.startsWith('wss://') ? 'wss://' : null;
   if (!scheme) throw invalid('it must start with ws:// or wss://');
   const rest = address.slice(scheme.length);
-  const authority = rest.endsWith('/') ? rest.slice(0, -1) : rest;
-  if (authority === '') throw invalid('it has no host');
-  if (/[/?# ]/.test(authority)) {
-    throw invalid('it must be only a scheme and a host[:port] (the paths are fixed)');
+  if (/[?#\s]/.test(rest)) {
+    throw invalid('it must have no query, fragment or spaces (give a join token with the token option)');
   }
-  const base = scheme + authority;
+  const slash = rest.indexOf('/');
+  const authority = slash < 0 ? rest : rest.slice(0, slash);
+  if (authority === '') throw invalid('it has no host');
+  let path = slash < 0 ? '' : rest.slice(slash);
+  if (path.endsWith('/')) path = path.slice(0, -1);
+  const segments = path === '' ? [] : path.slice(1).split('/');
+  if (!segments.every(isSegment)) {
+    throw invalid('each path segment must be non-empty, not . or .., and only A-Z a-z 0-9 - . _ ~');
+  }
+  const takeNamed = (key) => {
+    if (segments.length < 2 || segments[segments.length - 2] !== key) return null;
+    const value = segments.pop();
+    segments.pop();
+    return value;
+  };
+  const pathToken = takeNamed('t');
+  const pathOverlay = takeNamed('o');
+  if (['join', 'webrtc-bootstrap-root', 't', 'o'].includes(segments[segments.length - 1])) {
+    throw invalid("give the server's address (with an optional /o/NAME prefix), not a socket URL: the paths /join and /SECRET/webrtc-bootstrap-root are appended");
+  }
+  const given = overlay ?? null;
+  for (const name of [given, pathOverlay]) {
+    if (name !== null && !isOverlayName(name)) throw new InvalidOverlayError(name);
+  }
+  if (given !== null && pathOverlay !== null && given !== pathOverlay) {
+    throw invalid('it names another overlay (/o/NAME) than the overlay option');
+  }
+  const name = given ?? pathOverlay;
+  const optionToken = token ?? null;
+  if (optionToken !== null && pathToken !== null) {
+    throw invalid('it carries a token (/t/TOKEN) and the token option is set too: give one');
+  }
+  if (optionToken !== null && !isSegment(optionToken)) throw new InvalidTokenError();
+  const prefix = segments.map((segment) => `/${segment}`).join('');
+  const base = scheme + authority + prefix + (name === null ? '' : `/o/${name}`);
+  const tokenPath = (shown) => (pathToken === null ? JOIN_PATH : `/t/${shown}${JOIN_PATH}`);
   return {
     base,
-    joinUrl: base + JOIN_PATH,
-    httpUrl: (scheme === 'wss://' ? 'https://' : 'http://') + authority,
+    overlay: name ?? DEFAULT_OVERLAY,
+    joinUrl: base + tokenPath(pathToken),
+    joinUrlRedacted: base + tokenPath(TOKEN_PLACEHOLDER),
+    protocols: optionToken === null ? undefined : [BEARER_SUBPROTOCOL, optionToken],
+    hasToken: optionToken !== null || pathToken !== null,
+    httpUrl: (scheme === 'wss://' ? 'https://' : 'http://') + authority + prefix,
+    /** The root's URL in this overlay; `credential` is its secret or a root token. */
+    rootUrl(credential) {
+      if (!isSegment(credential)) throw new InvalidSecretError();
+      return `${base}/${credential}${ROOT_SUFFIX}`;
+    },
   };
 }
 
@@ -336,20 +479,53 @@ export class Negotiation {
 // IO.
 
 /**
- * Tells why a WebSocket failed before opening. Browsers give no reason, so ask the same
- * host over HTTP: an answer means the server is there but refused the socket.
+ * Why a server that answers HTTP refused a `/join` socket of `server` (a
+ * `parseServerAddress` result), read from its `/healthz` report (`health`, or `null` when
+ * it could not be read). IO-free. Returns a `JoinRefusedError` for `url`.
+ */
+export function refusalFromHealth(server, url, health) {
+  const named = `overlay ${JSON.stringify(server.overlay)}`;
+  const overlays = health && Array.isArray(health.overlays) ? health.overlays : null;
+  if (overlays === null) {
+    const token = server.hasToken ? 'the join token was refused (401)' : 'a join token is required (401)';
+    return new JoinRefusedError(url, `the server answers HTTP but refused the WebSocket, and the browser does not say why; one of: ${token}, ${named} does not exist (404), it is full (503), or it is no webrtc-bootstrap server`, Refusal.Unknown);
+  }
+  const entry = overlays.find((o) => o && o.name === server.overlay);
+  if (!entry) {
+    return new JoinRefusedError(url, `${named} does not exist on this server (HTTP 404)`, Refusal.NoSuchOverlay);
+  }
+  const full = (o) => Number.isFinite(o.prospects) && Number.isFinite(o.max_prospects) && o.prospects >= o.max_prospects;
+  if (full(entry) || full(health)) {
+    return new JoinRefusedError(url, `${named} is full: too many open /join sockets (HTTP 503)`, Refusal.Full);
+  }
+  const why = server.hasToken
+    ? `the join token was refused (HTTP 401): it is invalid, expired, or not for ${named}`
+    : `${named} requires a join token (HTTP 401) and none was given`;
+  return new JoinRefusedError(url, `${why}; or the server refuses this address for a while after failed attempts (HTTP 429)`, Refusal.Unauthorized);
+}
+
+/**
+ * Tells why a `/join` WebSocket failed before opening. Browsers give no reason, so ask
+ * the same server for `/healthz`: no answer means `UnreachableError`; an answer means a
+ * `JoinRefusedError`, made precise from the report when the page may read it (same
+ * origin): an unknown overlay, a full one, or else a refused token. Another origin
+ * without CORS only tells whether the server answers.
  */
 export async function classifySocketFailure(server, url, timeoutMs = 2000) {
+  const health = server.httpUrl + '/healthz';
+  const ask = (mode) => fetch(health, { mode, cache: 'no-store', signal: AbortSignal.timeout(timeoutMs) });
+  let report = null;
   try {
-    await fetch(server.httpUrl + '/healthz', {
-      mode: 'no-cors',
-      cache: 'no-store',
-      signal: AbortSignal.timeout(timeoutMs),
-    });
-    return new JoinRefusedError(url, 'the server answers HTTP but refused the WebSocket (full, or not a webrtc-bootstrap server)');
+    const response = await ask('cors');
+    if (response.ok) report = await response.json().catch(() => null);
   } catch {
-    return new UnreachableError(url, 'the WebSocket connection failed and the host does not answer HTTP');
+    try {
+      await ask('no-cors');
+    } catch {
+      return new UnreachableError(url, 'the WebSocket connection failed and the host does not answer HTTP');
+    }
   }
+  return refusalFromHealth(server, url, report);
 }
 
 /**
@@ -358,23 +534,35 @@ export async function classifySocketFailure(server, url, timeoutMs = 2000) {
  * Options (defaults of the Rust `Options`): `timeout` (ms until the data channel is open,
  * 30000), `connectTimeout` (ms for the WebSocket handshake, 10000), `iceServers` (`[]`:
  * host candidates only; add STUN/TURN for peers behind NAT), `log` (a function receiving
- * debug lines, default none).
+ * debug lines, default none), `overlay` (the overlay's name: sockets go to `/o/NAME/…`;
+ * default none, the server's default overlay at `/join`), `token` (a join token, for
+ * servers that require one: every `/join` socket of this client, the newcomer's and each
+ * answerer's, offers it in the `bearer` subprotocol; default none).
+ *
+ * @throws {InvalidAddressError | InvalidOverlayError | InvalidTokenError}
  */
 export class Client {
   constructor(address, options = {}) {
-    this.server = parseServerAddress(address);
+    this.server = parseServerAddress(address, { overlay: options.overlay, token: options.token });
     this.options = {
       timeout: 30000,
       connectTimeout: 10000,
       iceServers: [],
       log: null,
+      overlay: null,
+      token: null,
       ...options,
     };
   }
 
-  /** The server address, without a trailing `/`. */
+  /** The server address with its overlay (`…/o/NAME`), without a trailing `/` or a token. */
   get address() {
     return this.server.base;
+  }
+
+  /** The overlay's name (`'default'` for the server's default overlay). */
+  get overlay() {
+    return this.server.overlay;
   }
 
   /**
@@ -488,10 +676,12 @@ class Session {
   }
 
   openSocket(handshakeTimeout) {
-    const url = this.client.server.joinUrl;
+    const server = this.client.server;
+    // Errors and logs show the URL without a token.
+    const url = server.joinUrlRedacted;
     let socket;
     try {
-      socket = new WebSocket(url);
+      socket = new WebSocket(server.joinUrl, server.protocols);
     } catch (error) {
       throw new UnreachableError(url, String(error && error.message ? error.message : error));
     }

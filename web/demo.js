@@ -2,14 +2,16 @@
 // message log, a box to send a message to everyone, and the whole tree as the root shares
 // it. Served at `/` by `bootstrap-server --public web`, with `bootstrap-node root` running.
 //
-// Query options: `name` (shown in the tree), `maxDegree` (children this tab accepts,
-// default 2), `timeout` (ms to join, default 30000), `server` (default: the page's host).
+// Query options: `overlay` (the overlay to join: a room, shared as a link; default the
+// server's default overlay), `token` (a join token, for servers that require one), `name`
+// (shown in the tree), `maxDegree` (children this tab accepts, default 2), `timeout` (ms
+// to join, default 30000), `server` (default: the page's host).
 //
-// Stable hooks for tests: `#app[data-state|data-name|data-id|data-parent|data-parent-name|
-// data-children]`, `#tree[data-tree]` (the shared tree as JSON), `#log li.msg[data-from]
-// [data-text]`, `#error[data-code]`.
+// Stable hooks for tests: `#app[data-state|data-name|data-overlay|data-id|data-parent|
+// data-parent-name|data-children]`, `#tree[data-tree]` (the shared tree as JSON),
+// `#log li.msg[data-from][data-text]`, `#error[data-code|data-refusal]`.
 
-import { Client } from './bootstrap.js';
+import { Client, DEFAULT_OVERLAY, Refusal } from './bootstrap.js';
 import { Node } from './overlay.js';
 
 /** The options from the query string, with defaults. */
@@ -28,27 +30,57 @@ export function demoOptions(search, location) {
     maxDegree: number('maxDegree', 2),
     timeout,
     requestTimeout: number('requestTimeout', timeout),
+    // Empty means absent; an invalid name is left for the client to refuse, loudly.
+    overlay: params.get('overlay') || null,
+    token: params.get('token') || null,
     debug: params.has('debug'),
   };
 }
 
-/** What to tell a user about a failed join: `{ title, text }`. */
-export function failureMessage(error, server) {
+/** The link that brings someone else into this tab's overlay: this page's, with every
+ * option kept (`overlay`, `server`, and any other) but the two that belong to this tab,
+ * `token` and `name`. */
+export function roomLink(search, location) {
+  const params = new URLSearchParams(search);
+  params.delete('token');
+  params.delete('name');
+  const query = params.toString();
+  return `${location.origin}${location.pathname}${query ? `?${query}` : ''}`;
+}
+
+/** The `bootstrap-node` flags that name `overlay` (none for the default overlay). */
+function overlayFlag(overlay) {
+  return overlay && overlay !== DEFAULT_OVERLAY ? ` --overlay ${overlay}` : '';
+}
+
+/** What to tell a user about a failed join: `{ title, text }`. `overlay` is the overlay
+ * the tab tried, `hasToken` whether it had a join token. */
+export function failureMessage(error, server, { overlay = DEFAULT_OVERLAY, hasToken = false } = {}) {
+  const named = `overlay "${overlay}"`;
   switch (error && error.code) {
+    case 'InvalidOverlay':
+      return {
+        title: 'Invalid overlay name',
+        text: `${JSON.stringify(String(error.overlay))} cannot name an overlay: use 1 to 64 letters, digits, - . _ or ~ (for example ?overlay=chat).`,
+      };
+    case 'InvalidToken':
+      return {
+        title: 'Invalid join token',
+        text: 'The token of this link (?token=…) cannot be a join token: a JWT only holds A-Z a-z 0-9 - . _ ~. Ask for a new link.',
+      };
+    case 'InvalidAddress':
+      return { title: 'Invalid server address', text: error.message };
     case 'Unreachable':
       return {
         title: 'The bootstrap server is unreachable',
         text: `Nothing answers at ${server}. Is bootstrap-server running there (bootstrap-server --secret S --port P --public web)?`,
       };
     case 'JoinRefused':
-      return {
-        title: 'The server refused to let this tab join',
-        text: `${server} answers, but refused the /join WebSocket: it may be full, or not a webrtc-bootstrap server.`,
-      };
+      return joinRefusedMessage(error, server, named, overlay, hasToken);
     case 'NoAnswer':
       return {
         title: 'No root is answering',
-        text: `Nobody answered within ${error.timeoutMs / 1000} s. No root seems to be connected to the server: start one with bootstrap-node root --url ${server} --secret S.`,
+        text: `Nobody answered within ${error.timeoutMs / 1000} s. No root seems to be connected to ${named}: start one with bootstrap-node root --url ${server}${overlayFlag(overlay)} --secret S (or --token ROOT_TOKEN).`,
       };
     case 'ConnectTimeout':
       return {
@@ -67,6 +99,36 @@ export function failureMessage(error, server) {
       };
     default:
       return { title: 'Could not join the overlay', text: String(error && error.message ? error.message : error) };
+  }
+}
+
+function joinRefusedMessage(error, server, named, overlay, hasToken) {
+  switch (error.refusal) {
+    case Refusal.NoSuchOverlay:
+      return {
+        title: 'No such overlay',
+        text: `${server} has no ${named}. Check the link, or configure the overlay on the server (bootstrap-server --overlay ${overlay}=SECRET).`,
+      };
+    case Refusal.Full:
+      return {
+        title: 'The overlay is full',
+        text: `${server} refused the /join WebSocket: ${named} has as many joining peers as it allows. Try again in a moment.`,
+      };
+    case Refusal.Unauthorized:
+      return hasToken
+        ? {
+          title: 'The join token was refused',
+          text: `${server} refused this tab's join token for ${named} (HTTP 401): it is invalid, expired, or for another overlay. Ask for a new link with a fresh &token=….`,
+        }
+        : {
+          title: 'This overlay needs a join token',
+          text: `${server} only lets peers with a join token into ${named} (HTTP 401). Open a link with &token=… (bootstrap-server token --aud join --overlay ${overlay} mints one).`,
+        };
+    default:
+      return {
+        title: 'The server refused to let this tab join',
+        text: `${server} answers, but refused the /join WebSocket: a join token may be missing or refused, ${named} may not exist or be full, or it is not a webrtc-bootstrap server.`,
+      };
   }
 }
 
@@ -173,10 +235,18 @@ function main() {
   let node = null;
   let tree = null;
 
-  document.title = `${options.name} · webrtc-bootstrap demo`;
+  const overlay = options.overlay ?? DEFAULT_OVERLAY;
+  document.title = `${options.name} · ${overlay} · webrtc-bootstrap demo`;
   $('me-name').textContent = options.name;
+  $('me-overlay').textContent = overlay;
   $('server').textContent = options.server;
+  $('overlay').textContent = overlay;
+  const link = roomLink(location.search, location);
+  $('room-link').href = link;
+  $('room-link').textContent = link;
+  $('room-token-note').hidden = !options.token;
   app.dataset.name = options.name;
+  app.dataset.overlay = overlay;
 
   const setState = (state, text) => {
     app.dataset.state = state;
@@ -252,6 +322,8 @@ function main() {
     try {
       client = new Client(options.server, {
         timeout: options.timeout,
+        overlay: options.overlay,
+        token: options.token,
         log: options.debug ? (line) => console.debug(`[${options.name}] ${line}`) : null,
       });
       node = await Node.join(client, {
@@ -261,9 +333,10 @@ function main() {
         reportTopology: true,
       });
     } catch (error) {
-      const message = failureMessage(error, options.server);
+      const message = failureMessage(error, options.server, { overlay, hasToken: Boolean(options.token) });
       setState('failed', message.title);
       $('error').dataset.code = error.code ?? 'Error';
+      $('error').dataset.refusal = error.refusal ?? '';
       $('error-title').textContent = message.title;
       $('error-text').textContent = message.text;
       $('error').hidden = false;
@@ -271,12 +344,12 @@ function main() {
       return;
     }
     window.demo = { node, client, options };
-    setState('connected', 'connected to the overlay');
-    addLog({ system: 'joined the overlay' });
+    setState('connected', `connected to overlay ${overlay}`);
+    addLog({ system: `joined overlay ${overlay}` });
     node.addEventListener('state', (event) => {
       const info = event.detail;
       if (info.state === 'rejoining') setState('rejoining', 'parent left; re-joining…');
-      else if (info.state === 'connected' && app.dataset.state !== 'connected') setState('connected', 'connected to the overlay');
+      else if (info.state === 'connected' && app.dataset.state !== 'connected') setState('connected', `connected to overlay ${overlay}`);
       showLinks();
     });
     node.addEventListener('parent-close', () => addLog({ system: 'parent left; re-joining' }));

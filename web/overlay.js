@@ -13,6 +13,10 @@
 // - `{"subtree": T}`: child → parent topology report, `T = {"name", "children": [T…]}`;
 // - `{"broadcast": {"tree": T}}`: the whole tree, shared by the root.
 //
+// A node lives in its client's overlay (`new Client(address, { overlay, token })`): it
+// joins there, and each answer to a newcomer opens a `/join` socket there with the same
+// join token, so a tree never spans overlays.
+//
 // Layout: the IO-free pieces (hash, wire format, deliveries, `Topology`, `NodeCore`), then
 // `Node`, the IO.
 
@@ -370,6 +374,8 @@ export class Node extends EventTarget {
   info() {
     return {
       name: this.name,
+      /** The overlay this node is in (`'default'` for the server's default overlay). */
+      overlay: this.client.overlay,
       state: this.state,
       /** Our own `/join` id as a newcomer: the id our parent knows us by. */
       id: this.parent ? this.parent.peer.localId : null,

@@ -1,4 +1,4 @@
-// Shared by the browser drivers (drive.mjs, interop.mjs): launching Debian's Chromium with
+// Shared by the browser drivers (drive.mjs, interop.mjs, overlays.mjs): launching Debian's Chromium with
 // the flags that work in a loopback-only network namespace, opening demo tabs, reading
 // their state from the page's data attributes, and waiting with timeouts.
 
@@ -102,6 +102,9 @@ export async function pageState(page) {
     const error = document.getElementById('error');
     return {
       name: app.dataset.name,
+      overlay: app.dataset.overlay,
+      /** The overlay's name as the header shows it to the user. */
+      overlayShown: document.getElementById('me-overlay').textContent,
       state: app.dataset.state,
       id: app.dataset.id,
       parent: app.dataset.parent,
@@ -109,6 +112,8 @@ export async function pageState(page) {
       children: JSON.parse(app.dataset.children || '[]'),
       tree: JSON.parse(document.getElementById('tree').dataset.tree || 'null'),
       error: error.hidden ? null : error.dataset.code,
+      refusal: error.hidden ? null : error.dataset.refusal || null,
+      errorTitle: error.hidden ? null : document.getElementById('error-title').textContent,
       errorText: error.hidden ? null : error.innerText,
       messages: [...document.querySelectorAll('#log li.msg')].map((li) => ({ from: li.dataset.from, text: li.dataset.text })),
     };

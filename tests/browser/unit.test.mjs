@@ -6,14 +6,16 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
 import {
-  BootstrapError, ClosedError, Dropped, InvalidAddressError, Negotiation, NoAnswerError,
-  WrongOriginError, candidateSignal, parseServerAddress, randomLabel, signalKind,
+  BEARER_SUBPROTOCOL, BootstrapError, Client, ClosedError, DEFAULT_OVERLAY, Dropped, InvalidAddressError,
+  InvalidOverlayError, InvalidSecretError, InvalidTokenError, JoinRefusedError, Negotiation, NoAnswerError,
+  Refusal, WrongOriginError, candidateSignal, isOverlayName, parseServerAddress, randomLabel, redactAddress,
+  refusalFromHealth, signalKind,
 } from '../../web/bootstrap.js';
 import {
   MAX_STORED_PER_SLOT, NodeCore, REPORT_DEBOUNCE_MS, Topology, dataMessage, hash31, isTree,
   joinRequestMessage, parseChannelMessage, slotFor, subtreeOf, treeOf, unwrapDelivery,
 } from '../../web/overlay.js';
-import { demoOptions, failureMessage, layoutTree, parentName, treeSize } from '../../web/demo.js';
+import { demoOptions, failureMessage, layoutTree, parentName, roomLink, treeSize } from '../../web/demo.js';
 
 const ANSWERER = 'a'.repeat(32);
 const NEWCOMER = 'b'.repeat(32);
@@ -170,14 +172,120 @@ test('the answerer addresses the newcomer and accepts simple-peer 9 candidates',
   assert.equal(signalKind(null), null);
 });
 
+// The cases of crates/peer/src/address.rs, where they apply to a browser.
 test('server addresses are checked like the Rust client does', () => {
-  assert.deepEqual(parseServerAddress('ws://127.0.0.1:8080'), {
-    base: 'ws://127.0.0.1:8080', joinUrl: 'ws://127.0.0.1:8080/join', httpUrl: 'http://127.0.0.1:8080',
+  const { rootUrl, ...plain } = parseServerAddress('ws://127.0.0.1:8080');
+  assert.deepEqual(plain, {
+    base: 'ws://127.0.0.1:8080',
+    overlay: DEFAULT_OVERLAY,
+    joinUrl: 'ws://127.0.0.1:8080/join',
+    joinUrlRedacted: 'ws://127.0.0.1:8080/join',
+    protocols: undefined,
+    hasToken: false,
+    httpUrl: 'http://127.0.0.1:8080',
   });
-  assert.equal(parseServerAddress('wss://example.org/').joinUrl, 'wss://example.org/join');
-  for (const bad of ['http://x', 'x:80', 'ws://', 'ws:///', 'ws://x/join', 'ws://x?y', 5]) {
+  assert.equal(rootUrl('s3cret'), 'ws://127.0.0.1:8080/s3cret/webrtc-bootstrap-root');
+  const secure = parseServerAddress('wss://example.org/');
+  assert.equal(secure.joinUrl, 'wss://example.org/join');
+  assert.equal(secure.httpUrl, 'https://example.org');
+  for (const bad of ['a/b', '..', '', 5]) assert.throws(() => secure.rootUrl(bad), InvalidSecretError, String(bad));
+  for (const bad of [
+    'http://x', 'x:80', 'ws://', 'ws:///', 'ws:///o/a', 'ws://x/join', 'ws://x/o/a/join', 'ws://x/o/a/t/tok/join',
+    'ws://x/s3cret/webrtc-bootstrap-root', 'ws://x/t', 'ws://x/o/', 'ws://x?y', 'ws://x/o/a?token=t', 'ws://x/#f',
+    'ws://x/a b', 'ws://x//join', 'ws://x/a//b', 'ws://x/../b', 'ws://x/a%20b', 5,
+  ]) {
     assert.throws(() => parseServerAddress(bad), InvalidAddressError, String(bad));
   }
+});
+
+test('an overlay in the options or the address', () => {
+  const chat = parseServerAddress('ws://h:1', { overlay: 'chat' });
+  assert.equal(chat.overlay, 'chat');
+  assert.equal(chat.joinUrl, 'ws://h:1/o/chat/join');
+  assert.equal(chat.rootUrl('k'), 'ws://h:1/o/chat/k/webrtc-bootstrap-root');
+  assert.equal(chat.httpUrl, 'http://h:1', '/healthz is the server\'s, not the overlay\'s');
+  for (const same of [parseServerAddress('ws://h:1/o/chat'), parseServerAddress('ws://h:1/o/chat/'),
+    parseServerAddress('ws://h:1/o/chat', { overlay: 'chat' })]) {
+    assert.equal(same.joinUrl, 'ws://h:1/o/chat/join');
+    assert.equal(same.base, 'ws://h:1/o/chat');
+  }
+  // A reverse proxy's prefix comes first; an overlay named `join` is an overlay.
+  const proxied = parseServerAddress('wss://h/signal', { overlay: 'a' });
+  assert.equal(proxied.joinUrl, 'wss://h/signal/o/a/join');
+  assert.equal(proxied.httpUrl, 'https://h/signal');
+  assert.equal(parseServerAddress('ws://h/o/join').joinUrl, 'ws://h/o/join/join');
+  assert.throws(() => parseServerAddress('ws://h/o/a', { overlay: 'b' }), InvalidAddressError);
+  assert.equal(parseServerAddress('ws://h', { overlay: null }).joinUrl, 'ws://h/join');
+  const long = 'n'.repeat(65);
+  for (const bad of ['', '.', '..', 'a/b', 'a b', 'caf\u00e9', long, 7]) {
+    assert.equal(isOverlayName(bad), false, String(bad));
+    assert.throws(() => parseServerAddress('ws://h', { overlay: bad }), InvalidOverlayError, String(bad));
+  }
+  assert.ok(isOverlayName('n'.repeat(64)) && isOverlayName('a.b_c~d-e'));
+  assert.throws(() => parseServerAddress(`ws://h/o/${long}`), InvalidOverlayError);
+  assert.throws(() => new Client('ws://h', { overlay: '..' }), (error) => error.code === 'InvalidOverlay');
+  assert.equal(new Client('ws://h', { overlay: 'chat' }).overlay, 'chat');
+  assert.equal(new Client('ws://h').overlay, 'default');
+});
+
+test('a join token rides in the bearer subprotocol, or stays in the address path', () => {
+  const token = 'eyJhbGciOiJIUzI1NiJ9.eyJvdmwiOiJhIn0.c2ln-_';
+  const s = parseServerAddress('ws://h:1', { overlay: 'a', token });
+  assert.equal(s.joinUrl, 'ws://h:1/o/a/join', 'the token stays out of the URL');
+  assert.deepEqual(s.protocols, [BEARER_SUBPROTOCOL, token]);
+  assert.equal(BEARER_SUBPROTOCOL, 'bearer');
+  assert.ok(s.hasToken);
+  assert.equal(s.rootUrl('k'), 'ws://h:1/o/a/k/webrtc-bootstrap-root', 'the join token has no place on the root path');
+  // As a JS client is given it: the token stays in the path, and out of errors.
+  const path = parseServerAddress('ws://h:1/o/a/t/eyJ.x');
+  assert.equal(path.joinUrl, 'ws://h:1/o/a/t/eyJ.x/join');
+  assert.equal(path.joinUrlRedacted, 'ws://h:1/o/a/t/<token>/join');
+  assert.equal(path.protocols, undefined);
+  assert.ok(path.hasToken);
+  assert.equal(path.base, 'ws://h:1/o/a');
+  assert.equal(parseServerAddress('ws://h/t/tok', { overlay: 'a' }).joinUrl, 'ws://h/o/a/t/tok/join');
+  assert.throws(() => parseServerAddress('ws://h/t/tok', { token: 'tok' }), InvalidAddressError);
+  for (const bad of ['', 'a b', 'a/b', 'a?b', 'a&b=c', 'a%20', '..', 'caf\u00e9', 5]) {
+    assert.throws(() => parseServerAddress('ws://h', { token: bad }), InvalidTokenError, String(bad));
+  }
+  assert.throws(() => new Client('ws://h', { token: 'a b' }), (error) => error.code === 'InvalidToken' && !error.message.includes('a b'));
+});
+
+test('errors never show a token', () => {
+  const secret = 'eyJTOKEN';
+  for (const bad of ['ws://h/t/eyJTOKEN/join', 'ws://h/o/a/t/eyJTOKEN?x', 'ws://user:eyJTOKEN@h/join',
+    'ws://h/join?token=eyJTOKEN', 'ws://h/t/eyJTOKEN/a%20']) {
+    assert.throws(() => parseServerAddress(bad), (error) => error instanceof InvalidAddressError && !error.message.includes(secret), bad);
+  }
+  assert.equal(redactAddress('ws://u:p@h/o/a/t/eyJ/x?token=eyJ'), 'ws://h/o/a/t/<token>/x?…');
+  assert.throws(() => new Client('ws://h', { token: `${secret} ` }), (error) => !error.message.includes(secret));
+});
+
+test('a refused /join socket is explained from /healthz', () => {
+  const health = (overlays, prospects = 0) => ({ status: 'ok', prospects, max_prospects: 100, overlays });
+  const entry = (name, prospects = 0) => ({ name, root_connected: true, prospects, max_prospects: 10, dynamic: false });
+  const url = 'ws://h/o/chat/join';
+  const chat = parseServerAddress('ws://h', { overlay: 'chat' });
+  const withToken = parseServerAddress('ws://h', { overlay: 'chat', token: 'eyJ.a.b' });
+  const cases = [
+    [chat, health([entry('default')]), Refusal.NoSuchOverlay, /overlay "chat" does not exist.*404/],
+    [chat, health([entry('chat', 10)]), Refusal.Full, /full.*503/],
+    [chat, health([entry('chat')], 100), Refusal.Full, /full.*503/],
+    [chat, health([entry('chat')]), Refusal.Unauthorized, /requires a join token.*401.*none was given/],
+    [withToken, health([entry('chat')]), Refusal.Unauthorized, /join token was refused.*401.*not for overlay "chat"/],
+    [withToken, null, Refusal.Unknown, /join token was refused \(401\).*does not exist \(404\).*full \(503\)/],
+    [chat, { status: 'ok' }, Refusal.Unknown, /a join token is required \(401\)/],
+  ];
+  for (const [server, report, refusal, text] of cases) {
+    const error = refusalFromHealth(server, url, report);
+    assert.ok(error instanceof JoinRefusedError);
+    assert.equal(error.code, 'JoinRefused');
+    assert.equal(error.refusal, refusal, JSON.stringify(report));
+    assert.match(error.message, text);
+    assert.equal(error.url, url);
+  }
+  assert.equal(refusalFromHealth(parseServerAddress('ws://h'), '/join', health([entry('default')])).refusal, Refusal.Unauthorized);
+  assert.equal(new JoinRefusedError('u', 'r').refusal, Refusal.Unknown);
 });
 
 test('errors are typed, with stable codes', () => {
@@ -199,8 +307,33 @@ test('the demo lays trees out and explains failures', () => {
   assert.deepEqual(at, { root: [0.5, 0], p1: [0, 1], p3: [0, 2], p2: [1, 1] });
   assert.equal(parentName(tree, 'p3'), 'p1');
   assert.equal(parentName(tree, 'root'), null);
-  assert.match(failureMessage(new NoAnswerError(2500), 'ws://h').text, /No root seems to be connected/);
+  assert.match(failureMessage(new NoAnswerError(2500), 'ws://h').text, /No root seems to be connected to overlay "default": start one with bootstrap-node root --url ws:\/\/h --secret/);
+  assert.match(failureMessage(new NoAnswerError(2500), 'ws://h', { overlay: 'chat' }).text, /root --url ws:\/\/h --overlay chat --secret S \(or --token ROOT_TOKEN\)/);
   assert.equal(failureMessage({ code: 'Unreachable' }, 'ws://h').title, 'The bootstrap server is unreachable');
   const options = demoOptions('?name=x&maxDegree=3&timeout=100', { protocol: 'http:', host: 'h:1' });
-  assert.deepEqual(options, { server: 'ws://h:1', name: 'x', maxDegree: 3, timeout: 100, requestTimeout: 100, debug: false });
+  assert.deepEqual(options, {
+    server: 'ws://h:1', name: 'x', maxDegree: 3, timeout: 100, requestTimeout: 100, overlay: null, token: null, debug: false,
+  });
+});
+
+test('the demo joins the overlay and token of its link, and explains refusals', () => {
+  const page = { protocol: 'https:', host: 'h', origin: 'https://h', pathname: '/demo/' };
+  const options = demoOptions('?overlay=chat&token=eyJ.a.b&relay=1', page);
+  assert.equal(options.server, 'wss://h');
+  assert.equal(options.overlay, 'chat');
+  assert.equal(options.token, 'eyJ.a.b');
+  assert.equal(demoOptions('?overlay=&token=', page).overlay, null);
+  assert.equal(roomLink('?overlay=chat&token=eyJ.a.b&name=me&server=ws%3A%2F%2Fx&relay=1', page),
+    'https://h/demo/?overlay=chat&server=ws%3A%2F%2Fx&relay=1');
+  assert.equal(roomLink('?name=me', page), 'https://h/demo/');
+  const refused = (refusal) => new JoinRefusedError('ws://h/o/chat/join', 'r', refusal);
+  const context = { overlay: 'chat', hasToken: true };
+  assert.equal(failureMessage(refused(Refusal.Unauthorized), 'ws://h', context).title, 'The join token was refused');
+  assert.match(failureMessage(refused(Refusal.Unauthorized), 'ws://h', context).text, /HTTP 401/);
+  assert.equal(failureMessage(refused(Refusal.Unauthorized), 'ws://h', { overlay: 'chat' }).title, 'This overlay needs a join token');
+  assert.match(failureMessage(refused(Refusal.NoSuchOverlay), 'ws://h', context).text, /has no overlay "chat"/);
+  assert.equal(failureMessage(refused(Refusal.Full), 'ws://h', context).title, 'The overlay is full');
+  assert.equal(failureMessage(refused(Refusal.Unknown), 'ws://h', context).title, 'The server refused to let this tab join');
+  assert.equal(failureMessage(new InvalidOverlayError('a/b'), 'ws://h').title, 'Invalid overlay name');
+  assert.equal(failureMessage(new InvalidTokenError(), 'ws://h').title, 'Invalid join token');
 });

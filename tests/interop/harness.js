@@ -1,9 +1,14 @@
 // JS peers for the interop tests, driven by the Rust test over stdin/stdout.
 //
-// Usage: node harness.js ROLE --url HOST:PORT [--secret S] [--name N] [--max-degree K]
-//                          [--timeout MS] [--port P]
+// Usage: node harness.js ROLE --url HOST:PORT[/PATH] [--secret S] [--name N] [--max-degree K]
+//                          [--timeout MS] [--port P] [--join-url HOST:PORT[/PATH]]
 // Roles: server (the JS webrtc-bootstrap 4.4.1 Server on 127.0.0.1), root, newcomer,
 //        tree-root, tree-node.
+// The client is given `--url` as its host, so a path after the port goes before the
+// socket paths, as the client builds them: `HOST:PORT/o/NAME` reaches overlay NAME, and
+// `HOST:PORT/o/NAME/t/TOKEN` carries a join token. `--secret` may be a root token. A root
+// answers through a second client on `--join-url` when given (a root's answers are /join
+// sockets, which may need a join token in their host; its own socket must not have one).
 // Every event is one JSON line on stdout: {"event": ..., ...}. Commands are JSON lines on
 // stdin: {"cmd":"send","data":...} (newcomer/root peers), {"cmd":"broadcast","data":...}
 // (tree nodes), {"cmd":"exit"}.
@@ -96,10 +101,11 @@ if (role === 'server') {
   })
 } else if (role === 'root') {
   const client = new Client(args.url)
+  const answers = args['join-url'] ? new Client(args['join-url']) : client
   const peers = {}
   client.root(args.secret, (req) => {
     if (!peers[req.origin]) {
-      const peer = client.connect(req, { peerOpts, timeout, cb: (err) => { if (err) emit('error', { message: err.message }) } })
+      const peer = answers.connect(req, { peerOpts, timeout, cb: (err) => { if (err) emit('error', { message: err.message }) } })
       const send = watchPeer(peer, req.origin)
       peers[req.origin] = peer
       peer.on('connect', () => send('hello from the js root'))
