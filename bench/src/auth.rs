@@ -16,7 +16,7 @@ use crate::load::{self, LoadConfig};
 use crate::servers::{Kind, Programs, Spawned};
 
 /// The root's secret.
-const SECRET: &str = "bench-secret";
+const SECRET: &str = "bench-secret-0123456789";
 
 /// The HS256 key the server verifies with (its file's content).
 const KEY: &[u8] = b"bootstrap-bench HS256 key, 32 bytes or more";

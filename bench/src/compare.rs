@@ -12,7 +12,7 @@ use crate::report::{IdleEntry, Point, Report, Settings};
 use crate::servers::{self, Kind, Programs, Spawned};
 
 /// The secret both servers get.
-const SECRET: &str = "bench-secret";
+const SECRET: &str = "bench-secret-0123456789";
 
 /// Whether to run the JS server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

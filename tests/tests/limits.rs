@@ -65,3 +65,42 @@ async fn the_server_stops_listening_as_soon_as_it_shuts_down() -> anyhow::Result
     drop(stuck);
     Ok(())
 }
+
+#[tokio::test]
+async fn what_slow_readers_make_the_server_hold_is_bounded_in_bytes() -> anyhow::Result<()> {
+    const BUDGET: usize = 512 * 1024;
+    let server = TestServer::with(|c| {
+        c.max_queued_bytes = BUDGET;
+        c.rate_burst = 1000;
+        c.rate_per_second = 1000;
+    })
+    .await?;
+    // A root that stops reading, and newcomers that send it 60 KB messages.
+    let root =
+        RawClient::connect(server.addr, &server.root_url()[server.base_url().len()..]).await?;
+    server.wait_health("root", |h| h.root_connected).await?;
+    let big = envelope(None, &format!("\"{}\"", "z".repeat(60_000)), 0);
+    let mut senders = Vec::new();
+    for _ in 0..4 {
+        let mut ws = server.join().await?;
+        for _ in 0..50 {
+            send(&mut ws, &big).await?;
+        }
+        senders.push(ws);
+    }
+    // 12 MB were sent; the server holds at most its budget and drops the rest.
+    let health = server
+        .wait_health("drops", |h| {
+            h.stats.relayed_to_root + h.stats.dropped_over_budget + h.stats.dropped_queue_full
+                == 200
+        })
+        .await?;
+    assert!(health.queued_bytes <= BUDGET, "{}", health.queued_bytes);
+    assert!(health.stats.dropped_over_budget > 0, "{:?}", health.stats);
+    // Once the root is gone, every byte is given back.
+    drop(root);
+    server
+        .wait_health("released", |h| h.queued_bytes == 0 && !h.root_connected)
+        .await?;
+    Ok(())
+}

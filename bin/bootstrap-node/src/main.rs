@@ -2,7 +2,7 @@
 //!
 //! Run with:
 //! ```text
-//! bootstrap-node root --url ws://127.0.0.1:5000 --secret s3cret --max-degree 3
+//! bootstrap-node root --url ws://127.0.0.1:5000 --secret s3cret-s3cret-s3cret --max-degree 3
 //! bootstrap-node join --url ws://127.0.0.1:5000
 //! ```
 //! In a named overlay, on a server with token auth (tokens from `bootstrap-server token`;

@@ -1,7 +1,8 @@
 //! `bootstrap-server`: the webrtc-bootstrap signaling server.
 //!
-//! Run with `SECRET=s3cret bootstrap-server` or `bootstrap-server config.json`; flags and
-//! environment variables override the config file. See `--help`.
+//! Run with `SECRET=<16 or more random characters> bootstrap-server` or
+//! `bootstrap-server config.json`; flags and environment variables override the config
+//! file. See `--help`.
 //! `bootstrap-server token ...` mints a token for the server's token key.
 
 mod token;
@@ -18,7 +19,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use tracing_subscriber::EnvFilter;
 use webrtc_bootstrap_server::auth::TokenKey;
-use webrtc_bootstrap_server::{Config, JoinAuth, OverlayConfig, run};
+use webrtc_bootstrap_server::config::MIN_SECRET_LEN;
+use webrtc_bootstrap_server::{Config, ConfigError, JoinAuth, OverlayConfig, run};
 
 /// Exit code for bad configuration (BSD `EX_USAGE`).
 const EX_USAGE: u8 = 64;
@@ -35,6 +37,10 @@ struct Cli {
     /// characters only).
     #[arg(long, env = "SECRET", hide_env_values = true)]
     secret: Option<String>,
+    /// Accept root secrets shorter than 16 characters, with a warning: anyone who guesses
+    /// one becomes the root. For tests and demos only.
+    #[arg(long)]
+    allow_weak_secret: bool,
     /// A named overlay at /o/NAME/...: NAME=SECRET, or NAME=@FILE to read the secret from
     /// a file (better than argv, which other users can see); NAME= for root tokens only.
     /// Repeatable.
@@ -74,7 +80,8 @@ struct Cli {
     /// How long the root may leave a ping unanswered, in milliseconds [default: 30000].
     #[arg(long)]
     root_ping_timeout: Option<u64>,
-    /// Largest accepted WebSocket message in bytes [default: 65536].
+    /// Largest accepted WebSocket message in bytes, from 4096 to 16777216 (16 MiB)
+    /// [default: 65536].
     #[arg(long)]
     max_frame_bytes: Option<usize>,
     /// Most /join sockets open at once; more get HTTP 503 [default: 20000].
@@ -135,6 +142,7 @@ enum LogFormat {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     secret: Option<String>,
+    allow_weak_secret: Option<bool>,
     #[serde(default)]
     overlays: BTreeMap<String, FileOverlay>,
     token_key_file: Option<PathBuf>,
@@ -162,6 +170,8 @@ struct Settings {
     addr: SocketAddr,
     config: Config,
     log_format: LogFormat,
+    /// Overlays whose (allowed) weak secret is warned about once logging is set up.
+    weak_secrets: Vec<String>,
 }
 
 fn settings(cli: Cli) -> anyhow::Result<Settings> {
@@ -234,7 +244,28 @@ fn settings(cli: Cli) -> anyhow::Result<Settings> {
     if let Some(v) = cli.max_overlays.or(file.max_overlays) {
         config.max_overlays = v;
     }
-    config.validate()?;
+    let mut problems = config.validate().err().map_or_else(Vec::new, |e| e.0);
+    let weak_secrets: Vec<String> = config
+        .weak_secrets()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let allow_weak = cli.allow_weak_secret || file.allow_weak_secret.unwrap_or(false);
+    if !weak_secrets.is_empty() && !allow_weak {
+        // Names only: the secrets themselves are never printed.
+        problems.push(format!(
+            "the secret of overlay {} is shorter than {MIN_SECRET_LEN} characters: use a \
+             long random one, or pass --allow-weak-secret (tests and demos only)",
+            weak_secrets
+                .iter()
+                .map(|name| format!("{name:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(ConfigError(problems).into());
+    }
     let host = cli
         .host
         .or(file.host)
@@ -250,6 +281,7 @@ fn settings(cli: Cli) -> anyhow::Result<Settings> {
             .log_format
             .or(file.log_format)
             .unwrap_or(LogFormat::Text),
+        weak_secrets,
     })
 }
 
@@ -348,6 +380,14 @@ fn main() -> ExitCode {
         }
     };
     init_logging(settings.log_format);
+    for overlay in &settings.weak_secrets {
+        tracing::warn!(
+            overlay = %overlay,
+            min_len = MIN_SECRET_LEN,
+            "WEAK SECRET: this overlay's root secret is short enough to guess, and whoever \
+             guesses it becomes the root (allowed by --allow-weak-secret)"
+        );
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {

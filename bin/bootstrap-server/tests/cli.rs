@@ -131,7 +131,14 @@ fn port_in_use_is_a_usage_error() -> anyhow::Result<()> {
     let taken = TcpListener::bind("127.0.0.1:0")?;
     let port = taken.local_addr()?.port().to_string();
     let output = run_to_end(
-        &["--secret", "s", "--host", "127.0.0.1", "--port", &port],
+        &[
+            "--secret",
+            "port-in-use-secret-0123",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+        ],
         &[],
     )?;
     assert_usage_error(&output, "cannot listen");
@@ -194,7 +201,7 @@ async fn config_file_flags_override_and_sigterm_closes_sockets_with_1001() -> an
     std::fs::write(
         &config,
         format!(
-            r#"{{"secret":"fromfile","port":{file_port},"host":"127.0.0.1","public":{:?},"log_format":"json"}}"#,
+            r#"{{"secret":"fromfile","allow_weak_secret":true,"port":{file_port},"host":"127.0.0.1","public":{:?},"log_format":"json"}}"#,
             public.to_str().context("path")?
         ),
     )?;
@@ -328,6 +335,7 @@ async fn overlays_from_flags_files_and_tokens_minted_by_the_binary() -> anyhow::
             key,
             "--join-auth",
             "token",
+            "--allow-weak-secret",
             "--host",
             "127.0.0.1",
             "--port",
@@ -387,4 +395,105 @@ fn rand_suffix() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos())
+}
+
+/// A secret long enough not to be weak.
+const STRONG: &str = "a-strong-secret-0123456789";
+
+#[test]
+fn weak_secrets_are_refused_without_echoing_them() -> anyhow::Result<()> {
+    let weak = "tiny-s3cret";
+    for (args, env) in [
+        (vec!["--secret", weak], vec![]),
+        (vec![], vec![("SECRET", weak)]),
+        (vec!["--overlay", "chat=tiny-s3cret"], vec![]),
+    ] {
+        let output = run_to_end(&args, &env)?;
+        assert_usage_error(&output, "shorter than 16 characters");
+        assert_usage_error(&output, "--allow-weak-secret");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains(weak), "{stderr}");
+    }
+    let output = run_to_end(&["--overlay", "chat=tiny-s3cret"], &[])?;
+    assert_usage_error(&output, "overlay \"chat\"");
+    // `false` in the config file is the default: still refused.
+    let dir = tempdir()?;
+    let file = dir.join("weak.json");
+    std::fs::write(
+        &file,
+        r#"{"secret":"tiny-s3cret","allow_weak_secret":false}"#,
+    )?;
+    assert_usage_error(
+        &run_to_end(&[file.to_str().context("path")?], &[])?,
+        "shorter than 16 characters",
+    );
+    Ok(())
+}
+
+#[test]
+fn dot_secrets_and_huge_frames_are_usage_errors() -> anyhow::Result<()> {
+    for secret in [".", ".."] {
+        assert_usage_error(
+            &run_to_end(&["--secret", secret, "--allow-weak-secret"], &[])?,
+            "clients remove such path segments",
+        );
+        let overlay = format!("chat={secret}");
+        assert_usage_error(
+            &run_to_end(&["--overlay", &overlay, "--allow-weak-secret"], &[])?,
+            "the secret of overlay \"chat\" must not be",
+        );
+    }
+    for bytes in ["16777217", "1000000000000"] {
+        assert_usage_error(
+            &run_to_end(&["--secret", STRONG, "--max-frame-bytes", bytes], &[])?,
+            "max_frame_bytes must be from 4096 to 16777216",
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn an_allowed_weak_secret_is_logged_as_a_warning_without_the_secret() -> anyhow::Result<()> {
+    let port = free_port()?;
+    let mut child = Command::new(BIN)
+        .args([
+            "--secret",
+            "tiny-s3cret",
+            "--allow-weak-secret",
+            "--host",
+            "127.0.0.1",
+        ])
+        .args(["--port", &port.to_string()])
+        .env_remove("SECRET")
+        .env_remove("PORT")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // The warning is logged before the server binds.
+    let started = loop {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            break true;
+        }
+        if Instant::now() > deadline || child.try_wait()?.is_some() {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let health = started.then(|| http_get(addr, "/healthz"));
+    let _ = child.kill();
+    let output = child.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    anyhow::ensure!(started, "server did not start: {stderr}");
+    let health = health.context("started")??;
+    assert!(health.contains("\"status\":\"ok\""), "{health}");
+    assert!(
+        stderr.contains("WARN") && stderr.contains("WEAK SECRET"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("default"), "{stderr}");
+    assert!(!stderr.contains("tiny-s3cret"), "{stderr}");
+    Ok(())
 }

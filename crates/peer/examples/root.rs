@@ -1,8 +1,8 @@
 //! A root that answers every newcomer itself and echoes what it receives.
 //!
-//! Run with (against a running server, e.g. `bootstrap-server --secret s3cret`):
+//! Run with (against a running server, e.g. `bootstrap-server --secret s3cret-s3cret-s3cret`):
 //! ```text
-//! cargo run -p webrtc-bootstrap-peer --example root -- ws://127.0.0.1:5000 s3cret
+//! cargo run -p webrtc-bootstrap-peer --example root -- ws://127.0.0.1:5000 s3cret-s3cret-s3cret
 //! ```
 //! then start one or more `newcomer` examples. On `127.0.0.1`/`localhost` the peers bind
 //! the loopback interface only. `RUST_LOG=debug` shows the signaling.
@@ -18,7 +18,9 @@ async fn main() -> anyhow::Result<()> {
     let address = args
         .next()
         .unwrap_or_else(|| "ws://127.0.0.1:5000".to_owned());
-    let secret = args.next().unwrap_or_else(|| "s3cret".to_owned());
+    let secret = args
+        .next()
+        .unwrap_or_else(|| "s3cret-s3cret-s3cret".to_owned());
     let options = if address.contains("127.0.0.1") || address.contains("localhost") {
         Options::loopback()
     } else {

@@ -9,14 +9,16 @@ use std::time::Duration;
 use bootstrap_protocol::paths::is_url_safe_secret;
 
 use crate::auth::TokenKey;
-use crate::route::{DEFAULT_OVERLAY, is_valid_overlay_name};
+use crate::route::{DEFAULT_OVERLAY, MAX_CREDENTIAL_LEN, is_valid_overlay_name};
 
 /// Everything the server needs to run. Build it with [`Config::new`] and adjust fields.
 #[derive(Clone)]
 pub struct Config {
     /// The default overlay's root secret: its root connects on
-    /// `/<secret>/webrtc-bootstrap-root`. URL-safe ([`is_url_safe_secret`]); empty when
-    /// only named overlays or root tokens are used. Never logged.
+    /// `/<secret>/webrtc-bootstrap-root`. URL-safe ([`is_url_safe_secret`]), not `.` or
+    /// `..`; empty when only named overlays or root tokens are used. Never logged.
+    /// Anything shorter than [`MIN_SECRET_LEN`] is accepted here (tests use short ones)
+    /// but reported by [`Config::weak_secrets`].
     pub secret: String,
     /// Named overlays by name, each at `/o/NAME/...` with its own root, ids and limits.
     pub overlays: BTreeMap<String, OverlayConfig>,
@@ -39,7 +41,8 @@ pub struct Config {
     pub seed: Option<u64>,
     /// Directory served as static files at `/` (the JS server serves `public/`).
     pub public: Option<PathBuf>,
-    /// Largest accepted WebSocket message, in bytes. Larger ones close the socket with 1009.
+    /// Largest accepted WebSocket message, in bytes, from [`MIN_FRAME_BYTES`] to
+    /// [`MAX_FRAME_BYTES`]. Larger ones close the socket with 1009.
     pub max_frame_bytes: usize,
     /// Most `/join` sockets open at once in all overlays; the excess gets HTTP 503.
     pub max_prospects: usize,
@@ -54,6 +57,15 @@ pub struct Config {
     pub join_queue: usize,
     /// Outbound queue of the root socket, in messages.
     pub root_queue: usize,
+    /// Outbound queue of one `/join` socket, in bytes (raised to `max_frame_bytes` if
+    /// smaller, so that any message fits).
+    pub join_queue_bytes: usize,
+    /// Outbound queue of the root socket, in bytes (raised to `max_frame_bytes` if
+    /// smaller).
+    pub root_queue_bytes: usize,
+    /// Bytes all outbound queues (and the writes under way) may hold together; a
+    /// message that would exceed it is dropped.
+    pub max_queued_bytes: usize,
     /// How long one write to a socket may take; a socket that does not read for this long
     /// (its queue stays full) is closed.
     pub write_timeout: Duration,
@@ -85,6 +97,9 @@ impl Config {
             max_bad_messages: 10,
             join_queue: 64,
             root_queue: 4096,
+            join_queue_bytes: 256 * 1024,
+            root_queue_bytes: 16 * 1024 * 1024,
+            max_queued_bytes: 256 * 1024 * 1024,
             write_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
         }
@@ -104,8 +119,8 @@ impl Config {
                  (--token-key-file)"
                     .to_owned(),
             );
-        } else if !self.secret.is_empty() && !is_url_safe_secret(&self.secret) {
-            problems.push("the secret must be URL-safe: only A-Z a-z 0-9 - . _ ~".to_owned());
+        } else if let Some(problem) = secret_problem(&self.secret) {
+            problems.push(format!("the secret {problem}"));
         }
         for (name, overlay) in &self.overlays {
             if name == DEFAULT_OVERLAY {
@@ -121,10 +136,8 @@ impl Config {
                 problems.push(format!(
                     "overlay {name:?} has no secret and there is no token key: its root could never connect"
                 ));
-            } else if !overlay.secret.is_empty() && !is_url_safe_secret(&overlay.secret) {
-                problems.push(format!(
-                    "the secret of overlay {name:?} must be URL-safe: only A-Z a-z 0-9 - . _ ~"
-                ));
+            } else if let Some(problem) = secret_problem(&overlay.secret) {
+                problems.push(format!("the secret of overlay {name:?} {problem}"));
             }
             if overlay.max_prospects == Some(0) || overlay.timeout.is_some_and(|t| t.is_zero()) {
                 problems.push(format!(
@@ -156,15 +169,16 @@ impl Config {
             ("max_bad_messages", self.max_bad_messages == 0),
             ("join_queue", self.join_queue == 0),
             ("root_queue", self.root_queue == 0),
+            ("max_queued_bytes", self.max_queued_bytes == 0),
         ];
         for (name, zero) in positive {
             if zero {
                 problems.push(format!("{name} must be greater than 0"));
             }
         }
-        if self.max_frame_bytes < MIN_FRAME_BYTES {
+        if !(MIN_FRAME_BYTES..=MAX_FRAME_BYTES).contains(&self.max_frame_bytes) {
             problems.push(format!(
-                "max_frame_bytes must be at least {MIN_FRAME_BYTES}"
+                "max_frame_bytes must be from {MIN_FRAME_BYTES} to {MAX_FRAME_BYTES}"
             ));
         }
         if let Some(dir) = self.public.as_ref().filter(|dir| !dir.is_dir()) {
@@ -175,6 +189,46 @@ impl Config {
         } else {
             Err(ConfigError(problems))
         }
+    }
+
+    /// The overlays ([`DEFAULT_OVERLAY`] for the default one) whose secret is valid but
+    /// shorter than [`MIN_SECRET_LEN`], and so guessable. The library runs with them (tests use
+    /// short secrets); the `bootstrap-server` binary refuses them unless told otherwise.
+    #[must_use]
+    pub fn weak_secrets(&self) -> Vec<&str> {
+        let default = (DEFAULT_OVERLAY, &self.secret);
+        let named = self
+            .overlays
+            .iter()
+            .map(|(name, overlay)| (name.as_str(), &overlay.secret));
+        std::iter::once(default)
+            .chain(named)
+            .filter(|(_, secret)| {
+                // Invalid ones are reported by `validate` instead.
+                !secret.is_empty()
+                    && secret.len() < MIN_SECRET_LEN
+                    && secret_problem(secret).is_none()
+            })
+            .map(|(name, _)| name)
+            .collect()
+    }
+}
+
+/// What is wrong with a non-empty root secret, as the end of a sentence; never the
+/// secret itself.
+fn secret_problem(secret: &str) -> Option<String> {
+    if secret.is_empty() {
+        None
+    } else if !is_url_safe_secret(secret) {
+        Some("must be URL-safe: only A-Z a-z 0-9 - . _ ~".to_owned())
+    } else if secret == "." || secret == ".." {
+        // Clients resolve `/./webrtc-bootstrap-root` to `/webrtc-bootstrap-root`.
+        Some("must not be \".\" or \"..\": clients remove such path segments".to_owned())
+    } else if secret.len() > MAX_CREDENTIAL_LEN {
+        // The router takes no longer path segment.
+        Some(format!("must be at most {MAX_CREDENTIAL_LEN} characters"))
+    } else {
+        None
     }
 }
 
@@ -224,6 +278,16 @@ pub enum JoinAuth {
 /// Smallest `max_frame_bytes` accepted: an SDP offer alone is 500–3000 bytes.
 pub const MIN_FRAME_BYTES: usize = 4096;
 
+/// Largest `max_frame_bytes` accepted (16 MiB): a message is held whole until it is
+/// complete, so this is what one client can make the server buffer, and an SDP message
+/// is a few kilobytes.
+pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+
+/// Shortest root secret the `bootstrap-server` binary accepts without
+/// `--allow-weak-secret` (see [`Config::weak_secrets`]): 16 random URL-safe characters
+/// are about 96 bits.
+pub const MIN_SECRET_LEN: usize = 16;
+
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
@@ -245,6 +309,9 @@ impl fmt::Debug for Config {
             .field("max_bad_messages", &self.max_bad_messages)
             .field("join_queue", &self.join_queue)
             .field("root_queue", &self.root_queue)
+            .field("join_queue_bytes", &self.join_queue_bytes)
+            .field("root_queue_bytes", &self.root_queue_bytes)
+            .field("max_queued_bytes", &self.max_queued_bytes)
             .field("write_timeout", &self.write_timeout)
             .field("shutdown_grace", &self.shutdown_grace)
             .finish()
@@ -310,6 +377,68 @@ mod tests {
             .overlays
             .insert("by-token".into(), OverlayConfig::default());
         assert_eq!(tokens.validate(), Ok(()));
+    }
+
+    #[test]
+    fn dot_segments_and_overlong_secrets_are_refused_as_never_reachable() {
+        let long = "a".repeat(MAX_CREDENTIAL_LEN + 1);
+        for secret in [".", "..", long.as_str()] {
+            let err = Config::new(secret).validate().expect_err(secret);
+            assert_eq!(err.0.len(), 1, "{err}");
+            assert!(err.0[0].starts_with("the secret must"), "{err}");
+            let mut config = Config::new("");
+            config
+                .overlays
+                .insert("chat".into(), OverlayConfig::new(secret));
+            let err = config.validate().expect_err(secret);
+            assert_eq!(err.0.len(), 1, "{err}");
+            assert!(
+                err.0[0].starts_with("the secret of overlay \"chat\" must"),
+                "{err}"
+            );
+        }
+        let longest = "a".repeat(MAX_CREDENTIAL_LEN);
+        for secret in ["...", ".a", "a..", longest.as_str()] {
+            assert_eq!(Config::new(secret).validate(), Ok(()), "{secret}");
+        }
+    }
+
+    #[test]
+    fn max_frame_bytes_has_an_upper_bound() {
+        let frame_problem = |bytes: usize| {
+            let mut config = Config::new("s");
+            config.max_frame_bytes = bytes;
+            config.validate().err().is_some_and(|err| {
+                err.0
+                    .iter()
+                    .any(|problem| problem.starts_with("max_frame_bytes must"))
+            })
+        };
+        assert!(frame_problem(MIN_FRAME_BYTES - 1));
+        assert!(!frame_problem(MIN_FRAME_BYTES));
+        assert!(!frame_problem(MAX_FRAME_BYTES));
+        assert!(frame_problem(MAX_FRAME_BYTES + 1));
+        assert!(frame_problem(1_000_000_000_000));
+    }
+
+    #[test]
+    fn short_secrets_are_valid_but_reported_as_weak() {
+        let mut config = Config::new("s3cret");
+        for (name, secret) in [("a", "0123456789abcdef"), ("b", "tiny"), ("c", "")] {
+            config
+                .overlays
+                .insert(name.into(), OverlayConfig::new(secret));
+        }
+        config.token_key = Some(Arc::new(
+            TokenKey::from_bytes(b"0123456789abcdef0123456789abcdef").expect("key"),
+        ));
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(config.weak_secrets(), [DEFAULT_OVERLAY, "b"]);
+        config.secret = "0123456789abcdef".into();
+        assert_eq!(config.weak_secrets(), ["b"]);
+        config.secret = "a/b".into(); // invalid, not weak
+        config.overlays.clear();
+        assert!(config.weak_secrets().is_empty());
     }
 
     #[test]

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use tokio::time::{Instant, MissedTickBehavior, interval_at};
 
-use crate::queue;
+use std::sync::Arc;
+
+use crate::queue::{self, Budget};
 
 /// What a socket's task is told through its queue, ahead of any message. Ordered:
 /// a pending command is only replaced by a greater one, so a close is never lost to
@@ -45,9 +47,14 @@ pub(crate) struct SocketHandle {
     pub(crate) tx: Outbox,
 }
 
-/// A socket's queue of at most `capacity` messages, and its handle.
-pub(crate) fn channel(capacity: usize) -> (SocketHandle, Inbox) {
-    let (tx, rx) = queue::channel(capacity);
+/// A socket's queue of at most `capacity` messages and `max_bytes` bytes, whose bytes
+/// are also taken from the process-wide `budget`, and its handle.
+pub(crate) fn channel(
+    capacity: usize,
+    max_bytes: usize,
+    budget: Arc<Budget>,
+) -> (SocketHandle, Inbox) {
+    let (tx, rx) = queue::channel(capacity, max_bytes, budget);
     (SocketHandle { tx }, rx)
 }
 
@@ -79,7 +86,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn heartbeats_tick_every_period_and_stop_with_the_queue() {
-        let (handle, mut rx) = channel(4);
+        let (handle, mut rx) = channel(4, 1024, Arc::new(Budget::new(1024)));
         let task = tokio::spawn(heartbeats(handle.tx.clone(), Duration::from_secs(10)));
         tokio::time::sleep(Duration::from_millis(9_999)).await;
         tokio::task::yield_now().await;

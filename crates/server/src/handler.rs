@@ -218,6 +218,10 @@ fn on_join_text(
             Destination::Root => registration.bump(|s| &s.relayed_to_root),
             _ => registration.bump(|s| &s.relayed_to_peer),
         },
+        Ok(Err(TrySendError::OverBudget)) => {
+            registration.bump(|s| &s.dropped_over_budget);
+            debug!(%id, destination = ?relayed.destination, "the server's queue budget is spent; dropped");
+        }
         Ok(Err(TrySendError::Full)) => {
             registration.bump(|s| &s.dropped_queue_full);
             debug!(%id, destination = ?relayed.destination, "destination queue full; dropped");

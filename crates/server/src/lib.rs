@@ -24,6 +24,8 @@
 //! - `handler`: what a socket's messages mean (relay, pong, heartbeat, offences),
 //!   IO-free: decoded frames and commands in, bytes to write and how to end out.
 //! - `transport`: the socket's future: bytes and timers only.
+//! - `files`: static files that stay inside `--public` (regular files only), and
+//!   `WriteDeadline`, the write timeout of plain HTTP connections.
 //! - `upgrade`: the WebSocket opening handshake. `routes`: [`router`], the HTTP
 //!   handlers. This file: the accept loop and graceful shutdown.
 //!
@@ -37,6 +39,7 @@
 
 pub mod auth;
 pub mod config;
+mod files;
 mod handle;
 mod handler;
 mod policy;
@@ -59,6 +62,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
+
+use crate::files::WriteDeadline;
 use tracing::{debug, info, warn};
 
 pub use config::{Config, ConfigError, JoinAuth, OverlayConfig};
@@ -147,7 +152,15 @@ pub async fn serve(
             () = trigger.cancelled() => {}
         }
     });
-    let served = accept_loop(&listener, router(state), &token, &shared.tracker).await;
+    let write_timeout = shared.config.write_timeout;
+    let served = accept_loop(
+        &listener,
+        router(state),
+        &token,
+        &shared.tracker,
+        write_timeout,
+    )
+    .await;
     // Stop listening at once: a client that connects during the grace period is
     // refused now rather than left in the listen queue and reset later.
     drop(listener);
@@ -191,6 +204,7 @@ async fn accept_loop(
     app: axum::Router,
     token: &CancellationToken,
     tracker: &TaskTracker,
+    write_timeout: Duration,
 ) -> std::io::Result<()> {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -227,7 +241,12 @@ async fn accept_loop(
             },
         ));
         let connection = http
-            .serve_connection(TokioIo::new(tcp), service)
+            // A response the client does not read for `write_timeout` ends the
+            // connection (an upgraded socket takes the bare stream back).
+            .serve_connection(
+                TokioIo::new(WriteDeadline::new(tcp, write_timeout)),
+                service,
+            )
             .with_upgrades();
         let token = token.clone();
         tracker.spawn(async move {

@@ -14,6 +14,7 @@
 use std::collections::VecDeque;
 #[cfg(test)]
 use std::future::{Future, poll_fn};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
@@ -43,10 +44,64 @@ pub(crate) enum Received<T, C> {
 /// Why [`Sender::try_send`] did not queue the item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TrySendError {
-    /// The queue holds `capacity` items.
+    /// The queue holds `capacity` items or `max_bytes` bytes.
     Full,
+    /// The process-wide [`Budget`] is spent.
+    OverBudget,
     /// The receiver is gone.
     Closed,
+}
+
+/// The size in bytes an item counts for.
+pub(crate) trait Weigh {
+    /// Bytes this item holds.
+    fn weight(&self) -> usize;
+}
+
+impl Weigh for String {
+    fn weight(&self) -> usize {
+        self.len()
+    }
+}
+
+/// Bytes held in all queues (and, while they are written, in the sockets' write
+/// buffers) together, against a limit: what the process holds for slow readers stays
+/// bounded however many sockets there are.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl Budget {
+    /// A budget of `limit` bytes.
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            used: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    /// Takes `bytes` from the budget, unless that would spend more than the limit.
+    pub(crate) fn try_reserve(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|&total| total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    /// Gives `bytes` back.
+    pub(crate) fn release(&self, bytes: usize) {
+        if bytes > 0 {
+            self.used.fetch_sub(bytes, Ordering::AcqRel);
+        }
+    }
+
+    /// Bytes in use.
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
 }
 
 #[derive(Debug)]
@@ -54,27 +109,43 @@ struct Inner<T, C> {
     state: Mutex<State<T, C>>,
     waker: AtomicWaker,
     capacity: usize,
+    max_bytes: usize,
+    budget: Arc<Budget>,
 }
 
 #[derive(Debug)]
 struct State<T, C> {
     items: VecDeque<T>,
+    /// Bytes of `items`.
+    bytes: usize,
+    /// A message was refused for its bytes since the receiver last took one.
+    refused: bool,
     control: Option<C>,
     senders: usize,
     receiver_alive: bool,
 }
 
-/// A queue that holds at most `capacity` messages and one control item.
-pub(crate) fn channel<T, C>(capacity: usize) -> (Sender<T, C>, Receiver<T, C>) {
+/// A queue that holds at most `capacity` messages of `max_bytes` in all, and one
+/// control item; what it holds is also taken from `budget`. Bytes the receiver takes
+/// stay spent in `budget` until it [releases](Budget::release) them (once written).
+pub(crate) fn channel<T, C>(
+    capacity: usize,
+    max_bytes: usize,
+    budget: Arc<Budget>,
+) -> (Sender<T, C>, Receiver<T, C>) {
     let inner = Arc::new(Inner {
         state: Mutex::new(State {
             items: VecDeque::new(),
+            bytes: 0,
+            refused: false,
             control: None,
             senders: 1,
             receiver_alive: true,
         }),
         waker: AtomicWaker::new(),
         capacity,
+        max_bytes,
+        budget,
     });
     (
         Sender {
@@ -91,9 +162,11 @@ impl<T, C> Inner<T, C> {
     }
 }
 
-impl<T, C: Ord> Sender<T, C> {
-    /// Queues `item` unless the queue is full or closed. Never waits.
+impl<T: Weigh, C: Ord> Sender<T, C> {
+    /// Queues `item` unless the queue is full or closed, or the budget is spent. Never
+    /// waits.
     pub(crate) fn try_send(&self, item: T) -> Result<(), TrySendError> {
+        let weight = item.weight();
         {
             let mut state = self.inner.lock();
             if !state.receiver_alive {
@@ -102,6 +175,14 @@ impl<T, C: Ord> Sender<T, C> {
             if state.items.len() >= self.inner.capacity {
                 return Err(TrySendError::Full);
             }
+            if state.bytes.saturating_add(weight) > self.inner.max_bytes {
+                state.refused = true;
+                return Err(TrySendError::Full);
+            }
+            if !self.inner.budget.try_reserve(weight) {
+                return Err(TrySendError::OverBudget);
+            }
+            state.bytes += weight;
             state.items.push_back(item);
         }
         self.inner.waker.wake();
@@ -154,7 +235,7 @@ impl<T, C> Drop for Sender<T, C> {
 /// Above this many slots, an emptied queue gives its buffer back.
 const KEEP_SLOTS: usize = 8;
 
-impl<T, C> Receiver<T, C> {
+impl<T: Weigh, C> Receiver<T, C> {
     /// [`Self::poll_recv`] as a future.
     #[cfg(test)]
     pub(crate) fn recv(&mut self) -> impl Future<Output = Option<Received<T, C>>> {
@@ -172,7 +253,11 @@ impl<T, C> Receiver<T, C> {
             return Poll::Ready(Some(Received::Control(control)));
         }
         match state.items.pop_front() {
-            Some(item) => Poll::Ready(Some(Received::Message(item))),
+            Some(item) => {
+                state.bytes -= item.weight();
+                state.refused = false;
+                Poll::Ready(Some(Received::Message(item)))
+            }
             None if state.senders == 0 => Poll::Ready(None),
             None => Poll::Pending,
         }
@@ -193,19 +278,35 @@ impl<T, C> Receiver<T, C> {
         }
     }
 
-    /// Takes up to `max` queued items without waiting, passing each to `each`.
-    pub(crate) fn drain_each(&mut self, max: usize, each: impl FnMut(T)) {
+    /// Takes up to `max` queued items of at most `max_bytes` in all without waiting,
+    /// passing each to `each`.
+    pub(crate) fn drain_each(&mut self, max: usize, max_bytes: usize, mut each: impl FnMut(T)) {
         let mut state = self.inner.lock();
-        let n = state.items.len().min(max);
-        state.items.drain(..n).for_each(each);
+        let mut taken = 0;
+        for _ in 0..max {
+            let Some(weight) = state.items.front().map(Weigh::weight) else {
+                break;
+            };
+            if taken + weight > max_bytes {
+                break;
+            }
+            taken += weight;
+            state.bytes -= weight;
+            state.refused = false;
+            if let Some(item) = state.items.pop_front() {
+                each(item);
+            }
+        }
         if state.items.is_empty() && state.items.capacity() > KEEP_SLOTS {
             state.items = VecDeque::new();
         }
     }
 
-    /// Whether the queue holds `capacity` items.
+    /// Whether the queue holds `capacity` items, or refused a message for its bytes
+    /// since the receiver last took one.
     pub(crate) fn is_full(&self) -> bool {
-        self.inner.lock().items.len() >= self.inner.capacity
+        let state = self.inner.lock();
+        state.items.len() >= self.inner.capacity || state.refused
     }
 }
 
@@ -214,6 +315,7 @@ impl<T, C> Drop for Receiver<T, C> {
         let mut state = self.inner.lock();
         state.receiver_alive = false;
         state.items = VecDeque::new();
+        self.inner.budget.release(std::mem::take(&mut state.bytes));
     }
 }
 
@@ -222,6 +324,56 @@ mod tests {
     use super::*;
 
     type Queue<T> = (Sender<T, u8>, Receiver<T, u8>);
+
+    impl Weigh for i32 {
+        fn weight(&self) -> usize {
+            4
+        }
+    }
+
+    impl Weigh for &str {
+        fn weight(&self) -> usize {
+            self.len()
+        }
+    }
+
+    /// A queue of `capacity` items, unbounded in bytes.
+    fn channel<T, C>(capacity: usize) -> (Sender<T, C>, Receiver<T, C>) {
+        super::channel(capacity, usize::MAX, Arc::new(Budget::new(usize::MAX)))
+    }
+
+    #[tokio::test]
+    async fn bytes_are_bounded_per_queue_and_in_all_queues_together() {
+        let budget = Arc::new(Budget::new(10));
+        let (a, mut a_rx): Queue<&str> = super::channel(10, 6, Arc::clone(&budget));
+        let (b, b_rx): Queue<&str> = super::channel(10, 100, Arc::clone(&budget));
+        assert_eq!(a.try_send("abcd"), Ok(()));
+        assert_eq!(
+            a.try_send("efg"),
+            Err(TrySendError::Full),
+            "6 bytes per queue"
+        );
+        assert!(a_rx.is_full(), "refused for its bytes");
+        assert_eq!(a.try_send("ef"), Ok(()));
+        assert_eq!(
+            b.try_send("hijkl"),
+            Err(TrySendError::OverBudget),
+            "10 in all"
+        );
+        assert_eq!(b.try_send("hijk"), Ok(()));
+        assert_eq!(budget.used(), 10);
+        // Taken bytes stay spent until released (written); the queue has room again.
+        let mut taken = Vec::new();
+        a_rx.drain_each(10, 5, |item| taken.push(item));
+        assert_eq!(taken, ["abcd"], "up to 5 bytes");
+        assert!(!a_rx.is_full());
+        assert_eq!(budget.used(), 10);
+        budget.release(4);
+        assert_eq!(a.try_send("xy"), Ok(()));
+        assert_eq!(budget.used(), 8);
+        drop(b_rx);
+        assert_eq!(budget.used(), 4, "a dropped receiver gives its bytes back");
+    }
 
     fn message<T>(item: T) -> Option<Received<T, u8>> {
         Some(Received::Message(item))
@@ -237,7 +389,7 @@ mod tests {
         assert!(rx.is_full());
         assert_eq!(rx.recv().await, message(1));
         let mut out = Vec::new();
-        rx.drain_each(10, |item| out.push(item));
+        rx.drain_each(10, usize::MAX, |item| out.push(item));
         assert_eq!(out, [2]);
         drop(tx);
         assert_eq!(tx2.try_send(4), Ok(()));

@@ -12,6 +12,7 @@
 //! | `/SECRET/webrtc-bootstrap-root` | the default overlay's root (`SECRET` may be a root token) |
 //! | `/o/NAME/join`, `/o/NAME/t/TOKEN/join` | a newcomer or answerer of overlay `NAME` |
 //! | `/o/NAME/SECRET/webrtc-bootstrap-root` | the root of overlay `NAME` |
+//! | `[/o/NAME]/t/TOKEN/SECRET/webrtc-bootstrap-root` | the same root: a JS root given a host with a join token (for its answers) |
 //!
 //! Segments are compared as sent (still percent-encoded), as the JS server compares
 //! its secret: overlay names and tokens only use characters that are never encoded.
@@ -103,6 +104,12 @@ pub(crate) fn parse(path: &str) -> Option<Route<'_>> {
             token: Some(token),
         });
     }
+    // A JS root given the host `…/t/TOKEN` (so that its answers' `/join` sockets carry
+    // the join token) puts the prefix before its root path too: the prefix is ignored.
+    let rest = match rest.strip_prefix("/t/").and_then(|r| r.split_once('/')) {
+        Some((token, root)) if is_credential(token) => &rest[rest.len() - root.len() - 1..],
+        _ => rest,
+    };
     let credential = rest.strip_prefix('/')?.strip_suffix(ROOT_SUFFIX)?;
     is_credential(credential).then_some(Route::Root {
         overlay,
@@ -150,6 +157,28 @@ mod tests {
                 credential: "k3y"
             })
         );
+        // A JS root whose host carries a join token: the token is not the root's.
+        assert_eq!(
+            parse("/o/chat/t/eyJ.x.y/k3y/webrtc-bootstrap-root"),
+            Some(Route::Root {
+                overlay: "chat",
+                credential: "k3y"
+            })
+        );
+        assert_eq!(
+            parse("/t/eyJ.x.y/k3y/webrtc-bootstrap-root"),
+            Some(Route::Root {
+                overlay: DEFAULT_OVERLAY,
+                credential: "k3y"
+            })
+        );
+        assert_eq!(
+            parse("/t/webrtc-bootstrap-root"),
+            Some(Route::Root {
+                overlay: DEFAULT_OVERLAY,
+                credential: "t"
+            })
+        );
         // A root whose secret is "o" or "t" is still the default overlay's root.
         assert_eq!(
             parse("/o/webrtc-bootstrap-root"),
@@ -182,6 +211,8 @@ mod tests {
             "/o/a/t//join",
             "/t/../join",
             "/t/a/b/join",
+            "/t/a/b/c/webrtc-bootstrap-root",
+            "/t/%ff/k/webrtc-bootstrap-root",
             "/t/%ff/join",
             "/t/a b/join",
             "/o/a/webrtc-bootstrap-root",

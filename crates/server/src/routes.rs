@@ -22,12 +22,11 @@ use futures_util::FutureExt as _;
 use futures_util::future::Either;
 use subtle::ConstantTimeEq;
 use tokio_util::task::AbortOnDropHandle;
-use tower::ServiceExt as _;
-use tower_http::services::ServeDir;
 use tracing::{debug, info};
 
 use crate::auth::{Audience, TokenError, bearer_from_subprotocols, token_from_query};
 use crate::config::JoinAuth;
+use crate::files;
 use crate::handle::heartbeats;
 use crate::route::{self, Route};
 use crate::state::{AppState, Health, NoOverlay, Refusal, Shared};
@@ -70,10 +69,7 @@ async fn entry(State(state): State<AppState>, request: Request) -> Response {
             credential,
         }) => root(&state.0, overlay, credential, request),
         None => match state.0.config.public.as_ref() {
-            Some(dir) => match ServeDir::new(dir).oneshot(request).await {
-                Ok(response) => response.into_response(),
-                Err(never) => match never {},
-            },
+            Some(dir) => files::serve(dir, request).await,
             None => not_found(),
         },
     }

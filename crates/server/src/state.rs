@@ -23,6 +23,7 @@ use crate::Error;
 use crate::auth::FailureThrottle;
 use crate::config::{Config, OverlayConfig};
 use crate::handle::{self, Command, Inbox, Outbox, SocketHandle};
+use crate::queue::Budget;
 use crate::registry::{Registry, RootTicket};
 use crate::route::DEFAULT_OVERLAY;
 use crate::stats::{Stats, StatsSnapshot};
@@ -51,6 +52,8 @@ pub(crate) struct Shared {
     prospects: AtomicUsize,
     /// Counters of all overlays together.
     pub(crate) stats: Stats,
+    /// Bytes queued for (or being written to) slow readers, in all sockets.
+    pub(crate) budget: Arc<Budget>,
     /// Addresses that failed to authenticate, to throttle.
     throttle: Mutex<FailureThrottle>,
     started: Instant,
@@ -106,6 +109,9 @@ pub struct Health {
     pub uptime_seconds: f64,
     /// Counters since the server started, all overlays together.
     pub stats: StatsSnapshot,
+    /// Bytes held for slow readers: queued, or being written (at most
+    /// `max_queued_bytes`).
+    pub queued_bytes: usize,
     /// Every overlay, by name (never a secret).
     pub overlays: Vec<OverlayHealth>,
 }
@@ -166,11 +172,13 @@ impl AppState {
         for (name, overlay) in &config.overlays {
             add(name, overlay)?;
         }
+        let budget = Arc::new(Budget::new(config.max_queued_bytes));
         Ok(Self(Arc::new(Shared {
             config,
             overlays: Mutex::new(overlays),
             prospects: AtomicUsize::new(0),
             stats: Stats::default(),
+            budget,
             throttle: Mutex::new(FailureThrottle::new(
                 AUTH_FAILURES,
                 AUTH_WINDOW,
@@ -202,6 +210,7 @@ impl AppState {
             max_prospects: shared.config.max_prospects,
             uptime_seconds: shared.started.elapsed().as_secs_f64(),
             stats: shared.stats.snapshot(),
+            queued_bytes: shared.budget.used(),
             overlays,
         }
     }
@@ -317,7 +326,13 @@ impl Shared {
         self: &Arc<Self>,
         overlay: &Arc<Overlay>,
     ) -> Result<(Registration, Inbox), Refusal> {
-        let (handle, rx) = handle::channel(self.config.join_queue);
+        let (handle, rx) = handle::channel(
+            self.config.join_queue,
+            self.config
+                .join_queue_bytes
+                .max(self.config.max_frame_bytes),
+            Arc::clone(&self.budget),
+        );
         let max = self.config.max_prospects;
         self.prospects
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -349,7 +364,13 @@ impl Shared {
         self: &Arc<Self>,
         overlay: &Arc<Overlay>,
     ) -> Option<(Registration, Inbox, Outbox)> {
-        let (handle, rx) = handle::channel(self.config.root_queue);
+        let (handle, rx) = handle::channel(
+            self.config.root_queue,
+            self.config
+                .root_queue_bytes
+                .max(self.config.max_frame_bytes),
+            Arc::clone(&self.budget),
+        );
         let heartbeats = handle.tx.clone();
         let (ticket, old) = {
             let mut slot = overlay.registry();

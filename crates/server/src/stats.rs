@@ -43,8 +43,11 @@ counters! {
     dropped_no_root,
     /// Messages dropped because their destination is not an open `/join` socket.
     dropped_unknown_destination,
-    /// Messages dropped because the destination's outbound queue was full.
+    /// Messages dropped because the destination's outbound queue was full (in messages
+    /// or bytes).
     dropped_queue_full,
+    /// Messages dropped because all queues together hold `max_queued_bytes`.
+    dropped_over_budget,
     /// Messages dropped as invalid (malformed JSON, not an object, invalid UTF-8).
     invalid_messages,
     /// Messages dropped because their socket was over its rate.

@@ -27,6 +27,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep, sleep};
 use tracing::{debug, info};
 
+use crate::files::WriteDeadline;
 use crate::handle::{Command, Inbox};
 use crate::handler::{End, Handler};
 use crate::queue::Received;
@@ -34,6 +35,10 @@ use crate::state::{Registration, Role, Shared};
 
 /// Most queued messages written at once.
 const WRITE_BATCH: usize = 64;
+
+/// Most bytes of queued messages taken into one write (a single larger message is
+/// taken alone): what a socket's write buffer holds besides its queue.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
 
 /// Bytes read at once, into a buffer that lives on the stack for one poll. 8 KiB holds
 /// a typical signaling burst (an SDP of 500 to 1500 bytes in its envelope, then
@@ -50,10 +55,10 @@ pub(crate) fn serve(
     registration: Registration,
     rx: Inbox,
 ) -> impl Future<Output = ()> {
-    match upgraded.downcast::<TokioIo<TcpStream>>() {
+    match upgraded.downcast::<TokioIo<WriteDeadline<TcpStream>>>() {
         // With the bytes the client sent right after its request, if any.
         Ok(parts) => Either::Left(SocketTask::new(
-            parts.io.into_inner(),
+            parts.io.into_inner().into_inner(),
             registration,
             rx,
             parts.read_buf.to_vec(),
@@ -64,6 +69,12 @@ pub(crate) fn serve(
             rx,
             Vec::new(),
         )),
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        self.release_in_flight();
     }
 }
 
@@ -78,6 +89,9 @@ struct Socket {
     /// Since when the outbound queue has been full after every write: a peer that
     /// reads too slowly to ever drain it is closed after `write_timeout`.
     full_since: Option<Instant>,
+    /// Bytes of the messages in `out`, still taken from the server's queue budget
+    /// until written.
+    in_flight: usize,
 }
 
 pin_project! {
@@ -149,6 +163,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SocketTask<S> {
             rx,
             out: Vec::new(),
             full_since: None,
+            in_flight: 0,
         };
         let mut end = None;
         if !early.is_empty() {
@@ -314,6 +329,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         // Given back, so an idle socket holds no write buffer.
         *out = Vec::new();
         self.written = 0;
+        self.socket.release_in_flight();
         if self.phase == Phase::Open {
             self.stalled = None;
         }
@@ -335,6 +351,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         debug!(?role, ?end, "socket ended");
         let in_flight = frame_end(&self.socket.out, self.written);
         self.socket.out.truncate(in_flight);
+        // What is left is at most one message and the close frame.
+        self.socket.release_in_flight();
         let out = &mut self.socket.out;
         let config = &self.socket.handler.registration().shared().config;
         // The goodbye gets one write timeout in all: a peer that is gone or stuck must
@@ -380,14 +398,23 @@ impl Socket {
         self.handler.registration().shared()
     }
 
+    /// Gives the bytes of the messages taken into `out` back to the server's budget.
+    fn release_in_flight(&mut self) {
+        let bytes = std::mem::take(&mut self.in_flight);
+        self.shared().budget.release(bytes);
+    }
+
     /// Handles what the queue gave; `Some` ends the loop. Messages are encoded into
     /// `out`, with whatever else is queued (up to a batch), to go out in one write.
     fn on_received(&mut self, received: Option<Received<String, Command>>) -> Option<End> {
         match received? {
             Received::Message(text) => {
                 encode_frame(&mut self.out, OpCode::Text, text.as_bytes(), None);
-                let out = &mut self.out;
-                self.rx.drain_each(WRITE_BATCH - 1, |text| {
+                let (out, in_flight) = (&mut self.out, &mut self.in_flight);
+                *in_flight += text.len();
+                let room = WRITE_BATCH_BYTES.saturating_sub(text.len()).max(1);
+                self.rx.drain_each(WRITE_BATCH - 1, room, |text| {
+                    *in_flight += text.len();
                     encode_frame(out, OpCode::Text, text.as_bytes(), None);
                 });
                 None

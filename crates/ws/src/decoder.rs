@@ -497,6 +497,28 @@ mod tests {
     }
 
     #[test]
+    fn a_64_bit_length_with_the_top_bit_set_is_a_protocol_error_not_too_big() {
+        // However large the limit: RFC 6455 section 5.2 forbids the bit outright.
+        for limit in [1024, usize::MAX] {
+            let mut header = vec![0x81, 0x80 | 127];
+            header.extend_from_slice(&((1u64 << 63) | 5).to_be_bytes());
+            header.extend_from_slice(&[1, 2, 3, 4]);
+            let got = decode_in_steps(&mut Decoder::new(limit), &header, header.len());
+            assert_eq!(got, Err(FrameError::InvalidLength), "limit {limit}");
+        }
+        assert_eq!(
+            FrameError::InvalidLength.close_code(),
+            status::PROTOCOL_ERROR
+        );
+        // The largest length allowed is only too big.
+        let mut header = vec![0x82, 0x80 | 127];
+        header.extend_from_slice(&(u64::MAX >> 1).to_be_bytes());
+        header.extend_from_slice(&[1, 2, 3, 4]);
+        let got = decode_in_steps(&mut Decoder::new(1024), &header, header.len());
+        assert_eq!(got, Err(FrameError::TooBig { limit: 1024 }));
+    }
+
+    #[test]
     fn server_frames_are_unmasked_and_close_reasons_are_cut_at_a_char_boundary() {
         let mut out = Vec::new();
         encode_frame(&mut out, OpCode::Text, b"hi", None);

@@ -82,6 +82,10 @@ pub enum FrameError {
     /// A text message (or close reason) is not UTF-8.
     #[error("text is not UTF-8")]
     InvalidUtf8,
+    /// A 64-bit payload length with its most significant bit set, which RFC 6455
+    /// section 5.2 forbids: a broken frame, not merely a big one.
+    #[error("64-bit payload length with the most significant bit set")]
+    InvalidLength,
     /// A frame or message longer than the limit.
     #[error("message larger than {limit} bytes")]
     TooBig {
@@ -119,8 +123,8 @@ pub struct Header {
 /// Parses the frame header at the start of `buf`: `Ok(None)` until all of it is there.
 ///
 /// # Errors
-/// [`FrameError`] for reserved bits, unknown opcodes and oversized or fragmented control
-/// frames.
+/// [`FrameError`] for reserved bits, unknown opcodes, oversized or fragmented control
+/// frames, and 64-bit lengths with the most significant bit set.
 pub fn parse_header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
     let [b0, b1, ..] = *buf else {
         return Ok(None);
@@ -137,6 +141,8 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
             None => return Ok(None),
         },
         127 => match buf.get(2..10).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+            // "the most significant bit MUST be 0" (RFC 6455 section 5.2).
+            Some(b) if b[0] & 0x80 != 0 => return Err(FrameError::InvalidLength),
             Some(b) => (8, u64::from_be_bytes(b)),
             None => return Ok(None),
         },

@@ -10,7 +10,7 @@
 //! - `frame`: [`OpCode`], [`Header`] and [`parse_header`], [`encode_frame`],
 //!   [`encode_close`], [`apply_mask`], and [`FrameError`] with its close code.
 //! - `decoder`: [`Decoder`], which yields [`Inbound`] messages and control frames.
-//! - `handshake`: [`accept_key`] for the opening handshake.
+//! - `handshake`: [`is_valid_key`] and [`accept_key`] for the opening handshake.
 //!
 //! ```
 //! use std::ops::ControlFlow;
@@ -39,4 +39,4 @@ pub use decoder::{Decoder, Inbound};
 pub use frame::{
     FrameError, Header, OpCode, apply_mask, encode_close, encode_frame, parse_header, status,
 };
-pub use handshake::accept_key;
+pub use handshake::{accept_key, is_valid_key};
