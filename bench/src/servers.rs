@@ -49,6 +49,11 @@ pub fn our_flags() -> Vec<String> {
         "1000000",
         "--rate-burst",
         "1000000",
+        // The generator is one client opening up to 2 C connections at once.
+        "--max-pending-connections",
+        "100000",
+        "--max-pending-per-client",
+        "100000",
     ]
     .iter()
     .map(|s| (*s).to_owned())

@@ -18,6 +18,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use tracing_subscriber::EnvFilter;
+use webrtc_bootstrap_server::admission::caps_for_fd_limit;
 use webrtc_bootstrap_server::auth::TokenKey;
 use webrtc_bootstrap_server::config::MIN_SECRET_LEN;
 use webrtc_bootstrap_server::{Config, ConfigError, JoinAuth, OverlayConfig, run};
@@ -84,9 +85,19 @@ struct Cli {
     /// [default: 65536].
     #[arg(long)]
     max_frame_bytes: Option<usize>,
-    /// Most /join sockets open at once; more get HTTP 503 [default: 20000].
+    /// Most /join sockets open at once; more get HTTP 503 [default: what the open-file
+    /// limit leaves, at most 20000].
     #[arg(long)]
     max_prospects: Option<usize>,
+    /// Most connections waiting for their request (not yet upgraded); more are closed at
+    /// once [default: an eighth of the open-file limit, at most 1024].
+    #[arg(long)]
+    max_pending_connections: Option<usize>,
+    /// Most such connections from one client address, an IPv6 /64 counting as one
+    /// [default: a quarter of --max-pending-connections]. Raise it behind a proxy or
+    /// NAT that many clients share.
+    #[arg(long)]
+    max_pending_per_client: Option<usize>,
     /// Sustained messages per second per socket [default: 50].
     #[arg(long)]
     rate_per_second: Option<u32>,
@@ -158,6 +169,8 @@ struct FileConfig {
     root_ping_timeout: Option<u64>,
     max_frame_bytes: Option<usize>,
     max_prospects: Option<usize>,
+    max_pending_connections: Option<usize>,
+    max_pending_per_client: Option<usize>,
     rate_per_second: Option<u32>,
     rate_burst: Option<u32>,
     max_bad_messages: Option<u32>,
@@ -198,8 +211,20 @@ fn settings(cli: Cli) -> anyhow::Result<Settings> {
     if let Some(v) = cli.max_frame_bytes.or(file.max_frame_bytes) {
         config.max_frame_bytes = v;
     }
+    // Caps that fit the open-file limit (raised to the hard limit at start), so that
+    // `accept` never runs out of descriptors and the root and `/healthz` get in.
+    let fd = caps_for_fd_limit(fd_limit(), FD_RESERVE);
+    config.max_prospects = config.max_prospects.min(fd.prospects);
+    config.max_pending_connections = config.max_pending_connections.min(fd.pending);
+    config.max_pending_per_client = config.max_pending_per_client.min(fd.pending_per_client);
     if let Some(v) = cli.max_prospects.or(file.max_prospects) {
         config.max_prospects = v;
+    }
+    if let Some(v) = cli.max_pending_connections.or(file.max_pending_connections) {
+        config.max_pending_connections = v;
+    }
+    if let Some(v) = cli.max_pending_per_client.or(file.max_pending_per_client) {
+        config.max_pending_per_client = v;
     }
     if let Some(v) = cli.rate_per_second.or(file.rate_per_second) {
         config.rate_per_second = v;
@@ -283,6 +308,21 @@ fn settings(cli: Cli) -> anyhow::Result<Settings> {
             .unwrap_or(LogFormat::Text),
         weak_secrets,
     })
+}
+
+/// Descriptors kept out of the caps: the listener, the root, `/healthz` and metrics
+/// probes, the log, files served, and the runtime's own.
+const FD_RESERVE: u64 = 64;
+
+/// The open-file limit, raised to the hard limit first (the soft limit a service
+/// manager sets, often 1024, is what most servers run out of).
+fn fd_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(_) => rlimit::Resource::NOFILE
+            .get()
+            .map_or(1024, |(soft, _)| soft),
+    }
 }
 
 /// `NAME=SECRET` or `NAME=@FILE` (the secret read from the file).

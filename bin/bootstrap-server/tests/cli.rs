@@ -497,3 +497,80 @@ fn an_allowed_weak_secret_is_logged_as_a_warning_without_the_secret() -> anyhow:
     assert!(!stderr.contains("tiny-s3cret"), "{stderr}");
     Ok(())
 }
+
+/// Opens `n` plain TCP connections from `source` that never send anything.
+fn idle_connections(
+    addr: SocketAddr,
+    source: std::net::IpAddr,
+    n: usize,
+) -> anyhow::Result<Vec<tokio::net::TcpStream>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut held = Vec::new();
+        for _ in 0..n {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::new(source, 0))?;
+            // Connections the server closes at once still complete the TCP handshake.
+            if let Ok(Ok(tcp)) =
+                tokio::time::timeout(Duration::from_secs(2), socket.connect(addr)).await
+            {
+                held.push(tcp);
+            }
+        }
+        anyhow::Ok(held)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_connections_never_lock_out_the_root_or_healthz() -> anyhow::Result<()> {
+    // A server allowed 200 open files, and 300 connections from one client that never
+    // send a request head: the root and `/healthz` still get in.
+    let port = free_port()?;
+    let command = format!(
+        "ulimit -n 200 && exec {BIN} --secret a-long-enough-secret --host 127.0.0.1 --port {port}"
+    );
+    let child = Command::new("bash")
+        .args(["-c", &command])
+        .env_remove("SECRET")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut server = Server { child, addr };
+    let attacker = std::net::IpAddr::from([127, 0, 0, 2]);
+    let held = tokio::task::spawn_blocking(move || idle_connections(addr, attacker, 300)).await??;
+    let (_root, _) = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::connect_async(format!(
+            "ws://{addr}/a-long-enough-secret/webrtc-bootstrap-root"
+        )),
+    )
+    .await
+    .context("the root got no answer")??;
+    let health = http_get(addr, "/healthz")?;
+    assert!(health.contains("\"root_connected\":true"), "{health}");
+    let refused: u64 = health
+        .split("\"connections_refused\":")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .context("connections_refused")?
+        .parse()?;
+    assert!(refused > 0, "{health}");
+    drop(held);
+    assert!(server.terminate()?.success());
+    // Accept errors, if any, were logged at a bounded rate.
+    let mut output = String::new();
+    if let Some(mut stderr) = server.child.stderr.take() {
+        std::io::Read::read_to_string(&mut stderr, &mut output)?;
+    }
+    assert!(output.matches("accept failed").count() <= 1, "{output}");
+    Ok(())
+}

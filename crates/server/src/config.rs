@@ -66,6 +66,11 @@ pub struct Config {
     /// Bytes all outbound queues (and the writes under way) may hold together; a
     /// message that would exceed it is dropped.
     pub max_queued_bytes: usize,
+    /// Most connections accepted but not upgraded yet (still sending or waiting for
+    /// their request); more are closed at once.
+    pub max_pending_connections: usize,
+    /// Most such connections from one client address (IPv6: one /64).
+    pub max_pending_per_client: usize,
     /// How long one write to a socket may take; a socket that does not read for this long
     /// (its queue stays full) is closed.
     pub write_timeout: Duration,
@@ -100,6 +105,8 @@ impl Config {
             join_queue_bytes: 256 * 1024,
             root_queue_bytes: 16 * 1024 * 1024,
             max_queued_bytes: 256 * 1024 * 1024,
+            max_pending_connections: 1024,
+            max_pending_per_client: 256,
             write_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
         }
@@ -170,6 +177,8 @@ impl Config {
             ("join_queue", self.join_queue == 0),
             ("root_queue", self.root_queue == 0),
             ("max_queued_bytes", self.max_queued_bytes == 0),
+            ("max_pending_connections", self.max_pending_connections == 0),
+            ("max_pending_per_client", self.max_pending_per_client == 0),
         ];
         for (name, zero) in positive {
             if zero {
@@ -312,6 +321,8 @@ impl fmt::Debug for Config {
             .field("join_queue_bytes", &self.join_queue_bytes)
             .field("root_queue_bytes", &self.root_queue_bytes)
             .field("max_queued_bytes", &self.max_queued_bytes)
+            .field("max_pending_connections", &self.max_pending_connections)
+            .field("max_pending_per_client", &self.max_pending_per_client)
             .field("write_timeout", &self.write_timeout)
             .field("shutdown_grace", &self.shutdown_grace)
             .finish()

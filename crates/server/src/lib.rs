@@ -10,7 +10,9 @@
 //!
 //! # Layout
 //! From the bottom up; each module uses only those above it (and `config`, `stats`).
-//! - [`config`]: [`Config`] and its validation. [`stats`]: counters reported by
+//! - [`config`]: [`Config`] and its validation. [`admission`]: which new connections
+//!   the accept loop takes on (pending connections capped in all and per client), and
+//!   the caps that fit a descriptor limit. [`stats`]: counters reported by
 //!   `/healthz`.
 //! - `queue`: the bounded outbound queue of a socket, which allocates nothing idle.
 //! - `handle`: how the relay reaches a socket: its `SocketHandle` (the queue's sending
@@ -37,6 +39,7 @@
 //! # }
 //! ```
 
+pub mod admission;
 pub mod auth;
 pub mod config;
 mod files;
@@ -60,11 +63,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
 use crate::files::WriteDeadline;
 use tracing::{debug, info, warn};
+
+use crate::state::Shared;
+use crate::stats::Stats;
 
 pub use config::{Config, ConfigError, JoinAuth, OverlayConfig};
 pub use routes::router;
@@ -152,15 +157,7 @@ pub async fn serve(
             () = trigger.cancelled() => {}
         }
     });
-    let write_timeout = shared.config.write_timeout;
-    let served = accept_loop(
-        &listener,
-        router(state),
-        &token,
-        &shared.tracker,
-        write_timeout,
-    )
-    .await;
+    let served = accept_loop(&listener, router(state), &token, &shared).await;
     // Stop listening at once: a client that connects during the grace period is
     // refused now rather than left in the listen queue and reset later.
     drop(listener);
@@ -193,6 +190,33 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// next accept, so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
+/// Accept errors are logged at most once per this period, with how many were not.
+const ACCEPT_ERROR_LOG_PERIOD: Duration = Duration::from_secs(10);
+
+/// Logs accept errors at a bounded rate: a server out of descriptors fails every
+/// accept, and one line each would flood the log.
+#[derive(Debug, Default)]
+struct AcceptErrors {
+    last_logged: Option<tokio::time::Instant>,
+    unlogged: u64,
+}
+
+impl AcceptErrors {
+    fn note(&mut self, error: &std::io::Error) {
+        let now = tokio::time::Instant::now();
+        if self
+            .last_logged
+            .is_some_and(|last| now.duration_since(last) < ACCEPT_ERROR_LOG_PERIOD)
+        {
+            self.unlogged += 1;
+            return;
+        }
+        warn!(%error, more = self.unlogged, "accept failed");
+        self.last_logged = Some(now);
+        self.unlogged = 0;
+    }
+}
+
 /// Accepts connections until `token` is cancelled, serving each with HTTP/1.1.
 ///
 /// Each connection is handed to hyper directly (not through `axum::serve`, whose
@@ -203,9 +227,10 @@ async fn accept_loop(
     listener: &TcpListener,
     app: axum::Router,
     token: &CancellationToken,
-    tracker: &TaskTracker,
-    write_timeout: Duration,
+    shared: &Shared,
 ) -> std::io::Result<()> {
+    let (tracker, write_timeout) = (&shared.tracker, shared.config.write_timeout);
+    let mut accept_errors = AcceptErrors::default();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
@@ -219,8 +244,19 @@ async fn accept_loop(
         let (tcp, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
-                warn!(%error, "accept failed");
+                accept_errors.note(&error);
                 tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        // Counted until upgraded (or ended); over the caps it is closed at once, which
+        // frees its descriptor.
+        let ticket = match shared.pending.admit(peer.ip()) {
+            Ok(ticket) => ticket,
+            Err(refused) => {
+                Stats::bump(&shared.stats.connections_refused);
+                debug!(%peer, ?refused, "too many connections waiting for their request");
+                drop(tcp);
                 continue;
             }
         };
@@ -250,6 +286,7 @@ async fn accept_loop(
             .with_upgrades();
         let token = token.clone();
         tracker.spawn(async move {
+            let _ticket = ticket;
             let mut connection = std::pin::pin!(connection);
             let served = tokio::select! {
                 served = connection.as_mut() => served,

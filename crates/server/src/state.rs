@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::Error;
+use crate::admission::Pending;
 use crate::auth::FailureThrottle;
 use crate::config::{Config, OverlayConfig};
 use crate::handle::{self, Command, Inbox, Outbox, SocketHandle};
@@ -56,6 +57,8 @@ pub(crate) struct Shared {
     pub(crate) budget: Arc<Budget>,
     /// Addresses that failed to authenticate, to throttle.
     throttle: Mutex<FailureThrottle>,
+    /// Connections not upgraded yet, capped in all and per client.
+    pub(crate) pending: Arc<Pending>,
     started: Instant,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
@@ -112,6 +115,8 @@ pub struct Health {
     /// Bytes held for slow readers: queued, or being written (at most
     /// `max_queued_bytes`).
     pub queued_bytes: usize,
+    /// Connections accepted and not upgraded (or answered) yet.
+    pub pending_connections: usize,
     /// Every overlay, by name (never a secret).
     pub overlays: Vec<OverlayHealth>,
 }
@@ -173,12 +178,17 @@ impl AppState {
             add(name, overlay)?;
         }
         let budget = Arc::new(Budget::new(config.max_queued_bytes));
+        let config_pending = (
+            config.max_pending_connections,
+            config.max_pending_per_client,
+        );
         Ok(Self(Arc::new(Shared {
             config,
             overlays: Mutex::new(overlays),
             prospects: AtomicUsize::new(0),
             stats: Stats::default(),
             budget,
+            pending: Pending::new(config_pending.0, config_pending.1),
             throttle: Mutex::new(FailureThrottle::new(
                 AUTH_FAILURES,
                 AUTH_WINDOW,
@@ -211,6 +221,7 @@ impl AppState {
             uptime_seconds: shared.started.elapsed().as_secs_f64(),
             stats: shared.stats.snapshot(),
             queued_bytes: shared.budget.used(),
+            pending_connections: shared.pending.count(),
             overlays,
         }
     }

@@ -63,6 +63,9 @@ counters! {
     auth_throttled,
     /// Dynamic overlays refused because `max_overlays` exist.
     overlays_refused,
+    /// Connections closed at accept: `max_pending_connections` were waiting for their
+    /// request, or `max_pending_per_client` from the same client.
+    connections_refused,
 }
 
 impl Stats {
