@@ -2,44 +2,23 @@
 //! sockets carry a join token are all verified by a server that requires one, and a
 //! generator without a valid token gets nothing through.
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bootstrap_bench::auth::{AuthReport, AuthRun, markdown};
 use bootstrap_bench::load::{self, LoadConfig};
 use bootstrap_testkit::TestServer;
-use webrtc_bootstrap_server::auth::{Audience, Claims, TokenKey};
+use bootstrap_testkit::tokens::{join_token, key};
 use webrtc_bootstrap_server::{Config, JoinAuth};
 
 const SECRET: &str = "auth-secret";
-const KEY: &[u8] = b"the auth smoke test's HS256 key, long enough";
 
 fn server() -> TestServer {
     let mut config = Config::new(SECRET);
     config.rate_per_second = 1_000_000;
     config.rate_burst = 1_000_000;
-    config.token_key = Some(Arc::new(TokenKey::from_bytes(KEY).expect("key")));
+    config.token_key = Some(key());
     config.join_auth = JoinAuth::Token;
     TestServer::start_on_thread(config).expect("server starts")
-}
-
-fn token(ovl: &str) -> String {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs()
-        + 600;
-    let claims = Claims {
-        exp,
-        aud: Audience::Join,
-        ovl: ovl.to_owned(),
-        sub: None,
-        nbf: None,
-    };
-    TokenKey::from_bytes(KEY)
-        .expect("key")
-        .mint(&claims)
-        .expect("mint")
 }
 
 fn load(server: &TestServer, join_path: String) -> LoadConfig {
@@ -54,7 +33,7 @@ fn load(server: &TestServer, join_path: String) -> LoadConfig {
 #[test]
 fn handshakes_with_join_tokens_are_all_verified() {
     let server = server();
-    let report = load::run_blocking(&load(&server, format!("/t/{}/join", token("default"))))
+    let report = load::run_blocking(&load(&server, format!("/t/{}/join", join_token("default"))))
         .expect("load runs");
     assert!(report.verified(), "{:?}", report.failure_samples);
     // Each handshake opens two /join sockets, each with its token verified.
@@ -65,7 +44,7 @@ fn handshakes_with_join_tokens_are_all_verified() {
 #[test]
 fn without_a_valid_token_no_handshake_gets_through() {
     let server = server();
-    let wrong = format!("/t/{}/join", token("another-overlay"));
+    let wrong = format!("/t/{}/join", join_token("another-overlay"));
     let result = load::run_blocking(&load(&server, wrong));
     assert!(
         result.map_or(true, |report| !report.verified()),

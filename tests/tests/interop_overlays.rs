@@ -20,42 +20,18 @@ mod js;
 
 use js::{Js, scenario};
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use bootstrap_testkit::TestServer;
-use webrtc_bootstrap_server::auth::{Audience, Claims, TokenKey};
+use bootstrap_testkit::tokens::{self, join_token, root_token};
 use webrtc_bootstrap_server::{Config, Health, JoinAuth, OverlayConfig, OverlayHealth};
 
 const SECRET_A: &str = "interop-secret-a";
 const SECRET_B: &str = "interop-secret-b";
-/// The HS256 key of the servers with tokens.
-const KEY: &[u8] = b"a shared key of at least 32 bytes, for JS interop";
 use js::WAIT;
 /// The JS client's timeout for newcomers that must fail: short, so the test is too.
 const SHORT_TIMEOUT: &str = "2000";
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs())
-}
-
-fn key() -> anyhow::Result<TokenKey> {
-    Ok(TokenKey::from_bytes(KEY)?)
-}
-
-/// A token for `aud` in overlay `ovl`, valid for ten minutes.
-fn token(aud: Audience, ovl: &str) -> anyhow::Result<String> {
-    Ok(key()?.mint(&Claims {
-        exp: now() + 600,
-        aud,
-        ovl: ovl.to_owned(),
-        sub: Some("js-interop".to_owned()),
-        nbf: None,
-    })?)
-}
 
 /// Our server with overlays `a` and `b` beside the default one; `adjust` changes the rest.
 async fn server(adjust: impl FnOnce(&mut Config)) -> anyhow::Result<TestServer> {
@@ -67,11 +43,10 @@ async fn server(adjust: impl FnOnce(&mut Config)) -> anyhow::Result<TestServer> 
     .await
 }
 
-/// A server whose keys sign this test's tokens.
+/// A server whose key signs this test's tokens.
 async fn server_with_tokens(join_auth: JoinAuth) -> anyhow::Result<TestServer> {
-    let key = Arc::new(key()?);
     server(|c| {
-        c.token_key = Some(key);
+        c.token_key = Some(tokens::key());
         c.join_auth = join_auth;
     })
     .await
@@ -213,7 +188,7 @@ fn o2_js_newcomer_with_a_join_token_in_the_path() -> anyhow::Result<()> {
             let server = server_with_tokens(JoinAuth::Token).await?;
             let host = server.host();
             let in_a = format!("{host}/o/a");
-            let with_token = format!("{in_a}/t/{}", token(Audience::Join, "a")?);
+            let with_token = format!("{in_a}/t/{}", join_token("a"));
             // The root's own socket takes the secret; its answers are /join sockets, and
             // carry the join token in their host the same way.
             let mut root = js_root(
@@ -232,7 +207,7 @@ fn o2_js_newcomer_with_a_join_token_in_the_path() -> anyhow::Result<()> {
             let mut newcomer = newcomer_talks_to(&mut root, &with_token).await?;
             newcomer.expect_no_uncaught(Duration::ZERO).await?;
 
-            let of_b = format!("{in_a}/t/{}", token(Audience::Join, "b")?);
+            let of_b = format!("{in_a}/t/{}", join_token("b"));
             for (name, url) in [("js-token-of-b", of_b.as_str()), ("js-no-token", &in_a)] {
                 let args = ["--url", url, "--timeout", SHORT_TIMEOUT];
                 expect_unauthorized(&server, "newcomer", name, &args).await?;
@@ -255,16 +230,15 @@ fn o3_js_root_presents_a_root_token() -> anyhow::Result<()> {
         async || {
             let server = server_with_tokens(JoinAuth::Open).await?;
             let in_a = format!("{}/o/a", server.host());
-            let root_token = token(Audience::Root, "a")?;
-            let mut root =
-                js_root(&server, "a", &["--url", &in_a, "--secret", &root_token]).await?;
+            let root_of_a = root_token("a");
+            let mut root = js_root(&server, "a", &["--url", &in_a, "--secret", &root_of_a]).await?;
             let mut newcomer = newcomer_talks_to(&mut root, &in_a).await?;
             newcomer.expect_no_uncaught(Duration::ZERO).await?;
 
             // A root token of another overlay, and a join token, are no root credentials.
             for (name, credential) in [
-                ("js-root-of-b", token(Audience::Root, "b")?),
-                ("js-join-token", token(Audience::Join, "a")?),
+                ("js-root-of-b", root_token("b")),
+                ("js-join-token", join_token("a")),
             ] {
                 let args = ["--url", in_a.as_str(), "--secret", &credential];
                 expect_unauthorized(&server, "root", name, &args).await?;

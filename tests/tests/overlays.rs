@@ -3,44 +3,16 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use bootstrap_testkit::tokens::{join_token, key, root_token, token, unix_now};
 use common::*;
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use webrtc_bootstrap_server::auth::{Audience, Claims, TokenKey};
 use webrtc_bootstrap_server::{JoinAuth, OverlayConfig};
-
-const KEY: &[u8] = b"a shared key of at least 32 bytes, for HS256";
-
-fn key() -> Arc<TokenKey> {
-    Arc::new(TokenKey::from_bytes(KEY).expect("an HS256 key"))
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs()
-}
-
-fn token(aud: Audience, ovl: &str, exp: u64) -> String {
-    let claims = Claims {
-        exp,
-        aud,
-        ovl: ovl.to_owned(),
-        sub: Some("tester".to_owned()),
-        nbf: None,
-    };
-    key().mint(&claims).expect("mint")
-}
-
-fn join_token(ovl: &str) -> String {
-    token(Audience::Join, ovl, now() + 600)
-}
 
 /// A server with overlays `a` and `b`, beside the default one.
 async fn two_overlays(
@@ -229,7 +201,7 @@ async fn bad_tokens_get_401_before_any_upgrade_and_repeated_failures_429() -> an
     let server = with_join_auth().await?;
     let other_key = TokenKey::from_bytes(b"another key, also long enough for HS256").expect("key");
     let forged = other_key.mint(&Claims {
-        exp: now() + 600,
+        exp: unix_now() + 600,
         aud: Audience::Join,
         ovl: "a".into(),
         sub: None,
@@ -241,15 +213,12 @@ async fn bad_tokens_get_401_before_any_upgrade_and_repeated_failures_429() -> an
             "expired",
             server.url(&format!(
                 "/o/a/t/{}/join",
-                token(Audience::Join, "a", now() - 120)
+                token(Audience::Join, "a", unix_now() - 120)
             )),
         ),
         (
             "wrong audience",
-            server.url(&format!(
-                "/o/a/t/{}/join",
-                token(Audience::Root, "a", now() + 600)
-            )),
+            server.url(&format!("/o/a/t/{}/join", root_token("a"))),
         ),
         (
             "wrong overlay",
@@ -303,9 +272,8 @@ async fn a_root_token_replaces_the_secret_and_creates_a_dynamic_overlay() -> any
         join_token("alice")
     ));
     assert_eq!(refused(&join_as_root).await?, StatusCode::UNAUTHORIZED);
-    let root_token = token(Audience::Root, "alice", now() + 600);
-    let mut root =
-        connect(&server.url(&format!("/o/alice/{root_token}/webrtc-bootstrap-root"))).await?;
+    let alice = root_token("alice");
+    let mut root = connect(&server.url(&format!("/o/alice/{alice}/webrtc-bootstrap-root"))).await?;
     server
         .wait_health("alice", |h| {
             h.overlays
@@ -317,7 +285,7 @@ async fn a_root_token_replaces_the_secret_and_creates_a_dynamic_overlay() -> any
     send(&mut caller, &envelope(None, "\"call\"", 0)).await?;
     assert_eq!(field(&recv(&mut root).await?, "signal")?, "call");
     // A third overlay is one too many.
-    let bob = token(Audience::Root, "bob", now() + 600);
+    let bob = root_token("bob");
     assert_eq!(
         refused(&server.url(&format!("/o/bob/{bob}/webrtc-bootstrap-root"))).await?,
         StatusCode::SERVICE_UNAVAILABLE

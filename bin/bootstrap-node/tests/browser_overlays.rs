@@ -20,22 +20,19 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
+use bootstrap_testkit::tokens::{join_token, key};
 use bootstrap_testkit::{Proc, TestServer};
 use serde_json::Value;
 use tokio::process::Command;
-use webrtc_bootstrap_server::auth::{Audience, Claims, TokenKey};
 use webrtc_bootstrap_server::{JoinAuth, OverlayConfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bootstrap-node");
 const CHROMIUM: &str = "/usr/bin/chromium";
 const SECRET: &str = "browser-secret";
 const CHAT_SECRET: &str = "chat-secret";
-/// The HS256 key of the server's tokens.
-const KEY: &[u8] = b"a shared key of at least 32 bytes, for the browser tests";
 /// Longest the browser driver may run (it gives up after 100 s itself).
 const DRIVE_WAIT: Duration = Duration::from_secs(110);
 
@@ -83,18 +80,6 @@ fn missing() -> Option<String> {
     None
 }
 
-/// A join token of overlay `ovl`, valid for ten minutes.
-fn join_token(key: &TokenKey, ovl: &str) -> anyhow::Result<String> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    Ok(key.mint(&Claims {
-        exp: now + 600,
-        aud: Audience::Join,
-        ovl: ovl.to_owned(),
-        sub: Some("browser-test".to_owned()),
-        nbf: None,
-    })?)
-}
-
 /// A `bootstrap-node` root on loopback; its answers present `join_token` (from the
 /// environment, as an operator would keep it out of the process list).
 async fn root(name: &str, args: &[&str], join_token: &str) -> anyhow::Result<Proc> {
@@ -128,16 +113,15 @@ async fn next_step(driver: &mut Proc, deadline: Instant) -> anyhow::Result<Optio
 
 async fn overlays_scenario() -> anyhow::Result<()> {
     let started = Instant::now();
-    let key = Arc::new(TokenKey::from_bytes(KEY)?);
-    let chat_token = join_token(&key, "chat")?;
-    let default_token = join_token(&key, "default")?;
+    let chat_token = join_token("chat");
+    let default_token = join_token("default");
     let public = workspace().join("web").canonicalize().context("web/")?;
     let server = TestServer::with(|c| {
         c.secret = SECRET.to_owned();
         c.public = Some(public);
         c.overlays
             .insert("chat".into(), OverlayConfig::new(CHAT_SECRET));
-        c.token_key = Some(key);
+        c.token_key = Some(key());
         c.join_auth = JoinAuth::Token;
     })
     .await?;

@@ -6,52 +6,29 @@
 
 use std::path::PathBuf;
 use std::process::Output;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
+use bootstrap_testkit::tokens::{join_token, key, root_token};
 use bootstrap_testkit::{Proc, TestServer};
 use tokio::process::Command;
-use webrtc_bootstrap_server::auth::{Audience, Claims, TokenKey};
 use webrtc_bootstrap_server::{Config, Health, JoinAuth, OverlayConfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bootstrap-node");
 
-/// The HS256 key of the servers in these tests.
-const KEY: &[u8] = b"a shared key of at least 32 bytes, for the node tests";
-
 /// How long a node that must fail may take to exit.
 const EXIT_WAIT: Duration = Duration::from_secs(10);
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs())
-}
-
-/// A token for `aud` in overlay `ovl`, valid for ten minutes.
-fn token(aud: Audience, ovl: &str) -> anyhow::Result<String> {
-    let claims = Claims {
-        exp: now() + 600,
-        aud,
-        ovl: ovl.to_owned(),
-        sub: Some("node-test".to_owned()),
-        nbf: None,
-    };
-    Ok(TokenKey::from_bytes(KEY)?.mint(&claims)?)
-}
 
 /// A server with token auth on every `/join` socket and overlays `a` and `b`; `adjust`
 /// changes the rest.
 async fn server(adjust: impl FnOnce(&mut Config)) -> anyhow::Result<TestServer> {
-    let key = Arc::new(TokenKey::from_bytes(KEY)?);
     TestServer::with(|c| {
         c.overlays
             .insert("a".into(), OverlayConfig::new("secret-a"));
         c.overlays
             .insert("b".into(), OverlayConfig::new("secret-b"));
-        c.token_key = Some(key);
+        c.token_key = Some(key());
         c.join_auth = JoinAuth::Token;
         adjust(c);
     })
@@ -148,7 +125,7 @@ async fn a_root_and_nodes_of_overlay_a_talk_with_join_tokens() -> anyhow::Result
     let server = server(|_| {}).await?;
     let url = server.base_url();
     // The root answers newcomers on /join sockets of its own: it needs a join token too.
-    let root_join = TokenFile::new(&token(Audience::Join, "a")?)?;
+    let root_join = TokenFile::new(&join_token("a"))?;
     let mut root = node(
         "root",
         &[
@@ -169,7 +146,7 @@ async fn a_root_and_nodes_of_overlay_a_talk_with_join_tokens() -> anyhow::Result
     root.expect("ready root as root").await?;
     // Three nodes, each with its join token another way: a file, the environment, and
     // the address (as JS clients take it).
-    let file = TokenFile::new(&token(Audience::Join, "a")?)?;
+    let file = TokenFile::new(&join_token("a"))?;
     let mut j1 = node(
         "j1",
         &[
@@ -184,14 +161,14 @@ async fn a_root_and_nodes_of_overlay_a_talk_with_join_tokens() -> anyhow::Result
         &[],
     )?;
     j1.expect("ready node as j1").await?;
-    let env_token = token(Audience::Join, "a")?;
+    let env_token = join_token("a");
     let mut j2 = node(
         "j2",
         &["join", "--url", &url, "--overlay", "a"],
         &[("BOOTSTRAP_TOKEN", &env_token)],
     )?;
     j2.expect("ready node as j2").await?;
-    let in_url = format!("{url}/o/a/t/{}", token(Audience::Join, "a")?);
+    let in_url = format!("{url}/o/a/t/{}", join_token("a"));
     let mut j3 = node("j3", &["join", "--url", &in_url], &[])?;
     j3.expect("ready node as j3").await?;
     // The answering side registers its child a moment after the newcomer's channel opens.
@@ -227,8 +204,8 @@ async fn a_root_and_nodes_of_overlay_a_talk_with_join_tokens() -> anyhow::Result
 async fn a_root_token_opens_a_dynamic_overlay_for_the_nodes() -> anyhow::Result<()> {
     let server = server(|c| c.dynamic_overlays = true).await?;
     let url = server.base_url();
-    let root_token = token(Audience::Root, "dyn")?;
-    let root_join = TokenFile::new(&token(Audience::Join, "dyn")?)?;
+    let root_of_dyn = root_token("dyn");
+    let root_join = TokenFile::new(&join_token("dyn"))?;
     let mut root = node(
         "root",
         &[
@@ -240,7 +217,7 @@ async fn a_root_token_opens_a_dynamic_overlay_for_the_nodes() -> anyhow::Result<
             "--join-token",
             &root_join.arg(),
         ],
-        &[("BOOTSTRAP_TOKEN", &root_token)],
+        &[("BOOTSTRAP_TOKEN", &root_of_dyn)],
     )?;
     root.expect("ready root as root").await?;
     wait_health(&server, "the dynamic overlay's root", |h| {
@@ -249,7 +226,7 @@ async fn a_root_token_opens_a_dynamic_overlay_for_the_nodes() -> anyhow::Result<
             .any(|o| o.name == "dyn" && o.dynamic && o.root_connected)
     })
     .await?;
-    let join_token = token(Audience::Join, "dyn")?;
+    let join_dyn = join_token("dyn");
     let mut a = node(
         "a",
         &[
@@ -259,7 +236,7 @@ async fn a_root_token_opens_a_dynamic_overlay_for_the_nodes() -> anyhow::Result<
             "--overlay",
             "dyn",
             "--token",
-            &join_token,
+            &join_dyn,
         ],
         &[],
     )?;
@@ -281,7 +258,7 @@ async fn refused_tokens_and_bad_flags_fail_fast_without_showing_the_token() -> a
     ensure!(stderr.contains("HTTP 401"), "{stderr}");
 
     // A token for another overlay: refused, and not repeated.
-    let wrong = token(Audience::Join, "b")?;
+    let wrong = join_token("b");
     let output = failing(
         "j",
         &["join", "--url", &url, "--overlay", "a"],

@@ -6,50 +6,19 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use bootstrap_testkit::tokens::{join_token, key, root_token, token, unix_now};
 use common::{TestServer, echo_root, init_tracing, options, within};
 use webrtc_bootstrap_peer::{Client, Error, Message, Options, Peer, Root};
 use webrtc_bootstrap_server::auth::{Audience, Claims, TokenKey};
 use webrtc_bootstrap_server::{Config, Health, JoinAuth, OverlayConfig};
-
-/// The HS256 key of the servers with token auth.
-const KEY: &[u8] = b"a shared key of at least 32 bytes, for the peer tests";
 
 /// How long a refusal (401, 429) may take to come back: no negotiation, no timeout.
 const QUICK: Duration = Duration::from_secs(2);
 
 /// How long root `b` is watched for a newcomer that must not come.
 const SILENCE: Duration = Duration::from_millis(500);
-
-fn key() -> Arc<TokenKey> {
-    Arc::new(TokenKey::from_bytes(KEY).expect("an HS256 key"))
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs()
-}
-
-/// A token for `aud` in overlay `ovl`, valid until `exp`.
-fn token(aud: Audience, ovl: &str, exp: u64) -> String {
-    let claims = Claims {
-        exp,
-        aud,
-        ovl: ovl.to_owned(),
-        sub: Some("peer-test".to_owned()),
-        nbf: None,
-    };
-    key().mint(&claims).expect("mint a token")
-}
-
-/// A join token for overlay `ovl`, valid for ten minutes.
-fn join_token(ovl: &str) -> String {
-    token(Audience::Join, ovl, now() + 600)
-}
 
 /// A server with overlays `a` (secret `secret-a`) and `b` (secret `secret-b`) beside
 /// the default one, and the token key; `adjust` changes the rest.
@@ -211,15 +180,12 @@ async fn missing_or_bad_join_tokens_are_unauthorized_at_once_then_throttled() {
     let root_a = root(&server, &root_client, "a", "secret-a").await;
     let answering = echo_root(root_a);
 
-    let expired = token(Audience::Join, "a", now() - 3600);
+    let expired = token(Audience::Join, "a", unix_now() - 3600);
     let cases = [
         ("no token", None),
         ("an expired token", Some(expired)),
         ("a token for overlay b", Some(join_token("b"))),
-        (
-            "a root token",
-            Some(token(Audience::Root, "a", now() + 600)),
-        ),
+        ("a root token", Some(root_token("a"))),
         ("a token of another key", Some(other_key_token())),
     ];
     for (what, token) in cases {
@@ -244,7 +210,7 @@ async fn missing_or_bad_join_tokens_are_unauthorized_at_once_then_throttled() {
         }
     }
     // The same refusal with the token in the path, and the token still hidden.
-    let expired = token(Audience::Join, "a", now() - 3600);
+    let expired = token(Audience::Join, "a", unix_now() - 3600);
     let client =
         Client::with_options(&server.url(&format!("/o/a/t/{expired}")), options()).expect("client");
     let error = within("path token", client.join())
@@ -287,7 +253,7 @@ fn other_key_token() -> String {
     let other = TokenKey::from_bytes(b"another shared key, also 32 bytes or more").expect("key");
     other
         .mint(&Claims {
-            exp: now() + 600,
+            exp: unix_now() + 600,
             aud: Audience::Join,
             ovl: "a".to_owned(),
             sub: None,
@@ -319,13 +285,10 @@ async fn a_root_token_opens_a_dynamic_overlay_that_a_newcomer_joins() {
     // Credentials that are no root token of `dyn` are refused, and create nothing.
     for (what, credential) in [
         ("a join token", join_token("dyn")),
-        (
-            "a root token of another overlay",
-            token(Audience::Root, "other", now() + 600),
-        ),
+        ("a root token of another overlay", root_token("other")),
         (
             "an expired root token",
-            token(Audience::Root, "dyn", now() - 3600),
+            token(Audience::Root, "dyn", unix_now() - 3600),
         ),
         ("a secret", "not-a-token".to_owned()),
     ] {
@@ -340,8 +303,8 @@ async fn a_root_token_opens_a_dynamic_overlay_that_a_newcomer_joins() {
     }
     assert!(server.health().overlays.iter().all(|o| o.name != "dyn"));
 
-    let root_token = token(Audience::Root, "dyn", now() + 600);
-    let root_dyn = root(&server, &root_client, "dyn", &root_token).await;
+    let root_of_dyn = root_token("dyn");
+    let root_dyn = root(&server, &root_client, "dyn", &root_of_dyn).await;
     assert!(overlay(&server.health(), "dyn").dynamic);
     let answering = echo_root(root_dyn);
     let _peer = join_and_talk(&in_dyn(join_token("dyn")), "in a dynamic overlay").await;

@@ -7,10 +7,13 @@
 //! - [`process`]: [`Proc`], a child process read line by line, with timeouts.
 //! - [`server`]: [`TestServer`], a real signaling server in this process on a loopback
 //!   port.
+//! - [`tokens`]: one HS256 key for the servers' `token_key`, and join and root tokens
+//!   minted with it.
 
 pub mod netns;
 pub mod process;
 pub mod server;
+pub mod tokens;
 
 pub use netns::{in_loopback_netns, report, skip_or_fail};
 pub use process::Proc;
