@@ -104,3 +104,38 @@ async fn what_slow_readers_make_the_server_hold_is_bounded_in_bytes() -> anyhow:
         .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn unfinished_messages_count_against_the_byte_budget() -> anyhow::Result<()> {
+    const BUDGET: usize = 256 * 1024;
+    let server = TestServer::with(|c| c.max_reading_bytes = BUDGET).await?;
+    // Twelve sockets each send half of a 60 KB message and stop.
+    let mut sockets = Vec::new();
+    for _ in 0..12 {
+        let mut raw = RawClient::connect(server.addr, "/join").await?;
+        let mut head = vec![0x81, 0x80 | 126];
+        head.extend_from_slice(&60_000u16.to_be_bytes());
+        head.extend_from_slice(&[1, 2, 3, 4]);
+        head.extend(std::iter::repeat_n(b'x', 30_000));
+        raw.stream.write_all(&head).await?;
+        sockets.push(raw);
+    }
+    let health = server
+        .wait_health("closes", |h| h.stats.closed_over_budget > 0)
+        .await?;
+    assert!(health.reading_bytes <= BUDGET, "{}", health.reading_bytes);
+    // The ones closed got 1013; the others are still open, holding their share.
+    let mut codes = Vec::new();
+    for raw in &mut sockets {
+        if let Ok(code) = tokio::time::timeout(Duration::from_millis(200), raw.close_code()).await {
+            codes.push(code?);
+        }
+    }
+    assert!(codes.contains(&Some(1013)), "{codes:?}");
+    // Closing them gives every byte back.
+    drop(sockets);
+    server
+        .wait_health("released", |h| h.reading_bytes == 0 && h.prospects == 0)
+        .await?;
+    Ok(())
+}

@@ -16,6 +16,8 @@ pub const INVALID_PAYLOAD: u16 = 1007;
 pub const POLICY: u16 = 1008;
 /// The peer sent a frame larger than the configured limit.
 pub const TOO_BIG: u16 = 1009;
+/// The server is out of memory for this socket's unfinished message: try later.
+pub const TRY_AGAIN_LATER: u16 = 1013;
 /// A newer root connected and replaced this one.
 pub const ROOT_REPLACED: u16 = 4000;
 /// The root did not answer WebSocket pings in time and is considered dead.

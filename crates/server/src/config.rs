@@ -66,6 +66,10 @@ pub struct Config {
     /// Bytes all outbound queues (and the writes under way) may hold together; a
     /// message that would exceed it is dropped.
     pub max_queued_bytes: usize,
+    /// Bytes the sockets' unfinished incoming messages may hold together (a peer that
+    /// sends half of a large message and stops); a socket that would exceed it is
+    /// closed with 1013.
+    pub max_reading_bytes: usize,
     /// Most connections accepted but not upgraded yet (still sending or waiting for
     /// their request); more are closed at once.
     pub max_pending_connections: usize,
@@ -105,6 +109,7 @@ impl Config {
             join_queue_bytes: 256 * 1024,
             root_queue_bytes: 16 * 1024 * 1024,
             max_queued_bytes: 256 * 1024 * 1024,
+            max_reading_bytes: 256 * 1024 * 1024,
             max_pending_connections: 1024,
             max_pending_per_client: 256,
             write_timeout: Duration::from_secs(10),
@@ -177,6 +182,7 @@ impl Config {
             ("join_queue", self.join_queue == 0),
             ("root_queue", self.root_queue == 0),
             ("max_queued_bytes", self.max_queued_bytes == 0),
+            ("max_reading_bytes", self.max_reading_bytes == 0),
             ("max_pending_connections", self.max_pending_connections == 0),
             ("max_pending_per_client", self.max_pending_per_client == 0),
         ];
@@ -321,6 +327,7 @@ impl fmt::Debug for Config {
             .field("join_queue_bytes", &self.join_queue_bytes)
             .field("root_queue_bytes", &self.root_queue_bytes)
             .field("max_queued_bytes", &self.max_queued_bytes)
+            .field("max_reading_bytes", &self.max_reading_bytes)
             .field("max_pending_connections", &self.max_pending_connections)
             .field("max_pending_per_client", &self.max_pending_per_client)
             .field("write_timeout", &self.write_timeout)

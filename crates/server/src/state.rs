@@ -55,6 +55,8 @@ pub(crate) struct Shared {
     pub(crate) stats: Stats,
     /// Bytes queued for (or being written to) slow readers, in all sockets.
     pub(crate) budget: Arc<Budget>,
+    /// Bytes of unfinished incoming messages, in all sockets.
+    pub(crate) reading: Budget,
     /// Addresses that failed to authenticate, to throttle.
     throttle: Mutex<FailureThrottle>,
     /// Connections not upgraded yet, capped in all and per client.
@@ -115,6 +117,8 @@ pub struct Health {
     /// Bytes held for slow readers: queued, or being written (at most
     /// `max_queued_bytes`).
     pub queued_bytes: usize,
+    /// Bytes held for unfinished incoming messages (at most `max_reading_bytes`).
+    pub reading_bytes: usize,
     /// Connections accepted and not upgraded (or answered) yet.
     pub pending_connections: usize,
     /// Every overlay, by name (never a secret).
@@ -178,6 +182,7 @@ impl AppState {
             add(name, overlay)?;
         }
         let budget = Arc::new(Budget::new(config.max_queued_bytes));
+        let config_reading = config.max_reading_bytes;
         let config_pending = (
             config.max_pending_connections,
             config.max_pending_per_client,
@@ -188,6 +193,7 @@ impl AppState {
             prospects: AtomicUsize::new(0),
             stats: Stats::default(),
             budget,
+            reading: Budget::new(config_reading),
             pending: Pending::new(config_pending.0, config_pending.1),
             throttle: Mutex::new(FailureThrottle::new(
                 AUTH_FAILURES,
@@ -221,6 +227,7 @@ impl AppState {
             uptime_seconds: shared.started.elapsed().as_secs_f64(),
             stats: shared.stats.snapshot(),
             queued_bytes: shared.budget.used(),
+            reading_bytes: shared.reading.used(),
             pending_connections: shared.pending.count(),
             overlays,
         }

@@ -48,6 +48,9 @@ counters! {
     dropped_queue_full,
     /// Messages dropped because all queues together hold `max_queued_bytes`.
     dropped_over_budget,
+    /// Sockets closed (1013) because their unfinished message did not fit in
+    /// `max_reading_bytes`.
+    closed_over_budget,
     /// Messages dropped as invalid (malformed JSON, not an object, invalid UTF-8).
     invalid_messages,
     /// Messages dropped because their socket was over its rate.

@@ -75,6 +75,8 @@ pub(crate) fn serve(
 impl Drop for Socket {
     fn drop(&mut self) {
         self.release_in_flight();
+        let reading = std::mem::take(&mut self.reading);
+        self.shared().reading.release(reading);
     }
 }
 
@@ -92,6 +94,10 @@ struct Socket {
     /// Bytes of the messages in `out`, still taken from the server's queue budget
     /// until written.
     in_flight: usize,
+    /// Bytes the decoder holds for an unfinished frame or message, taken from the
+    /// server's reading budget: a peer that stops halfway through a large message
+    /// costs its share.
+    reading: usize,
 }
 
 pin_project! {
@@ -164,6 +170,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SocketTask<S> {
             out: Vec::new(),
             full_since: None,
             in_flight: 0,
+            reading: 0,
         };
         let mut end = None;
         if !early.is_empty() {
@@ -174,6 +181,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SocketTask<S> {
                 ..
             } = &mut socket;
             end = handler.on_bytes(decoder, &mut early, out, now);
+            end = end.or_else(|| socket.account_reading());
         }
         // Registered before this check, or told by `close_all` after it: either way a
         // socket that opens during shutdown is closed.
@@ -294,7 +302,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         out,
                         ..
                     } = &mut self.socket;
-                    handler.on_bytes(decoder, buf.filled_mut(), out, Instant::now())
+                    let end = handler.on_bytes(decoder, buf.filled_mut(), out, Instant::now());
+                    end.or_else(|| self.socket.account_reading())
                 }
             },
         )
@@ -402,6 +411,25 @@ impl Socket {
     fn release_in_flight(&mut self) {
         let bytes = std::mem::take(&mut self.in_flight);
         self.shared().budget.release(bytes);
+    }
+
+    /// Takes what the decoder holds now from the reading budget (or gives back what it
+    /// no longer holds); closes the socket with 1013 when the budget is spent.
+    fn account_reading(&mut self) -> Option<End> {
+        let now = self.decoder.buffered();
+        let budget = &self.handler.registration().shared().reading;
+        if now <= self.reading {
+            budget.release(self.reading - now);
+            self.reading = now;
+            return None;
+        }
+        if budget.try_reserve(now - self.reading) {
+            self.reading = now;
+            return None;
+        }
+        self.handler.registration().bump(|s| &s.closed_over_budget);
+        info!(role = ?self.handler.registration().role(), "no room for an unfinished message; closing the socket");
+        Some(End::Close(close::TRY_AGAIN_LATER, "server busy"))
     }
 
     /// Handles what the queue gave; `Some` ends the loop. Messages are encoded into

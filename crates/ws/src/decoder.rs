@@ -56,6 +56,12 @@ impl Decoder {
         !self.partial.is_empty() || self.fragmented.is_some()
     }
 
+    /// Bytes held for an incomplete frame or message: what a peer that stops halfway
+    /// makes the decoder keep (at most one frame and one message).
+    pub fn buffered(&self) -> usize {
+        self.partial.capacity() + self.message.capacity()
+    }
+
     /// Decodes `input` (the bytes just read, unmasked in place) and calls `on` for each
     /// complete message or control frame, until `on` breaks or a close frame arrives
     /// (both give `Ok(ControlFlow::Break(()))`; the rest of the input is ignored).
