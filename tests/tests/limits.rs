@@ -139,3 +139,68 @@ async fn unfinished_messages_count_against_the_byte_budget() -> anyhow::Result<(
         .await?;
     Ok(())
 }
+
+/// A WebSocket client on `path` whose connection comes from `source`.
+async fn connect_from(server: &TestServer, source: [u8; 4], path: &str) -> anyhow::Result<Ws> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::from((source, 0)))?;
+    let tcp = socket.connect(server.addr).await?;
+    let (ws, _) = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::client_async(
+            server.url(path),
+            tokio_tungstenite::MaybeTlsStream::Plain(tcp),
+        ),
+    )
+    .await??;
+    Ok(ws)
+}
+
+#[tokio::test]
+async fn a_flood_through_many_sockets_leaves_room_for_other_newcomers() -> anyhow::Result<()> {
+    let server = TestServer::with(|c| c.root_bytes_per_client = 256 * 1024).await?;
+    // A root that is not reading yet.
+    let mut root = server.root().await?;
+    server.wait_health("root", |h| h.root_connected).await?;
+    // 25 sockets of one client (127.0.0.2), each within its own rate, send the root
+    // 60 KB messages: 300 MB if it all queued.
+    let big = envelope(None, &format!("\"{}\"", "f".repeat(60_000)), 0);
+    let mut flood = Vec::new();
+    for _ in 0..25 {
+        flood.push(connect_from(&server, [127, 0, 0, 2], "/join").await?);
+    }
+    for ws in &mut flood {
+        for _ in 0..40 {
+            send(ws, &big).await?;
+        }
+    }
+    server
+        .wait_health("the flood queued or dropped", |h| {
+            h.stats.relayed_to_root + h.stats.dropped_root_share == 1000
+        })
+        .await?;
+    // Newcomers elsewhere (127.0.0.1) still get their offers to the root.
+    let mut newcomers = Vec::new();
+    for i in 0..10 {
+        let mut ws = server.join().await?;
+        send(&mut ws, &envelope(None, &format!("\"offer {i}\""), 0)).await?;
+        newcomers.push(ws);
+    }
+    server
+        .wait_health("offers queued", |h| h.stats.relayed_to_root >= 10)
+        .await?;
+    let mut offers = 0;
+    while offers < 10 {
+        let got = recv(&mut root).await?;
+        if field(&got, "signal")?
+            .as_str()
+            .is_some_and(|s| s.starts_with("offer"))
+        {
+            offers += 1;
+        }
+    }
+    let health = server.health();
+    assert!(health.stats.dropped_root_share > 900, "{:?}", health.stats);
+    assert_eq!(health.stats.dropped_queue_full, 0, "{:?}", health.stats);
+    Ok(())
+}

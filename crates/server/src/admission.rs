@@ -99,7 +99,7 @@ impl Drop for Ticket {
 
 /// The address a client is counted under: IPv4 as is (IPv4-mapped IPv6 too), IPv6 per
 /// /64, the block one subscriber usually gets.
-fn client_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -63,6 +63,10 @@ pub struct Config {
     /// Outbound queue of the root socket, in bytes (raised to `max_frame_bytes` if
     /// smaller).
     pub root_queue_bytes: usize,
+    /// Bytes of the root's queue one client (an address; an IPv6 /64) may hold, through
+    /// however many `/join` sockets: a flood from one client leaves room for the others
+    /// (raised to `max_frame_bytes` if smaller).
+    pub root_bytes_per_client: usize,
     /// Bytes all outbound queues (and the writes under way) may hold together; a
     /// message that would exceed it is dropped.
     pub max_queued_bytes: usize,
@@ -108,6 +112,7 @@ impl Config {
             root_queue: 4096,
             join_queue_bytes: 256 * 1024,
             root_queue_bytes: 16 * 1024 * 1024,
+            root_bytes_per_client: 1024 * 1024,
             max_queued_bytes: 256 * 1024 * 1024,
             max_reading_bytes: 256 * 1024 * 1024,
             max_pending_connections: 1024,
@@ -326,6 +331,7 @@ impl fmt::Debug for Config {
             .field("root_queue", &self.root_queue)
             .field("join_queue_bytes", &self.join_queue_bytes)
             .field("root_queue_bytes", &self.root_queue_bytes)
+            .field("root_bytes_per_client", &self.root_bytes_per_client)
             .field("max_queued_bytes", &self.max_queued_bytes)
             .field("max_reading_bytes", &self.max_reading_bytes)
             .field("max_pending_connections", &self.max_pending_connections)

@@ -11,7 +11,8 @@ use tokio::time::{Instant, MissedTickBehavior, interval_at};
 
 use std::sync::Arc;
 
-use crate::queue::{self, Budget};
+use crate::queue::{self, Budget, Weigh};
+use crate::shares::Share;
 
 /// What a socket's task is told through its queue, ahead of any message. Ordered:
 /// a pending command is only replaced by a greater one, so a close is never lost to
@@ -34,11 +35,41 @@ impl Command {
     }
 }
 
+/// A relayed message in a socket's queue, with the share of the root's queue it holds
+/// for its sender (root-bound messages only), given back when it leaves the queue.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    /// The message as it goes out.
+    pub(crate) text: String,
+    /// Its sender's share of the root's queue, held until the message is dropped.
+    pub(crate) _share: Option<Share>,
+}
+
+/// Messages are equal when their text is; who holds a share of the root's queue is not
+/// part of the message.
+impl PartialEq for Outgoing {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl From<String> for Outgoing {
+    fn from(text: String) -> Self {
+        Self { text, _share: None }
+    }
+}
+
+impl Weigh for Outgoing {
+    fn weight(&self) -> usize {
+        self.text.len()
+    }
+}
+
 /// The sending half of a socket's queue: relayed messages and [`Command`]s.
-pub(crate) type Outbox = queue::Sender<String, Command>;
+pub(crate) type Outbox = queue::Sender<Outgoing, Command>;
 
 /// The receiving half, read by the socket's task.
-pub(crate) type Inbox = queue::Receiver<String, Command>;
+pub(crate) type Inbox = queue::Receiver<Outgoing, Command>;
 
 /// How the relay reaches one socket's task: its bounded outbound queue, which also
 /// carries the commands the task must act on (close, heartbeat).

@@ -13,7 +13,7 @@ use bootstrap_ws::{Decoder, FrameError, Inbound, OpCode, encode_frame};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::handle::Command;
+use crate::handle::{Command, Outgoing};
 use crate::policy::{Offence, Policy, Verdict};
 use crate::queue::TrySendError;
 use crate::registry::Undeliverable;
@@ -206,13 +206,36 @@ fn on_join_text(
             return offend(policy, Offence::InvalidPayload, registration);
         }
     };
+    // A message for the root holds a share of its sender's allowance in the root's
+    // queue until it leaves the queue: a flood from one client leaves room for others.
+    let share = match relayed.destination {
+        Destination::Root => {
+            let overlay = registration.overlay();
+            match overlay
+                .root_shares
+                .take(registration.client(), relayed.text.len())
+            {
+                Some(share) => Some(share),
+                None => {
+                    registration.bump(|s| &s.dropped_root_share);
+                    debug!(%id, "the client's share of the root's queue is spent; dropped");
+                    return None;
+                }
+            }
+        }
+        _ => None,
+    };
+    let outgoing = Outgoing {
+        text: relayed.text,
+        _share: share,
+    };
     // Queueing never waits, so it happens under the lock: no handle is cloned. Only
     // the sender's overlay is searched: nothing crosses overlays.
     let sent = registration
         .overlay()
         .registry()
         .route(&relayed.destination)
-        .map(|handle| handle.tx.try_send(relayed.text));
+        .map(|handle| handle.tx.try_send(outgoing));
     match sent {
         Ok(Ok(())) => match relayed.destination {
             Destination::Root => registration.bump(|s| &s.relayed_to_root),
@@ -324,7 +347,7 @@ mod tests {
     fn message(rx: &mut Inbox) -> Option<String> {
         let waker = std::task::Waker::noop();
         match rx.poll_recv(&mut std::task::Context::from_waker(waker)) {
-            std::task::Poll::Ready(Some(Received::Message(text))) => Some(text),
+            std::task::Poll::Ready(Some(Received::Message(message))) => Some(message.text),
             _ => None,
         }
     }

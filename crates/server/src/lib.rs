@@ -15,6 +15,7 @@
 //!   the caps that fit a descriptor limit. [`stats`]: counters reported by
 //!   `/healthz`.
 //! - `queue`: the bounded outbound queue of a socket, which allocates nothing idle.
+//! - `shares`: fair shares of a root's queue per client address.
 //! - `handle`: how the relay reaches a socket: its `SocketHandle` (the queue's sending
 //!   half) and the `Command`s (heartbeat, shutdown, replaced) it carries.
 //! - `registry`: the IO-free relay state (root, prospects, ids), generic over the
@@ -50,6 +51,7 @@ mod queue;
 mod registry;
 pub mod route;
 mod routes;
+mod shares;
 mod state;
 pub mod stats;
 mod transport;

@@ -169,7 +169,8 @@ fn join(
         Err(refused) => return refused.into_response(),
     };
     // If the upgrade never completes, the registration is dropped and unregisters the id.
-    let (registration, rx) = match shared.admit_join(&overlay) {
+    let client = client_ip(&request);
+    let (mut registration, rx) = match shared.admit_join(&overlay) {
         Ok(admitted) => admitted,
         Err(refusal) => {
             Stats::bump(&shared.stats.joins_refused);
@@ -181,6 +182,7 @@ fn join(
             return refuse(StatusCode::SERVICE_UNAVAILABLE, why);
         }
     };
+    registration.set_client(client);
     let response = upgrade.response(protocol);
     let on_upgrade = upgrade.on_upgrade;
     // Chained rather than one `async` block, which would keep the captured upgrade

@@ -9,6 +9,7 @@
 //! Locks nest in one order only: the overlay map, then one overlay's registry.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -27,6 +28,7 @@ use crate::handle::{self, Command, Inbox, Outbox, SocketHandle};
 use crate::queue::Budget;
 use crate::registry::{Registry, RootTicket};
 use crate::route::DEFAULT_OVERLAY;
+use crate::shares::Shares;
 use crate::stats::{Stats, StatsSnapshot};
 
 /// Failed authentications one address may make within [`AUTH_WINDOW`] before it is
@@ -81,6 +83,8 @@ pub(crate) struct Overlay {
     /// A std mutex, never held across `.await`.
     registry: Mutex<Slot>,
     pub(crate) stats: Stats,
+    /// What each client holds in its root's queue.
+    pub(crate) root_shares: Arc<Shares>,
 }
 
 /// What an overlay's lock guards.
@@ -267,6 +271,7 @@ impl Overlay {
                 retired: false,
             }),
             stats: Stats::default(),
+            root_shares: Shares::new(config.root_bytes_per_client.max(config.max_frame_bytes)),
         })
     }
 
@@ -452,6 +457,8 @@ pub(crate) struct Registration {
     role: Role,
     shared: Arc<Shared>,
     overlay: Arc<Overlay>,
+    /// The client's address (unspecified when the server does not know it).
+    client: IpAddr,
     left: bool,
 }
 
@@ -462,8 +469,19 @@ impl Registration {
             role,
             shared,
             overlay,
+            client: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             left: false,
         }
+    }
+
+    /// The socket's client is at `client`.
+    pub(crate) fn set_client(&mut self, client: IpAddr) {
+        self.client = client;
+    }
+
+    /// The socket's client address.
+    pub(crate) fn client(&self) -> IpAddr {
+        self.client
     }
 
     /// Which socket this is.

@@ -48,6 +48,9 @@ counters! {
     dropped_queue_full,
     /// Messages dropped because all queues together hold `max_queued_bytes`.
     dropped_over_budget,
+    /// Root-bound messages dropped because their client holds its share of the root's
+    /// queue (`root_bytes_per_client`).
+    dropped_root_share,
     /// Sockets closed (1013) because their unfinished message did not fit in
     /// `max_reading_bytes`.
     closed_over_budget,

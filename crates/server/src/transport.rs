@@ -28,7 +28,7 @@ use tokio::time::{Instant, Sleep, sleep};
 use tracing::{debug, info};
 
 use crate::files::WriteDeadline;
-use crate::handle::{Command, Inbox};
+use crate::handle::{Command, Inbox, Outgoing};
 use crate::handler::{End, Handler};
 use crate::queue::Received;
 use crate::state::{Registration, Role, Shared};
@@ -434,17 +434,18 @@ impl Socket {
 
     /// Handles what the queue gave; `Some` ends the loop. Messages are encoded into
     /// `out`, with whatever else is queued (up to a batch), to go out in one write.
-    fn on_received(&mut self, received: Option<Received<String, Command>>) -> Option<End> {
+    fn on_received(&mut self, received: Option<Received<Outgoing, Command>>) -> Option<End> {
         match received? {
-            Received::Message(text) => {
-                encode_frame(&mut self.out, OpCode::Text, text.as_bytes(), None);
+            Received::Message(first) => {
                 let (out, in_flight) = (&mut self.out, &mut self.in_flight);
-                *in_flight += text.len();
-                let room = WRITE_BATCH_BYTES.saturating_sub(text.len()).max(1);
-                self.rx.drain_each(WRITE_BATCH - 1, room, |text| {
-                    *in_flight += text.len();
-                    encode_frame(out, OpCode::Text, text.as_bytes(), None);
-                });
+                let mut take = |message: Outgoing| {
+                    *in_flight += message.text.len();
+                    encode_frame(out, OpCode::Text, message.text.as_bytes(), None);
+                    // Dropped here: its sender's share of the root's queue is free.
+                };
+                let room = WRITE_BATCH_BYTES.saturating_sub(first.text.len());
+                take(first);
+                self.rx.drain_each(WRITE_BATCH - 1, room, take);
                 None
             }
             Received::Control(command) => self.on_command(command),
@@ -576,7 +577,7 @@ mod tests {
         let shared = shared(|c| c.write_timeout = Duration::from_secs(10));
         let start = Instant::now();
         let (task, _client, tx) = root(&shared, 64);
-        tx.try_send("x".repeat(1000)).expect("room");
+        tx.try_send("x".repeat(1000).into()).expect("room");
         ends_within(task, Duration::from_secs(11)).await;
         assert_eq!(start.elapsed(), Duration::from_secs(10));
         assert!(
@@ -596,7 +597,7 @@ mod tests {
         // 10 KB at 640 B/s: 14 s to read, longer than the write timeout, but the
         // writes never stop making progress.
         for i in 0..10 {
-            tx.try_send(format!("{i}{}", "r".repeat(999)))
+            tx.try_send(format!("{i}{}", "r".repeat(999)).into())
                 .expect("room");
         }
         let start = Instant::now();
@@ -640,7 +641,7 @@ mod tests {
                     let route = bootstrap_protocol::Destination::Peer(id);
                     let overlay = shared.overlay(DEFAULT_OVERLAY).expect("default overlay");
                     if let Ok(handle) = overlay.registry().route(&route) {
-                        while handle.tx.try_send("y".repeat(100)).is_ok() {}
+                        while handle.tx.try_send("y".repeat(100).into()).is_ok() {}
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -738,7 +739,7 @@ mod tests {
         let start = Instant::now();
         let (task, mut client, tx) = root(&shared, 64);
         for _ in 0..3 {
-            tx.try_send("z".repeat(200)).expect("room");
+            tx.try_send("z".repeat(200).into()).expect("room");
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         shared.close_all(Command::Shutdown);
@@ -765,7 +766,7 @@ mod tests {
             c.shutdown_grace = Duration::from_secs(5);
         });
         let (task, _client, tx) = root(&shared, 64);
-        tx.try_send("z".repeat(1000)).expect("room");
+        tx.try_send("z".repeat(1000).into()).expect("room");
         tokio::time::sleep(Duration::from_secs(1)).await;
         let dismissed = Instant::now();
         shared.close_all(Command::Shutdown);
