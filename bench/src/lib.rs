@@ -12,12 +12,17 @@
 //! - [`report`]: the results file and the table; `chart` draws the SVG.
 //! - [`procfs`]: CPU time and memory of a process from `/proc`.
 //! - [`webrtc`]: join time between Rust peers and join storms of tree-overlay nodes.
+//! - [`soak`]: a million verified handshakes against one server process, sampling its
+//!   memory, descriptors, threads and `/healthz`.
+//! - [`echo`]: a WebSocket echo endpoint built from the server's codec, for the
+//!   Autobahn conformance cases (`docs/conformance.md`).
 //! - `ws`, `script`, `root`, `handshake`, `verify`: the generator's WebSocket client,
 //!   message content, root task, handshake task and failure bookkeeping.
 
 pub mod auth;
 mod chart;
 pub mod compare;
+pub mod echo;
 mod handshake;
 pub mod idle;
 pub mod load;
@@ -26,6 +31,7 @@ pub mod report;
 mod root;
 mod script;
 pub mod servers;
+pub mod soak;
 pub mod stats;
 mod verify;
 pub mod webrtc;

@@ -6,7 +6,9 @@
 //! (cd bench/js && npm ci --ignore-scripts)
 //! target/release/bootstrap-bench compare            # full run, writes docs/bench/
 //! target/release/bootstrap-bench compare --quick    # smoke run, writes nothing
+//! target/release/bootstrap-bench echo --listen 127.0.0.1:9001  # Autobahn cases: docs/conformance.md
 //! target/release/bootstrap-bench load --url ws://127.0.0.1:5000 --secret S -n 20000 -c 50
+//! target/release/bootstrap-bench soak --out docs/bench   # 1 000 000 handshakes, one server
 //! ```
 
 use std::net::SocketAddr;
@@ -16,10 +18,13 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use bootstrap_bench::compare::{self, CompareConfig, IdleSettings, JsMode};
+use bootstrap_bench::echo::{self, EchoConfig};
 use bootstrap_bench::idle::{self, IdleConfig};
 use bootstrap_bench::load::{self, LoadConfig};
 use bootstrap_bench::servers::Programs;
 use clap::{Args, Parser, Subcommand};
+use tokio::signal::unix::SignalKind;
+use webrtc_bootstrap_server::config::{MAX_FRAME_BYTES, MIN_FRAME_BYTES};
 
 /// Signaling benchmarks for the webrtc-bootstrap server (loopback only).
 #[derive(Debug, Parser)]
@@ -47,6 +52,53 @@ enum Command {
     Webrtc(WebrtcArgs),
     /// What token auth costs: the same load point with and without join tokens.
     Auth(AuthArgs),
+    /// A million verified handshakes against one server process, sampling its memory,
+    /// descriptors, threads and /healthz: flat after warm-up, nothing lost.
+    Soak(SoakArgs),
+    /// A WebSocket echo endpoint on the server's codec, for the Autobahn cases
+    /// (docs/conformance.md); runs until SIGINT or SIGTERM.
+    Echo(EchoArgs),
+}
+
+#[derive(Debug, Args)]
+struct EchoArgs {
+    /// Address to listen on (port 0: any free port; `listening on ws://ADDR` is
+    /// printed first).
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    listen: SocketAddr,
+    /// Largest message in bytes, like the server's --max-frame-bytes (the Autobahn 9.*
+    /// cases need 16777216).
+    #[arg(long, default_value_t = EchoConfig::default().max_frame_bytes)]
+    max_frame_bytes: usize,
+}
+
+#[derive(Debug, Args)]
+struct SoakArgs {
+    /// Handshakes in all.
+    #[arg(short = 'n', long, default_value_t = 1_000_000)]
+    handshakes: u32,
+    /// Chunks they run in (each verified, the server sampled idle after each); the
+    /// first is the warm-up.
+    #[arg(long, default_value_t = 20)]
+    chunks: u32,
+    /// Handshakes in flight.
+    #[arg(short = 'c', long, default_value_t = 50)]
+    concurrency: u32,
+    /// How often to sample the server under load, e.g. 5s or 500ms.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    sample_every: Duration,
+    /// Our server binary [default: next to this binary].
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Worker threads of our server (0: one per core).
+    #[arg(long, default_value_t = 1)]
+    server_workers: usize,
+    /// Where to write soak.json, soak.md and soak.svg; nothing is written without it.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Only redraw soak.md and soak.svg from the soak.json in --out (no measurement).
+    #[arg(long, requires = "out")]
+    render: bool,
 }
 
 #[derive(Debug, Args)]
@@ -259,7 +311,113 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Webrtc(args) => run_webrtc(&args),
         Command::Auth(args) => run_auth(args),
+        Command::Soak(args) => run_soak(args),
+        Command::Echo(args) => run_echo(&args),
     }
+}
+
+fn run_echo(args: &EchoArgs) -> anyhow::Result<ExitCode> {
+    // The server's own bounds for its cap.
+    let bounds = MIN_FRAME_BYTES..=MAX_FRAME_BYTES;
+    if !bounds.contains(&args.max_frame_bytes) {
+        bail!("--max-frame-bytes must be from {MIN_FRAME_BYTES} to {MAX_FRAME_BYTES}");
+    }
+    let config = EchoConfig {
+        max_frame_bytes: args.max_frame_bytes,
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        echo::run(args.listen, config, shutdown).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_soak(args: SoakArgs) -> anyhow::Result<ExitCode> {
+    use bootstrap_bench::servers::{Kind, Spawned, our_flags};
+    use bootstrap_bench::soak::{self, SoakConfig};
+    const SECRET: &str = "bench-secret-0123456789";
+    if let (true, Some(dir)) = (args.render, &args.out) {
+        let path = dir.join("soak.json");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let report: soak::SoakReport = serde_json::from_str(&text)?;
+        std::fs::write(dir.join("soak.md"), soak::markdown(&report))?;
+        std::fs::write(dir.join("soak.svg"), soak::svg(&report))?;
+        println!("{}", soak::markdown(&report));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let programs = Programs {
+        server_bin: args.server_bin.unwrap_or_else(default_server_bin),
+        node: "node".into(),
+        js_dir: PathBuf::from("bench/js"),
+        node_heap_mib: 0,
+        server_workers: (args.server_workers > 0).then_some(args.server_workers),
+    };
+    let mut server = Spawned::start(Kind::Ours, &programs, SECRET)?;
+    let mut config = SoakConfig::new(server.addr, SECRET, server.pid());
+    config.handshakes = args.handshakes;
+    config.chunks = args.chunks;
+    config.concurrency = args.concurrency;
+    config.sample_every = args.sample_every;
+    let mut report = soak::run_blocking(&config)?;
+    if !server.is_running() {
+        bail!(
+            "the server exited during the soak; see {}",
+            server.log.display()
+        );
+    }
+    server.stop();
+    report.server = format!(
+        "{}, TOKIO_WORKER_THREADS={}, {}",
+        programs
+            .server_bin
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        programs
+            .server_workers
+            .map_or_else(|| "default".to_owned(), |n| n.to_string()),
+        our_flags().join(" ")
+    );
+    report.command = std::iter::once("bootstrap-bench".to_owned())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    println!("{}", soak::markdown(&report));
+    if let Some(dir) = &args.out {
+        soak::write(&report, dir)?;
+        eprintln!("wrote {}/soak.{{json,md,svg}}", dir.display());
+    }
+    Ok(if report.verified() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("verification FAILED: {:?}", report.failure_samples);
+        ExitCode::FAILURE
+    })
+}
+
+/// A duration such as `5s`, `500ms` or `2m`; a bare number is seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text}: expected a number and a unit (ms, s, m)"))?;
+    let seconds = match unit {
+        "ms" => number / 1e3,
+        "" | "s" => number,
+        "m" => number * 60.0,
+        _ => return Err(format!("{text}: the unit must be ms, s or m")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text}: {e}"))
 }
 
 fn run_auth(args: AuthArgs) -> anyhow::Result<ExitCode> {
