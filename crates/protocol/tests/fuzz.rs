@@ -103,7 +103,7 @@ fn check_frame(frame: &str) {
         }
         Err(EnvelopeError::NotAnObject) => {
             // Valid JSON that is not an object, or (serde_json reports the type before
-            // reading on) a non-object value followed by anything: `0\0`, `[1] x`.
+            // reading on) a non-object value followed by anything, such as `0\0`.
             let start = frame.trim_start_matches([' ', '\t', '\n', '\r']);
             assert!(!start.starts_with('{'), "an object refused: {frame:?}");
             assert!(object.is_err(), "an object refused: {frame:?}");
@@ -383,6 +383,8 @@ fn the_checks_hold_on_known_frames() {
         "{",
         "",
         "\"heartbeat\"",
+        "0\u{0}",
+        "1e400",
     ] {
         check_frame(frame);
     }
