@@ -24,7 +24,9 @@ use subtle::ConstantTimeEq;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info};
 
-use crate::auth::{Audience, TokenError, bearer_from_subprotocols, token_from_query};
+use crate::auth::{
+    Audience, BEARER_SUBPROTOCOL, TokenError, bearer_from_subprotocols, token_from_query,
+};
 use crate::config::JoinAuth;
 use crate::files;
 use crate::handle::heartbeats;
@@ -33,10 +35,6 @@ use crate::state::{AppState, Health, NoOverlay, Refusal, Shared};
 use crate::stats::Stats;
 use crate::transport;
 use crate::upgrade::Upgrade;
-
-/// The subprotocol a browser offers to carry its token (`bearer, <token>`), which the
-/// server must echo or the browser drops the socket.
-const BEARER: &str = "bearer";
 
 /// The server's routes over `state`.
 pub fn router(state: AppState) -> Router {
@@ -141,8 +139,8 @@ fn join(
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
-        .any(|item| item.trim() == BEARER)
-        .then_some(BEARER);
+        .any(|item| item.trim() == BEARER_SUBPROTOCOL)
+        .then_some(BEARER_SUBPROTOCOL);
     if shared.config.join_auth == JoinAuth::Token {
         let ip = client_ip(&request);
         if let Some(response) = throttled(shared, ip) {
