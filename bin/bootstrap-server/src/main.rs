@@ -15,12 +15,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use tracing_subscriber::EnvFilter;
 use webrtc_bootstrap_server::admission::caps_for_fd_limit;
 use webrtc_bootstrap_server::auth::TokenKey;
 use webrtc_bootstrap_server::config::MIN_SECRET_LEN;
+use webrtc_bootstrap_server::turn::TurnConfig;
 use webrtc_bootstrap_server::{Config, ConfigError, JoinAuth, OverlayConfig, run};
 
 /// Exit code for bad configuration (BSD `EX_USAGE`).
@@ -60,6 +61,8 @@ struct Cli {
     /// Most overlays at once, the default one included [default: 1000].
     #[arg(long)]
     max_overlays: Option<usize>,
+    #[command(flatten)]
+    turn: TurnFlags,
     /// TCP port to listen on [default: 5000].
     #[arg(long, env = "PORT")]
     port: Option<u16>,
@@ -115,6 +118,31 @@ struct Cli {
     log_format: Option<LogFormat>,
 }
 
+/// The flags of `GET /ice-servers` (TURN credentials).
+#[derive(Debug, Args)]
+struct TurnFlags {
+    /// File holding the secret shared with the TURN server (coturn's
+    /// static-auth-secret; one trailing newline ignored). Turns on GET /ice-servers,
+    /// which hands out ephemeral TURN credentials (needs --turn-uri).
+    #[arg(long, value_name = "PATH")]
+    turn_secret_file: Option<PathBuf>,
+    /// A TURN URI handed out with the credentials, e.g. turn:turn.example.org:3478?transport=udp
+    /// or turns:turn.example.org:5349?transport=tcp. Repeatable.
+    #[arg(long = "turn-uri", value_name = "URI")]
+    turn_uris: Vec<String>,
+    /// Lifetime of a TURN credential, in seconds, from 60 to 2592000 [default: 86400].
+    #[arg(long, value_name = "SECONDS")]
+    turn_ttl: Option<u64>,
+    /// A STUN URI handed out beside the TURN ones, e.g. stun:turn.example.org:3478.
+    /// Repeatable.
+    #[arg(long = "stun-uri", value_name = "URI")]
+    stun_uris: Vec<String>,
+    /// /ice-servers requests one client address (an IPv6 /64) may make per minute;
+    /// more get HTTP 429 [default: 120].
+    #[arg(long)]
+    ice_servers_per_minute: Option<u32>,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Print a token signed with a key file (for operators and tests; applications mint
@@ -160,6 +188,13 @@ struct FileConfig {
     join_auth: Option<JoinAuthArg>,
     dynamic_overlays: Option<bool>,
     max_overlays: Option<usize>,
+    turn_secret_file: Option<PathBuf>,
+    #[serde(default)]
+    turn_uris: Vec<String>,
+    turn_ttl: Option<u64>,
+    #[serde(default)]
+    stun_uris: Vec<String>,
+    ice_servers_per_minute: Option<u32>,
     port: Option<u16>,
     host: Option<String>,
     timeout: Option<u64>,
@@ -269,6 +304,14 @@ fn settings(cli: Cli) -> anyhow::Result<Settings> {
     if let Some(v) = cli.max_overlays.or(file.max_overlays) {
         config.max_overlays = v;
     }
+    config.turn = turn_settings(
+        cli.turn,
+        file.turn_secret_file,
+        &file.turn_uris,
+        &file.stun_uris,
+        file.turn_ttl,
+        file.ice_servers_per_minute,
+    )?;
     let mut problems = config.validate().err().map_or_else(Vec::new, |e| e.0);
     let weak_secrets: Vec<String> = config
         .weak_secrets()
@@ -336,6 +379,41 @@ fn parse_overlay_flag(flag: &str) -> anyhow::Result<(String, String)> {
         None => secret.to_owned(),
     };
     Ok((name.to_owned(), secret))
+}
+
+/// The TURN settings: flags replace the file's lists, not extend them.
+fn turn_settings(
+    cli: TurnFlags,
+    secret_file: Option<PathBuf>,
+    turn_uris: &[String],
+    stun_uris: &[String],
+    ttl: Option<u64>,
+    per_minute: Option<u32>,
+) -> anyhow::Result<Option<TurnConfig>> {
+    let pick = |flags: Vec<String>, file: &[String]| {
+        if flags.is_empty() {
+            file.to_vec()
+        } else {
+            flags
+        }
+    };
+    let uris = pick(cli.turn_uris, turn_uris);
+    let stun_uris = pick(cli.stun_uris, stun_uris);
+    let Some(path) = cli.turn_secret_file.or(secret_file) else {
+        if !uris.is_empty() {
+            bail!("--turn-uri needs --turn-secret-file (the secret shared with the TURN server)");
+        }
+        return Ok(None);
+    };
+    let mut turn = TurnConfig::new(read_secret(&path)?, uris);
+    turn.stun_uris = stun_uris;
+    if let Some(seconds) = cli.turn_ttl.or(ttl) {
+        turn.ttl = Duration::from_secs(seconds);
+    }
+    if let Some(rate) = cli.ice_servers_per_minute.or(per_minute) {
+        turn.requests_per_minute = rate;
+    }
+    Ok(Some(turn))
 }
 
 /// A secret kept in a file: its content, one trailing newline ignored.

@@ -16,16 +16,18 @@ use async_trait::async_trait;
 use bootstrap_protocol::{IceCandidate, SdpKind, SessionDescription};
 use bytes::BytesMut;
 use rtc::ice::mdns::MulticastDnsMode;
+use rtc::peer_connection::transport::RTCIceCandidateType;
 use tokio::sync::mpsc;
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfiguration,
     RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceConnectionState, RTCIceGatheringState,
-    RTCIceServer, RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSdpType,
-    RTCSessionDescription, SettingEngineBuilder,
+    RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
+    RTCSdpType, RTCSessionDescription, RTCStatsReportEntry, SettingEngineBuilder, StatsSelector,
 };
 
-use crate::config::Options;
+use crate::candidate::{CandidateKind, Path};
+use crate::config::{IceServer, Options};
 use crate::error::Error;
 use crate::message::Message;
 
@@ -133,6 +135,68 @@ impl PeerConnectionEventHandler for Forwarder {
     }
 }
 
+/// Reads a connection's statistics (it does not keep the connection open: closing is
+/// [`Rtc`]'s).
+#[derive(Clone)]
+pub(crate) struct StatsReader {
+    pc: Arc<dyn PeerConnection>,
+}
+
+impl fmt::Debug for StatsReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StatsReader").finish_non_exhaustive()
+    }
+}
+
+impl StatsReader {
+    /// The selected candidate pair's kinds, once ICE selected one.
+    pub(crate) async fn path(&self) -> Option<Path> {
+        let report = self
+            .pc
+            .get_stats(std::time::Instant::now(), StatsSelector::None)
+            .await;
+        let selected = report.iter().find_map(|entry| match entry {
+            RTCStatsReportEntry::Transport(transport)
+                if !transport.selected_candidate_pair_id.is_empty() =>
+            {
+                Some(transport.selected_candidate_pair_id.clone())
+            }
+            _ => None,
+        })?;
+        let RTCStatsReportEntry::IceCandidatePair(pair) = report.get(&selected)? else {
+            return None;
+        };
+        // The stack files candidates under a prefixed id; a pair names them bare.
+        let kind = |prefix: &str, id: &str| match report
+            .get(id)
+            .or_else(|| report.get(&format!("{prefix}{id}")))?
+        {
+            RTCStatsReportEntry::LocalCandidate(candidate)
+            | RTCStatsReportEntry::RemoteCandidate(candidate) => {
+                candidate_kind(candidate.candidate_type)
+            }
+            _ => None,
+        };
+        Some(Path {
+            local: kind("RTCLocalIceCandidate_", &pair.local_candidate_id)?,
+            // Every signaled remote candidate is on record: one that is not was
+            // learned from a connectivity check.
+            remote: kind("RTCRemoteIceCandidate_", &pair.remote_candidate_id)
+                .unwrap_or(CandidateKind::PeerReflexive),
+        })
+    }
+}
+
+fn candidate_kind(kind: RTCIceCandidateType) -> Option<CandidateKind> {
+    match kind {
+        RTCIceCandidateType::Host => Some(CandidateKind::Host),
+        RTCIceCandidateType::Srflx => Some(CandidateKind::ServerReflexive),
+        RTCIceCandidateType::Prflx => Some(CandidateKind::PeerReflexive),
+        RTCIceCandidateType::Relay => Some(CandidateKind::Relay),
+        _ => None,
+    }
+}
+
 /// One peer connection. Closed exactly once: by [`Rtc::close`], or on drop by a task
 /// spawned for it, so no driver task, socket or port outlives this value.
 pub(crate) struct Rtc {
@@ -154,20 +218,29 @@ impl fmt::Debug for Rtc {
 }
 
 impl Rtc {
-    /// Builds a peer connection with `options` and starts its driver.
-    pub(crate) async fn new(options: &Options) -> Result<(Self, RtcEvents), Error> {
+    /// Builds a peer connection with `options` and `ice_servers` (in place of
+    /// `options.ice_servers`) and starts its driver.
+    pub(crate) async fn new(
+        options: &Options,
+        ice_servers: Vec<IceServer>,
+    ) -> Result<(Self, RtcEvents), Error> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let ice_servers = options
-            .ice_servers
-            .iter()
+        let ice_servers = ice_servers
+            .into_iter()
             .map(|s| RTCIceServer {
-                urls: s.urls.clone(),
-                username: s.username.clone().unwrap_or_default(),
-                credential: s.credential.clone().unwrap_or_default(),
+                urls: s.urls,
+                username: s.username.unwrap_or_default(),
+                credential: s.credential.unwrap_or_default(),
             })
             .collect();
+        let policy = if options.relay_only {
+            RTCIceTransportPolicy::Relay
+        } else {
+            RTCIceTransportPolicy::All
+        };
         let configuration = RTCConfigurationBuilder::new()
             .with_ice_servers(ice_servers)
+            .with_ice_transport_policy(policy)
             .build();
         let mdns = if options.mdns {
             MulticastDnsMode::QueryOnly
@@ -205,6 +278,13 @@ impl Rtc {
             closed: false,
         };
         Ok((rtc, rx))
+    }
+
+    /// A handle that reads this connection's statistics, for as long as it lives.
+    pub(crate) fn stats(&self) -> StatsReader {
+        StatsReader {
+            pc: Arc::clone(&self.pc),
+        }
     }
 
     /// Media id of the data section, for outgoing candidates.
@@ -487,7 +567,9 @@ mod tests {
             ],
             ..Options::loopback()
         };
-        let (mut rtc, _events) = Rtc::new(&options).await.expect("valid ICE servers");
+        let (mut rtc, _events) = Rtc::new(&options, options.ice_servers.clone())
+            .await
+            .expect("valid ICE servers");
         rtc.close().await;
 
         let missing = Options {
@@ -497,7 +579,7 @@ mod tests {
             }],
             ..Options::loopback()
         };
-        let error = Rtc::new(&missing)
+        let error = Rtc::new(&missing, missing.ice_servers.clone())
             .await
             .expect_err("TURN needs credentials");
         assert!(matches!(error, Error::WebRtc { .. }), "{error:?}");

@@ -13,6 +13,17 @@ use bootstrap_protocol::paths::{JOIN_PATH, is_url_safe_secret, root_path};
 
 use crate::error::Error;
 
+/// Where a server hands out TURN credentials, under the overlay's (and token's) prefix.
+const ICE_SERVERS_PATH: &str = "/ice-servers";
+
+/// The `http://` or `https://` URL on the same origin as `ws://` or `wss://` `url`.
+fn http_url(url: &str) -> String {
+    match url.strip_prefix("ws") {
+        Some(rest) => format!("http{rest}"),
+        None => url.to_owned(),
+    }
+}
+
 /// Longest overlay name the server accepts.
 const MAX_OVERLAY_LEN: usize = 64;
 
@@ -219,12 +230,36 @@ impl Server {
     }
 
     fn join_url_with(&self, token: Option<&str>) -> String {
+        self.url_with(JOIN_PATH, token)
+    }
+
+    /// `leaf` (`/join`, `/ice-servers`) under the base, with `token` where this
+    /// client's token travels.
+    fn url_with(&self, leaf: &str, token: Option<&str>) -> String {
         let base = &self.base;
         match (token, self.token.as_ref().map(|(_, carrier)| *carrier)) {
-            (Some(token), Some(Carrier::Path)) => format!("{base}/t/{token}{JOIN_PATH}"),
-            (Some(token), Some(Carrier::Query)) => format!("{base}{JOIN_PATH}?token={token}"),
-            _ => format!("{base}{JOIN_PATH}"),
+            (Some(token), Some(Carrier::Path)) => format!("{base}/t/{token}{leaf}"),
+            (Some(token), Some(Carrier::Query)) => format!("{base}{leaf}?token={token}"),
+            _ => format!("{base}{leaf}"),
         }
+    }
+
+    /// `http(s)://…[/t/TOKEN]/ice-servers` (or `…/ice-servers?token=TOKEN`): where
+    /// this client fetches TURN credentials, on the server's origin, with its overlay
+    /// and join token.
+    pub(crate) fn ice_servers_url(&self) -> String {
+        http_url(&self.url_with(
+            ICE_SERVERS_PATH,
+            self.token.as_ref().map(|(token, _)| token.as_str()),
+        ))
+    }
+
+    /// The `/ice-servers` URL with the token hidden, for errors and logs.
+    pub(crate) fn ice_servers_url_redacted(&self) -> String {
+        http_url(&self.url_with(
+            ICE_SERVERS_PATH,
+            self.token.as_ref().map(|_| TOKEN_PLACEHOLDER),
+        ))
     }
 
     /// `…/<credential>/webrtc-bootstrap-root`, in this client's overlay. The credential
@@ -248,6 +283,29 @@ mod tests {
 
     fn server(address: &str) -> Server {
         Server::new(address, None, None).expect("valid")
+    }
+
+    #[test]
+    fn ice_servers_live_on_the_same_origin_with_the_same_overlay_and_token() {
+        let s = server("ws://127.0.0.1:8080/o/chat/t/eyJ.a.b");
+        assert_eq!(
+            s.ice_servers_url(),
+            "http://127.0.0.1:8080/o/chat/t/eyJ.a.b/ice-servers"
+        );
+        assert_eq!(
+            s.ice_servers_url_redacted(),
+            "http://127.0.0.1:8080/o/chat/t/<token>/ice-servers"
+        );
+        let s =
+            Server::new("wss://example.org/prefix", Some("chat"), Some("eyJ.a.b")).expect("valid");
+        assert_eq!(
+            s.ice_servers_url(),
+            "https://example.org/prefix/o/chat/ice-servers?token=eyJ.a.b"
+        );
+        assert_eq!(
+            server("ws://[::1]:9").ice_servers_url(),
+            "http://[::1]:9/ice-servers"
+        );
     }
 
     #[test]

@@ -37,8 +37,7 @@ impl Answerer {
         let (mut result_tx, result) = oneshot::channel();
         tokio::spawn(async move {
             let outcome = session::answer(
-                endpoint.server(),
-                endpoint.options(),
+                &endpoint,
                 first,
                 RequestSource::new(rx, routed),
                 result_tx.closed(),

@@ -73,9 +73,10 @@ impl Client {
     /// token), [`Error::Throttled`], [`Error::JoinRefused`] (for example an unknown
     /// overlay, or a full server), [`Error::NoAnswer`] (no root connected?),
     /// [`Error::ConnectTimeout`], [`Error::IceFailed`], [`Error::DtlsFailed`],
-    /// [`Error::ClosedByRemote`], [`Error::SignalingClosed`].
+    /// [`Error::ClosedByRemote`], [`Error::SignalingClosed`], and
+    /// [`Error::IceServers`] when [`Options::ice_from_server`] got none.
     pub async fn join(&self) -> Result<Peer, Error> {
-        session::join(self.inner.server(), self.inner.options()).await
+        session::join(&self.inner).await
     }
 
     /// Connects as the root of this client's overlay with `credential` and starts

@@ -67,6 +67,20 @@ pub struct Options {
     /// STUN and TURN servers. Default: none (host candidates only). The JS client
     /// defaults to two public STUN servers; add them here for peers behind NAT.
     pub ice_servers: Vec<IceServer>,
+    /// Also take ICE servers from the signaling server: before its first join or
+    /// answer, the client fetches `GET …/ice-servers` from the server's own origin
+    /// (`http://` for a `ws://` address, `https://` for `wss://`, with the same overlay
+    /// and join token as its `/join` sockets), which hands out short-lived TURN
+    /// credentials. They are kept and fetched again once 80 % of their lifetime has
+    /// passed. They come after [`Options::ice_servers`]. A server without TURN
+    /// answers 404, which is [`crate::Error::IceServers`]. Default: off.
+    pub ice_from_server: bool,
+    /// Relay only (`iceTransportPolicy: "relay"`): gather and use TURN relay
+    /// candidates only, so no address of this host reaches the remote peer and every
+    /// byte goes through the TURN server. Needs a TURN server in
+    /// [`Options::ice_servers`] or from [`Options::ice_from_server`]; without one
+    /// nothing can connect ([`crate::Error::IceFailed`]). Default: off.
+    pub relay_only: bool,
     /// Local UDP addresses to bind for ICE. A wildcard (`0.0.0.0:0`) binds one socket per
     /// non-loopback interface; a concrete address (tests use `127.0.0.1:0`) binds exactly
     /// that one. Default: `0.0.0.0:0`.
@@ -117,6 +131,8 @@ impl fmt::Debug for Options {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Options")
             .field("ice_servers", &self.ice_servers)
+            .field("ice_from_server", &self.ice_from_server)
+            .field("relay_only", &self.relay_only)
             .field("udp_addrs", &self.udp_addrs)
             .field("mdns", &self.mdns)
             .field("timeout", &self.timeout)
@@ -135,6 +151,8 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             ice_servers: Vec::new(),
+            ice_from_server: false,
+            relay_only: false,
             udp_addrs: vec![SocketAddr::from(([0, 0, 0, 0], 0))],
             mdns: false,
             timeout: Duration::from_secs(30),
@@ -158,6 +176,21 @@ impl Options {
             udp_addrs: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
             ..Self::default()
         }
+    }
+
+    /// These options with ICE servers (TURN credentials) fetched from the signaling
+    /// server ([`Options::ice_from_server`]).
+    #[must_use]
+    pub fn with_ice_from_server(mut self) -> Self {
+        self.ice_from_server = true;
+        self
+    }
+
+    /// These options relaying everything through TURN ([`Options::relay_only`]).
+    #[must_use]
+    pub fn with_relay_only(mut self) -> Self {
+        self.relay_only = true;
+        self
     }
 
     /// These options in overlay `name` ([`Options::overlay`]); checked when the

@@ -8,14 +8,18 @@
 use std::sync::Arc;
 
 use crate::address::Server;
-use crate::config::Options;
+use crate::config::{IceServer, Options};
 use crate::error::Error;
+use crate::ice::IceCache;
 
 /// Where and how to reach one signaling server. Shared behind an `Arc`, never changed.
 #[derive(Debug)]
 pub(crate) struct Endpoint {
     server: Server,
     options: Options,
+    /// ICE servers from the server's `/ice-servers`, when
+    /// [`Options::ice_from_server`] is on.
+    ice: IceCache,
 }
 
 impl Endpoint {
@@ -29,7 +33,20 @@ impl Endpoint {
                 options.token.as_deref(),
             )?,
             options,
+            ice: IceCache::default(),
         }))
+    }
+
+    /// The ICE servers of a new connection: [`Options::ice_servers`], then those the
+    /// server hands out if [`Options::ice_from_server`] is on (fetched, or kept from
+    /// the last fetch while fresh).
+    pub(crate) async fn ice_servers(&self) -> Result<Vec<IceServer>, Error> {
+        let mut servers = self.options.ice_servers.clone();
+        if self.options.ice_from_server {
+            let timeout = self.options.connect_timeout.min(self.options.timeout);
+            servers.extend(self.ice.get(&self.server, timeout).await?);
+        }
+        Ok(servers)
     }
 
     /// The server.

@@ -82,6 +82,17 @@ pub enum Error {
         /// How long the server asked to wait (its `Retry-After`), if it said.
         retry_after: Option<Duration>,
     },
+    /// [`crate::Options::ice_from_server`] is on but the server's `/ice-servers` gave
+    /// no ICE servers: unreachable, a refusal (404 when the server has no TURN
+    /// configured), or an answer that is not the expected JSON. A refused token is
+    /// [`Error::Unauthorized`] and a rate limit [`Error::Throttled`] instead.
+    #[error("no ICE servers from {url}: {reason}")]
+    IceServers {
+        /// The `/ice-servers` URL, with the token hidden.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// No answer arrived within the timeout. The server drops root-bound signals
     /// silently when no root is connected, so this usually means no root is connected
     /// (or the root ignored the request).

@@ -35,6 +35,8 @@
 //! - [`error`]: [`Error`], every way a public call can fail.
 //! - `message`: [`Message`], one data-channel message.
 //! - `backoff`: the root's reconnect delays, sans-IO ([`Reconnect`]).
+//! - [`candidate`]: [`CandidateKind`] and [`Path`], what a connection offered and
+//!   uses (direct or relayed).
 //! - [`config`]: [`Options`] and [`IceServer`].
 //! - `address`: the server address and the URLs of this client's sockets on it (overlay,
 //!   join token, root secret), and their redacted forms.
@@ -43,6 +45,8 @@
 //!   queueing, late-signal dropping.
 //! - `router`: the sans-IO per-origin routing of the root.
 //! - `signaling`: WebSocket IO with the server.
+//! - `ice`: ICE servers (TURN credentials) fetched from the server's `/ice-servers`,
+//!   and kept while fresh.
 //! - `adapter`: the only module that touches the `webrtc` crate.
 //! - [`peer`]: [`Peer`], a connected data channel.
 //! - `endpoint`: the server address and [`Options`] that every role shares.
@@ -55,10 +59,12 @@ mod adapter;
 mod address;
 pub mod answerer;
 mod backoff;
+pub mod candidate;
 pub mod client;
 pub mod config;
 mod endpoint;
 pub mod error;
+mod ice;
 mod message;
 mod negotiation;
 pub mod peer;
@@ -71,6 +77,7 @@ mod signaling;
 pub use answerer::{Answerer, SignalSender};
 pub use backoff::Reconnect;
 pub use bootstrap_protocol::{IceCandidate, SdpKind, SessionDescription, Signal};
+pub use candidate::{CandidateKind, Path};
 pub use client::Client;
 pub use config::{IceServer, Options};
 pub use error::Error;

@@ -10,7 +10,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::adapter::{Channel, ChannelEvent, LinkState, Rtc, RtcEvent, RtcEvents};
+use crate::adapter::{Channel, ChannelEvent, LinkState, Rtc, RtcEvent, RtcEvents, StatsReader};
+use crate::candidate::{CandidateKind, Path};
 use crate::error::Error;
 
 // Defined below the adapter, which builds messages too; re-exported so that
@@ -62,6 +63,10 @@ pub struct Peer {
     max_message_size: usize,
     incoming: mpsc::Receiver<Message>,
     state: watch::Receiver<PeerState>,
+    /// Reads the connection's statistics.
+    stats: StatsReader,
+    /// The kinds of the candidates this side signaled.
+    signaled: Vec<CandidateKind>,
     /// Dropping this tells the driver to close.
     shutdown: Option<oneshot::Sender<()>>,
     driver: Option<JoinHandle<()>>,
@@ -75,6 +80,7 @@ impl Peer {
         channel: Channel,
         remote_id: Option<String>,
         first_message: Option<Message>,
+        signaled: Vec<CandidateKind>,
     ) -> Self {
         let max_message_size = rtc
             .max_message_size()
@@ -85,6 +91,7 @@ impl Peer {
             // The queue is new and empty: this cannot fail.
             let _ = message_tx.try_send(message);
         }
+        let stats = rtc.stats();
         let (state_tx, state) = watch::channel(PeerState::Connected);
         let (shutdown, shutdown_rx) = oneshot::channel();
         let driver = tokio::spawn(drive(
@@ -101,6 +108,8 @@ impl Peer {
             max_message_size,
             incoming,
             state,
+            stats,
+            signaled,
             shutdown: Some(shutdown),
             driver: Some(driver),
         }
@@ -118,6 +127,21 @@ impl Peer {
     #[must_use]
     pub fn max_message_size(&self) -> usize {
         self.max_message_size
+    }
+
+    /// The candidate pair the connection uses: whether this side (and the remote) is
+    /// reached directly or through a TURN relay. `None` once closed, or if the stack
+    /// has no selected pair to report.
+    pub async fn path(&self) -> Option<Path> {
+        self.stats.path().await
+    }
+
+    /// The kinds of the ICE candidates this side sent to the remote during the
+    /// negotiation (trickled, or in its description), in order. With
+    /// [`crate::Options::relay_only`] they are all [`CandidateKind::Relay`].
+    #[must_use]
+    pub fn signaled_candidates(&self) -> &[CandidateKind] {
+        &self.signaled
     }
 
     /// Sends a text message (ordered, reliable).

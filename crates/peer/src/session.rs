@@ -14,21 +14,23 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::adapter::{Channel, ChannelEvent, LinkState, Rtc, RtcEvent, RtcEvents};
-use crate::address::Server;
-use crate::config::Options;
+use crate::candidate::CandidateKind;
+use crate::endpoint::Endpoint;
 use crate::error::Error;
 use crate::negotiation::{Action, Negotiation, Role};
 use crate::peer::Peer;
 use crate::request::Request;
 use crate::signaling::{self, Socket};
 
-/// Opens this side's `/join` socket and its peer connection. They do not depend on each
-/// other, so both are set up at once.
-async fn open(server: &Server, options: &Options) -> Result<(Socket, Rtc, RtcEvents), Error> {
+/// Opens this side's `/join` socket and its peer connection (with its ICE servers,
+/// which may be fetched from the server first). They do not depend on each other, so
+/// both are set up at once.
+async fn open(endpoint: &Endpoint) -> Result<(Socket, Rtc, RtcEvents), Error> {
+    let (server, options) = (endpoint.server(), endpoint.options());
     let url = server.join_url();
     let (socket, rtc) = tokio::join!(
         signaling::connect(&url, options.connect_timeout.min(options.timeout)),
-        Rtc::new(options)
+        async { Rtc::new(options, endpoint.ice_servers().await?).await }
     );
     let socket = socket.map_err(|e| e.for_join(&server.join_url_redacted()))?;
     let (rtc, events) = rtc?;
@@ -36,9 +38,10 @@ async fn open(server: &Server, options: &Options) -> Result<(Socket, Rtc, RtcEve
 }
 
 /// Joins as a newcomer: opens `/join`, offers, and waits for the data channel.
-pub(crate) async fn join(server: &Server, options: &Options) -> Result<Peer, Error> {
+pub(crate) async fn join(endpoint: &Endpoint) -> Result<Peer, Error> {
+    let options = endpoint.options();
     let deadline = Instant::now() + options.timeout;
-    let (socket, mut rtc, events) = open(server, options).await?;
+    let (socket, mut rtc, events) = open(endpoint).await?;
     let setup = async {
         let channel = rtc.create_data_channel().await?;
         let offer = rtc.create_offer().await?;
@@ -61,6 +64,7 @@ pub(crate) async fn join(server: &Server, options: &Options) -> Result<Peer, Err
         timeout: options.timeout,
         ice: LinkState::Connecting,
         connection: LinkState::Connecting,
+        signaled: Vec::new(),
     };
     if options.trickle {
         let envelope = session.negotiation.local_description(offer);
@@ -75,14 +79,14 @@ pub(crate) async fn join(server: &Server, options: &Options) -> Result<Peer, Err
 /// `/join`, answers with `destination` = the newcomer's id, and waits for the data
 /// channel. Gives up when `cancelled` completes.
 pub(crate) async fn answer(
-    server: &Server,
-    options: &Options,
+    endpoint: &Endpoint,
     first: Request,
     sources: RequestSource,
     cancelled: impl Future<Output = ()>,
 ) -> Result<Peer, Error> {
+    let options = endpoint.options();
     let deadline = Instant::now() + options.timeout;
-    let (socket, rtc, events) = open(server, options).await?;
+    let (socket, rtc, events) = open(endpoint).await?;
     let mut session = Session {
         rtc,
         events,
@@ -92,6 +96,7 @@ pub(crate) async fn answer(
         timeout: options.timeout,
         ice: LinkState::Connecting,
         connection: LinkState::Connecting,
+        signaled: Vec::new(),
     };
     let origin = first.origin().to_owned();
     if let Err(error) = session
@@ -166,6 +171,8 @@ struct Session {
     ice: LinkState,
     /// Last peer-connection (ICE + DTLS) state.
     connection: LinkState,
+    /// The kinds of the candidates sent to the remote, in order.
+    signaled: Vec<CandidateKind>,
 }
 
 impl Session {
@@ -217,7 +224,15 @@ impl Session {
                     // `Open` only comes from a channel, so it is set.
                     return Err(Error::Closed);
                 };
-                Ok(Peer::start(self.rtc, self.events, channel, remote_id, first_message).await)
+                Ok(Peer::start(
+                    self.rtc,
+                    self.events,
+                    channel,
+                    remote_id,
+                    first_message,
+                    self.signaled,
+                )
+                .await)
             }
             Err(error) => {
                 tracing::debug!(%error, role = ?self.negotiation.role(), "negotiation failed");
@@ -258,6 +273,14 @@ impl Session {
         let (Some(envelope), Some(socket)) = (envelope, self.socket.as_mut()) else {
             return;
         };
+        match &envelope.signal {
+            Signal::Candidate { candidate } => self
+                .signaled
+                .extend(CandidateKind::of_candidate(&candidate.candidate)),
+            Signal::Description(description) => self
+                .signaled
+                .extend(CandidateKind::in_sdp(&description.sdp)),
+        }
         if let Err(error) = signaling::send(socket, &envelope).await {
             tracing::debug!(%error, "the /join socket failed while sending");
             self.socket = None;

@@ -58,6 +58,37 @@ impl ConnectError {
         }
     }
 
+    /// An HTTP refusal: its code, its `Retry-After` (in seconds), and the first line of
+    /// its body.
+    pub(crate) fn from_status(
+        code: u16,
+        headers: &tungstenite::http::HeaderMap,
+        body: Option<&[u8]>,
+    ) -> Self {
+        let retry_after = headers
+            .get("retry-after")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        // Only printable text, one line, bounded: the body is the server's to choose.
+        let why = body
+            .and_then(|body| std::str::from_utf8(body).ok())
+            .and_then(|body| body.lines().next())
+            .map(|line| {
+                line.trim()
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(MAX_WHY)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self::Status {
+            code,
+            retry_after,
+            why,
+        }
+    }
+
     /// `HTTP 404 (no such overlay)`, or `HTTP 404` when the body said nothing.
     fn status_text(&self) -> String {
         match self {
@@ -106,6 +137,17 @@ impl ConnectError {
         }
     }
 
+    /// The meaning on the `/ice-servers` path (`url` is redacted).
+    pub(crate) fn for_ice_servers(self, url: &str) -> Error {
+        if let Some(error) = self.auth_refusal(url) {
+            return error;
+        }
+        Error::IceServers {
+            url: url.to_owned(),
+            reason: self.status_text(),
+        }
+    }
+
     /// The meaning on the root path (`url` is redacted).
     pub(crate) fn for_root(self, url: &str) -> Error {
         if let Some(error) = self.auth_refusal(url) {
@@ -144,33 +186,11 @@ fn classify(error: tungstenite::Error) -> ConnectError {
     use std::io::ErrorKind;
     use tungstenite::Error as E;
     match error {
-        E::Http(response) => {
-            let retry_after = response
-                .headers()
-                .get("retry-after")
-                .and_then(|value| value.to_str().ok())
-                .and_then(|value| value.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
-            // Only printable text, one line, bounded: the body is the server's to choose.
-            let why = response
-                .body()
-                .as_deref()
-                .and_then(|body| std::str::from_utf8(body).ok())
-                .and_then(|body| body.lines().next())
-                .map(|line| {
-                    line.trim()
-                        .chars()
-                        .filter(|c| !c.is_control())
-                        .take(MAX_WHY)
-                        .collect()
-                })
-                .unwrap_or_default();
-            ConnectError::Status {
-                code: response.status().as_u16(),
-                retry_after,
-                why,
-            }
-        }
+        E::Http(response) => ConnectError::from_status(
+            response.status().as_u16(),
+            response.headers(),
+            response.body().as_deref(),
+        ),
         E::Io(e)
             if matches!(
                 e.kind(),

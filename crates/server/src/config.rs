@@ -10,6 +10,7 @@ use bootstrap_protocol::paths::is_url_safe_secret;
 
 use crate::auth::TokenKey;
 use crate::route::{DEFAULT_OVERLAY, MAX_CREDENTIAL_LEN, is_valid_overlay_name};
+use crate::turn::TurnConfig;
 
 /// Everything the server needs to run. Build it with [`Config::new`] and adjust fields.
 #[derive(Clone)]
@@ -29,6 +30,9 @@ pub struct Config {
     /// Whether a valid root token for an overlay that is not configured creates it; it
     /// is removed once its root and its last `/join` socket have left.
     pub dynamic_overlays: bool,
+    /// TURN servers to hand out ephemeral credentials for at `GET /ice-servers`
+    /// (`[/o/NAME][/t/TOKEN]/ice-servers`); `None` answers 404 there.
+    pub turn: Option<TurnConfig>,
     /// Most overlays at once, configured ones and the default included.
     pub max_overlays: usize,
     /// Lifetime of every `/join` socket, from the moment it opens (JS `timeout`, 30 s).
@@ -97,6 +101,7 @@ impl Config {
             token_key: None,
             join_auth: JoinAuth::Open,
             dynamic_overlays: false,
+            turn: None,
             max_overlays: 1000,
             timeout: Duration::from_millis(30_000),
             heartbeat_interval: Duration::from_millis(15_000),
@@ -164,6 +169,9 @@ impl Config {
         }
         if self.join_auth == JoinAuth::Token && !tokens {
             problems.push("join auth \"token\" needs a token key (--token-key-file)".to_owned());
+        }
+        if let Some(turn) = &self.turn {
+            problems.extend(turn.problems());
         }
         if self.dynamic_overlays && !tokens {
             problems.push("dynamic overlays need a token key (--token-key-file)".to_owned());
@@ -316,6 +324,7 @@ impl fmt::Debug for Config {
             .field("token_key", &self.token_key.as_ref().map(|_| "<redacted>"))
             .field("join_auth", &self.join_auth)
             .field("dynamic_overlays", &self.dynamic_overlays)
+            .field("turn", &self.turn)
             .field("max_overlays", &self.max_overlays)
             .field("timeout", &self.timeout)
             .field("heartbeat_interval", &self.heartbeat_interval)

@@ -29,6 +29,7 @@
 //! - `transport`: the socket's future: bytes and timers only.
 //! - `files`: static files that stay inside `--public` (regular files only), and
 //!   `WriteDeadline`, the write timeout of plain HTTP connections.
+//! - [`turn`]: ephemeral TURN credentials (the TURN REST API) for `/ice-servers`.
 //! - `upgrade`: the WebSocket opening handshake. `routes`: [`router`], the HTTP
 //!   handlers. This file: the accept loop and graceful shutdown.
 //!
@@ -55,6 +56,7 @@ mod shares;
 mod state;
 pub mod stats;
 mod transport;
+pub mod turn;
 mod upgrade;
 
 use std::future::Future;

@@ -13,6 +13,7 @@
 //! | `/o/NAME/join`, `/o/NAME/t/TOKEN/join` | a newcomer or answerer of overlay `NAME` |
 //! | `/o/NAME/SECRET/webrtc-bootstrap-root` | the root of overlay `NAME` |
 //! | `[/o/NAME]/t/TOKEN/SECRET/webrtc-bootstrap-root` | the same root: a JS root given a host with a join token (for its answers) |
+//! | `[/o/NAME][/t/TOKEN]/ice-servers` | not a socket: TURN credentials for the overlay's peers (HTTP GET) |
 //!
 //! Segments are compared as sent (still percent-encoded), as the JS server compares
 //! its secret: overlay names and tokens only use characters that are never encoded.
@@ -26,6 +27,9 @@ pub const DEFAULT_OVERLAY: &str = "default";
 /// Longest overlay name.
 pub const MAX_NAME_LEN: usize = 64;
 
+/// The path, under an overlay's prefix, where its peers fetch TURN credentials.
+pub const ICE_SERVERS_PATH: &str = "/ice-servers";
+
 /// Longest token or secret taken from a path.
 pub(crate) const MAX_CREDENTIAL_LEN: usize = 4096;
 
@@ -35,6 +39,14 @@ pub(crate) enum Route<'a> {
     /// A `/join` socket of `overlay`, with the token its path carries, if any.
     Join {
         /// The overlay's name ([`DEFAULT_OVERLAY`] for `/join`).
+        overlay: &'a str,
+        /// A join token from a `/t/TOKEN` segment.
+        token: Option<&'a str>,
+    },
+    /// `GET /ice-servers` of `overlay` (TURN credentials), with the join token its path
+    /// carries, if any.
+    IceServers {
+        /// The overlay's name.
         overlay: &'a str,
         /// A join token from a `/t/TOKEN` segment.
         token: Option<&'a str>,
@@ -88,21 +100,21 @@ pub(crate) fn parse(path: &str) -> Option<Route<'_>> {
         }
         None => (DEFAULT_OVERLAY, path),
     };
-    if rest == JOIN_PATH {
-        return Some(Route::Join {
-            overlay,
-            token: None,
-        });
+    // `[/t/TOKEN]/join` and `[/t/TOKEN]/ice-servers`.
+    let leaf = |leaf: &str| {
+        if rest == leaf {
+            return Some(None);
+        }
+        rest.strip_prefix("/t/")
+            .and_then(|r| r.strip_suffix(leaf))
+            .filter(|token| is_credential(token))
+            .map(Some)
+    };
+    if let Some(token) = leaf(JOIN_PATH) {
+        return Some(Route::Join { overlay, token });
     }
-    if let Some(token) = rest
-        .strip_prefix("/t/")
-        .and_then(|r| r.strip_suffix(JOIN_PATH))
-        .filter(|token| is_credential(token))
-    {
-        return Some(Route::Join {
-            overlay,
-            token: Some(token),
-        });
+    if let Some(token) = leaf(ICE_SERVERS_PATH) {
+        return Some(Route::IceServers { overlay, token });
     }
     // A JS root given the host `…/t/TOKEN` (so that its answers' `/join` sockets carry
     // the join token) puts the prefix before its root path too: the prefix is ignored.
@@ -188,6 +200,31 @@ mod tests {
             })
         );
         assert!(parse(&format!("/o/{}/join", "n".repeat(64))).is_some());
+    }
+
+    #[test]
+    fn every_overlay_and_token_prefix_has_its_ice_servers() {
+        let ice = |overlay, token| Some(Route::IceServers { overlay, token });
+        assert_eq!(parse("/ice-servers"), ice(DEFAULT_OVERLAY, None));
+        assert_eq!(
+            parse("/t/eyJ.x.y/ice-servers"),
+            ice(DEFAULT_OVERLAY, Some("eyJ.x.y"))
+        );
+        assert_eq!(parse("/o/chat/ice-servers"), ice("chat", None));
+        assert_eq!(
+            parse("/o/chat/t/eyJ.x.y/ice-servers"),
+            ice("chat", Some("eyJ.x.y"))
+        );
+        for path in [
+            "/ice-servers/",
+            "/o/chat/ice-servers/x",
+            "/t//ice-servers",
+            "/t/a/b/ice-servers",
+            "/o/a b/ice-servers",
+            "/x/ice-servers",
+        ] {
+            assert_eq!(parse(path), None, "{path:?}");
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! HTTP routes: the root and `/join` WebSocket upgrades of every overlay, `/healthz`,
-//! static files.
+//! HTTP routes: the root and `/join` WebSocket upgrades of every overlay, their
+//! `/ice-servers` (TURN credentials), `/healthz`, static files.
 //!
 //! Which socket a path asks for is decided by [`crate::route::parse`]; handlers check
 //! the credentials (secret or token), check the upgrade request, register the socket
@@ -14,8 +14,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::header::{RETRY_AFTER, SEC_WEBSOCKET_PROTOCOL};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::header::{
+    ACCESS_CONTROL_ALLOW_ORIGIN, ALLOW, AUTHORIZATION, CACHE_CONTROL, RETRY_AFTER,
+    SEC_WEBSOCKET_PROTOCOL,
+};
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use futures_util::FutureExt as _;
@@ -25,15 +28,16 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info};
 
 use crate::auth::{
-    Audience, BEARER_SUBPROTOCOL, TokenError, bearer_from_subprotocols, token_from_query,
+    Audience, BEARER_SUBPROTOCOL, Claims, TokenError, bearer_from_subprotocols, token_from_query,
 };
 use crate::config::JoinAuth;
 use crate::files;
 use crate::handle::heartbeats;
 use crate::route::{self, Route};
-use crate::state::{AppState, Health, NoOverlay, Refusal, Shared};
+use crate::state::{AppState, Health, NoOverlay, Overlay, Refusal, Shared};
 use crate::stats::Stats;
 use crate::transport;
+use crate::turn::user_label;
 use crate::upgrade::Upgrade;
 
 /// The server's routes over `state`.
@@ -62,6 +66,9 @@ async fn entry(State(state): State<AppState>, request: Request) -> Response {
     let uri = request.uri().clone();
     match route::parse(uri.path()) {
         Some(Route::Join { overlay, token }) => join(&state.0, overlay, token, request),
+        Some(Route::IceServers { overlay, token }) => {
+            ice_servers(&state.0, overlay, token, &request)
+        }
         Some(Route::Root {
             overlay,
             credential,
@@ -87,6 +94,16 @@ fn unix_now() -> u64 {
         .map_or(0, |since| since.as_secs())
 }
 
+/// A 429 answer saying when to retry (at least a second from now).
+fn too_many(why: &'static str, retry: Duration) -> Response {
+    let mut response = refuse(StatusCode::TOO_MANY_REQUESTS, why);
+    let seconds = retry.max(Duration::from_secs(1)).as_secs();
+    if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+        response.headers_mut().insert(RETRY_AFTER, value);
+    }
+    response
+}
+
 /// Refuses an address that failed to authenticate too often.
 fn throttled(shared: &Shared, ip: IpAddr) -> Option<Response> {
     let retry = shared
@@ -94,15 +111,86 @@ fn throttled(shared: &Shared, ip: IpAddr) -> Option<Response> {
         .check(ip, tokio::time::Instant::now())
         .err()?;
     Stats::bump(&shared.stats.auth_throttled);
-    let mut response = refuse(
-        StatusCode::TOO_MANY_REQUESTS,
-        "too many failed attempts; retry later\n",
-    );
-    let seconds = retry.max(Duration::from_secs(1)).as_secs();
-    if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
-        response.headers_mut().insert(RETRY_AFTER, value);
+    Some(too_many("too many failed attempts; retry later\n", retry))
+}
+
+/// Checks the join token of a request to `overlay` from `ip`, when joins need one:
+/// `Ok(None)` when they do not, the token's claims when it is valid, else the answer
+/// (401, or 429 for an address that failed too often).
+fn check_join_token(
+    shared: &Shared,
+    overlay: &Overlay,
+    ip: IpAddr,
+    token: Option<&str>,
+) -> Result<Option<Claims>, Box<Response>> {
+    if shared.config.join_auth != JoinAuth::Token {
+        return Ok(None);
     }
-    Some(response)
+    if let Some(response) = throttled(shared, ip) {
+        return Err(Box::new(response));
+    }
+    let Some(key) = shared.config.token_key.as_deref() else {
+        return Err(Box::new(unauthorized(shared, ip, TokenError::Missing)));
+    };
+    let verified = match token {
+        Some(token) => key.verify(token, Audience::Join, &overlay.name, unix_now()),
+        None => Err(TokenError::Missing),
+    };
+    verified
+        .map(Some)
+        .map_err(|error| Box::new(unauthorized(shared, ip, error)))
+}
+
+/// `GET [/o/NAME][/t/TOKEN]/ice-servers`: fresh TURN credentials for a peer of overlay
+/// `name`, when TURN is configured (else 404). Rate limited per address (429); when
+/// joins need a token, so does this (in the path, the query, or `Authorization:
+/// Bearer`), and the TURN username carries its `sub`.
+fn ice_servers(
+    shared: &Shared,
+    name: &str,
+    path_token: Option<&str>,
+    request: &Request,
+) -> Response {
+    let Some(turn) = shared.config.turn.as_ref() else {
+        return not_found();
+    };
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let mut response = refuse(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    let Some(overlay) = shared.overlay(name) else {
+        return refuse(StatusCode::NOT_FOUND, "no such overlay\n");
+    };
+    let ip = client_ip(request);
+    if let Err(retry) = shared.ice_rate().admit(ip, tokio::time::Instant::now()) {
+        Stats::bump(&shared.stats.ice_servers_throttled);
+        return too_many("too many /ice-servers requests; retry later\n", retry);
+    }
+    let header_token = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim);
+    let token = path_token
+        .or_else(|| request.uri().query().and_then(token_from_query))
+        .or(header_token);
+    let claims = match check_join_token(shared, &overlay, ip, token) {
+        Ok(claims) => claims,
+        Err(response) => return *response,
+    };
+    let sub = claims.as_ref().and_then(|claims| claims.sub.as_deref());
+    let answer = turn.answer(unix_now(), user_label(sub));
+    Stats::bump(&shared.stats.ice_servers_issued);
+    let mut response = Json(answer).into_response();
+    let headers = response.headers_mut();
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // Browsers on other origins may read it: what guards it is the token, not cookies.
+    headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    response
 }
 
 /// Counts a failed authentication against `ip`; the answer is 401.
@@ -141,26 +229,16 @@ fn join(
         .flat_map(|value| value.split(','))
         .any(|item| item.trim() == BEARER_SUBPROTOCOL)
         .then_some(BEARER_SUBPROTOCOL);
-    if shared.config.join_auth == JoinAuth::Token {
-        let ip = client_ip(&request);
-        if let Some(response) = throttled(shared, ip) {
-            return response;
+    // Carriers, in order: the subprotocol, the path, the query.
+    let token = bearer
+        .or(path_token)
+        .or_else(|| request.uri().query().and_then(token_from_query));
+    match check_join_token(shared, &overlay, client_ip(&request), token) {
+        Ok(Some(claims)) => {
+            debug!(overlay = %overlay.name, sub = ?claims.sub, "join token accepted");
         }
-        // Carriers, in order: the subprotocol, the path, the query.
-        let token = bearer
-            .or(path_token)
-            .or_else(|| request.uri().query().and_then(token_from_query));
-        let Some(key) = shared.config.token_key.as_deref() else {
-            return unauthorized(shared, ip, TokenError::Missing);
-        };
-        let verified = match token {
-            Some(token) => key.verify(token, Audience::Join, &overlay.name, unix_now()),
-            None => Err(TokenError::Missing),
-        };
-        match verified {
-            Ok(claims) => debug!(overlay = %overlay.name, sub = ?claims.sub, "join token accepted"),
-            Err(error) => return unauthorized(shared, ip, error),
-        }
+        Ok(None) => {}
+        Err(response) => return *response,
     }
     let upgrade = match Upgrade::accept(&mut request) {
         Ok(upgrade) => upgrade,

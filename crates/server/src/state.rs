@@ -61,6 +61,8 @@ pub(crate) struct Shared {
     pub(crate) reading: Budget,
     /// Addresses that failed to authenticate, to throttle.
     throttle: Mutex<FailureThrottle>,
+    /// `/ice-servers` requests per address, against `turn.requests_per_minute`.
+    ice_rate: Mutex<FailureThrottle>,
     /// Connections not upgraded yet, capped in all and per client.
     pub(crate) pending: Arc<Pending>,
     started: Instant,
@@ -125,6 +127,8 @@ pub struct Health {
     pub reading_bytes: usize,
     /// Connections accepted and not upgraded (or answered) yet.
     pub pending_connections: usize,
+    /// Whether `/ice-servers` hands out TURN credentials (never the secret).
+    pub turn_credentials: bool,
     /// Every overlay, by name (never a secret).
     pub overlays: Vec<OverlayHealth>,
 }
@@ -186,6 +190,7 @@ impl AppState {
             add(name, overlay)?;
         }
         let budget = Arc::new(Budget::new(config.max_queued_bytes));
+        let ice_rate = config.turn.as_ref().map_or(1, |t| t.requests_per_minute);
         let config_reading = config.max_reading_bytes;
         let config_pending = (
             config.max_pending_connections,
@@ -202,6 +207,11 @@ impl AppState {
             throttle: Mutex::new(FailureThrottle::new(
                 AUTH_FAILURES,
                 AUTH_WINDOW,
+                AUTH_TRACKED_ADDRESSES,
+            )),
+            ice_rate: Mutex::new(FailureThrottle::new(
+                ice_rate,
+                Duration::from_secs(60),
                 AUTH_TRACKED_ADDRESSES,
             )),
             started: Instant::now(),
@@ -233,6 +243,7 @@ impl AppState {
             queued_bytes: shared.budget.used(),
             reading_bytes: shared.reading.used(),
             pending_connections: shared.pending.count(),
+            turn_credentials: shared.config.turn.is_some(),
             overlays,
         }
     }
@@ -327,6 +338,11 @@ impl Shared {
         overlays.insert(Arc::clone(&overlay.name), Arc::clone(&overlay));
         tracing::info!(overlay = %name, "dynamic overlay created");
         Ok(overlay)
+    }
+
+    /// The rate limit of `/ice-servers` requests, locked.
+    pub(crate) fn ice_rate(&self) -> MutexGuard<'_, FailureThrottle> {
+        self.ice_rate.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The throttle of failed authentications, locked.

@@ -69,6 +69,11 @@ counters! {
     auth_throttled,
     /// Dynamic overlays refused because `max_overlays` exist.
     overlays_refused,
+    /// TURN credentials handed out at `/ice-servers`.
+    ice_servers_issued,
+    /// `/ice-servers` requests refused with 429: over `ice_servers_per_minute` from one
+    /// address.
+    ice_servers_throttled,
     /// Connections closed at accept: `max_pending_connections` were waiting for their
     /// request, or `max_pending_per_client` from the same client.
     connections_refused,

@@ -106,6 +106,17 @@ impl FailureThrottle {
         self.compact();
     }
 
+    /// Counts an attempt by `ip` at `now` if it may make one: used as a rate limit of
+    /// at most `max_failures` attempts per window, whether they fail or not.
+    ///
+    /// # Errors
+    /// How long until it may, if it has used up its attempts in the current window.
+    pub fn admit(&mut self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        self.check(ip, now)?;
+        self.failed(ip, now);
+        Ok(())
+    }
+
     /// How many addresses are remembered.
     #[must_use]
     pub fn len(&self) -> usize {
