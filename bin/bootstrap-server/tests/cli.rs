@@ -574,3 +574,93 @@ async fn idle_connections_never_lock_out_the_root_or_healthz() -> anyhow::Result
     assert!(output.matches("accept failed").count() <= 1, "{output}");
     Ok(())
 }
+
+#[test]
+fn turn_flags_are_checked_without_echoing_the_secret() -> anyhow::Result<()> {
+    let dir = tempdir()?;
+    let secret = dir.join("turn.secret");
+    std::fs::write(&secret, "turn-shared-secret-value\n")?;
+    let secret = secret.to_str().context("path")?;
+    let missing = dir.join("missing");
+    let missing = missing.to_str().context("path")?;
+    let base = ["--secret", STRONG];
+    let cases: [(&[&str], &str); 5] = [
+        (&["--turn-uri", "turn:h:3478"], "needs --turn-secret-file"),
+        (
+            &["--turn-secret-file", missing, "--turn-uri", "turn:h"],
+            "cannot read the secret file",
+        ),
+        (&["--turn-secret-file", secret], "at least one TURN URI"),
+        (
+            &["--turn-secret-file", secret, "--turn-uri", "http://h"],
+            "must start with turn: or turns:",
+        ),
+        (
+            &["--turn-secret-file", secret, "--turn-uri", "turn:h", "--turn-ttl", "5"],
+            "TTL must be from 60 s",
+        ),
+    ];
+    for (flags, needle) in cases {
+        let args: Vec<&str> = base.iter().chain(flags).copied().collect();
+        let output = run_to_end(&args, &[])?;
+        assert_usage_error(&output, needle);
+        assert!(!String::from_utf8_lossy(&output.stderr).contains("turn-shared-secret-value"));
+    }
+    Ok(())
+}
+
+#[test]
+fn ice_servers_from_the_binary_and_the_secret_never_logged() -> anyhow::Result<()> {
+    let dir = tempdir()?;
+    let secret = dir.join("turn.secret");
+    std::fs::write(&secret, "turn-shared-secret-value\n")?;
+    let config = dir.join("config.json");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"secret":"{STRONG}","turn_secret_file":{:?},"turn_uris":["turn:turn.example.org:3478?transport=udp"],"turn_ttl":600}}"#,
+            secret.to_str().context("path")?
+        ),
+    )?;
+    let log = dir.join("server.log");
+    let port = free_port()?;
+    let mut child = Command::new(BIN)
+        .arg(&config)
+        .args(["--port", &port.to_string(), "--host", "127.0.0.1"])
+        // Flags replace the file's URIs.
+        .args(["--turn-uri", "turns:turn.example.org:5349?transport=tcp"])
+        .args(["--stun-uri", "stun:turn.example.org:3478"])
+        .env_remove("SECRET")
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()?;
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let answer = http_get(addr, "/ice-servers")?;
+    let health = http_get(addr, "/healthz")?;
+    let _ = child.kill();
+    child.wait()?;
+    let body: serde_json::Value =
+        serde_json::from_str(answer.split_once("\r\n\r\n").context("body")?.1)?;
+    assert_eq!(body["ttl"], 600, "{answer}");
+    assert_eq!(
+        body["iceServers"][0]["urls"],
+        serde_json::json!(["turns:turn.example.org:5349?transport=tcp"])
+    );
+    assert_eq!(
+        body["iceServers"][1]["urls"],
+        serde_json::json!(["stun:turn.example.org:3478"])
+    );
+    assert!(health.contains("\"turn_credentials\":true"), "{health}");
+    let logged = std::fs::read_to_string(&log)?;
+    assert!(!logged.is_empty());
+    for text in [&logged, &answer, &health] {
+        assert!(!text.contains("turn-shared-secret-value"), "{text}");
+    }
+    Ok(())
+}
