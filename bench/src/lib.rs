@@ -12,6 +12,7 @@
 //! - [`report`]: the results file and the table; `chart` draws the SVG.
 //! - [`procfs`]: CPU time and memory of a process from `/proc`.
 //! - [`webrtc`]: join time between Rust peers and join storms of tree-overlay nodes.
+//! - [`turn`]: joins relayed through the real coturn next to direct joins, same run.
 //! - [`soak`]: a million verified handshakes against one server process, sampling its
 //!   memory, descriptors, threads and `/healthz`.
 //! - [`echo`]: a WebSocket echo endpoint built from the server's codec, for the
@@ -33,6 +34,7 @@ mod script;
 pub mod servers;
 pub mod soak;
 pub mod stats;
+pub mod turn;
 mod verify;
 pub mod webrtc;
 mod ws;

@@ -50,6 +50,9 @@ enum Command {
     },
     /// WebRTC join time between Rust peers, and join storms of tree-overlay nodes.
     Webrtc(WebrtcArgs),
+    /// Joins relayed through the real coturn (relay-only, credentials from /ice-servers)
+    /// next to direct joins, same run; runs in a loopback-only network namespace.
+    Turn(TurnArgs),
     /// What token auth costs: the same load point with and without join tokens.
     Auth(AuthArgs),
     /// A million verified handshakes against one server process, sampling its memory,
@@ -138,6 +141,16 @@ struct WebrtcArgs {
     #[arg(long, value_delimiter = ',', default_value = "25,50,100")]
     storms: Vec<usize>,
     /// Where to write webrtc.json, webrtc.md and webrtc.svg; nothing is written without it.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct TurnArgs {
+    /// Joins of each kind, alternating in blocks of five.
+    #[arg(long, default_value_t = 50)]
+    runs: usize,
+    /// Where to write turn.json and turn.md; nothing is written without it.
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -310,6 +323,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Webrtc(args) => run_webrtc(&args),
+        Command::Turn(args) => run_turn(&args),
         Command::Auth(args) => run_auth(args),
         Command::Soak(args) => run_soak(args),
         Command::Echo(args) => run_echo(&args),
@@ -473,6 +487,32 @@ fn run_webrtc(args: &WebrtcArgs) -> anyhow::Result<ExitCode> {
             bootstrap_bench::webrtc::svg(&report),
         )?;
         println!("wrote {}/webrtc.{{json,md,svg}}", dir.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_turn(args: &TurnArgs) -> anyhow::Result<ExitCode> {
+    if std::env::var_os(bootstrap_testkit::netns::INSIDE_ENV).is_none() {
+        // coturn relays to loopback peers only where nothing else can be reached.
+        let status = bootstrap_testkit::netns::reexec(std::env::args_os().skip(1))?;
+        return Ok(if status.success() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    let report = runtime.block_on(bootstrap_bench::turn::run(args.runs))?;
+    let text = bootstrap_bench::turn::markdown(&report);
+    println!("{text}");
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(
+            dir.join("turn.json"),
+            serde_json::to_string_pretty(&report)? + "\n",
+        )?;
+        std::fs::write(dir.join("turn.md"), text)?;
+        println!("wrote {}/turn.{{json,md}}", dir.display());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -262,6 +262,9 @@ impl Rtc {
             // default 1 s wait before nominating such a pair then adds a full second.
             // A pair learned from a check that succeeded is a working path: take it.
             .with_prflx_acceptance_min_wait(Some(Duration::ZERO))
+            // The controlling side waits 2 s before nominating a relay pair, in case a
+            // direct one works; relay-only, none can, and the wait is all loss.
+            .with_relay_acceptance_min_wait(options.relay_only.then_some(Duration::ZERO))
             .build();
         let pc = PeerConnectionBuilder::new()
             .with_configuration(configuration.clone())

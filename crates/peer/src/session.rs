@@ -373,7 +373,13 @@ impl Session {
             }
             RtcEvent::GatheringComplete => {}
             RtcEvent::Ice(LinkState::Failed) => return Err(Error::IceFailed),
-            RtcEvent::Ice(state) => self.ice = state,
+            RtcEvent::Ice(state) => {
+                self.ice = state;
+                if state == LinkState::Connected {
+                    // The first DTLS flight may sit queued until the next timer tick.
+                    self.rtc.wake().await;
+                }
+            }
             RtcEvent::Connection(LinkState::Failed) => {
                 return Err(if self.ice == LinkState::Connected {
                     Error::DtlsFailed
@@ -393,6 +399,8 @@ impl Session {
                     && self.channel.is_none()
                 {
                     self.channel = Some(channel);
+                    // The DCEP ACK is queued; through a TURN relay it waits for a tick.
+                    self.rtc.wake().await;
                 } else {
                     tracing::debug!("ignoring an extra data channel");
                 }

@@ -27,8 +27,26 @@ pub fn in_loopback_netns(
             .build()?
             .block_on(scenario());
     }
-    let exe = std::env::current_exe().context("the test executable")?;
-    let status = std::process::Command::new("unshare")
+    let status = reexec([test, "--exact", "--nocapture", "--test-threads=1"])?;
+    ensure!(
+        status.success(),
+        "{test} failed inside the network namespace ({status})"
+    );
+    Ok(())
+}
+
+/// Runs this program again with `args` inside a new loopback-only network namespace,
+/// with [`INSIDE_ENV`] set, and returns how it exited.
+///
+/// # Errors
+/// When `unshare` cannot run (it needs root).
+pub fn reexec<I, S>(args: I) -> anyhow::Result<std::process::ExitStatus>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let exe = std::env::current_exe().context("this executable")?;
+    std::process::Command::new("unshare")
         .args([
             "--net",
             "--",
@@ -37,15 +55,10 @@ pub fn in_loopback_netns(
             r#"PATH="$PATH:/usr/sbin:/sbin" ip link set lo up && exec "$0" "$@""#,
         ])
         .arg(exe)
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .args(args)
         .env(INSIDE_ENV, "1")
         .status()
-        .context("running unshare --net (needs root)")?;
-    ensure!(
-        status.success(),
-        "{test} failed inside the network namespace ({status})"
-    );
-    Ok(())
+        .context("running unshare --net (needs root)")
 }
 
 /// Writes one line straight to the process's standard error. libtest captures
