@@ -22,13 +22,33 @@
 // - each side closes its `/join` socket once the data channel is open, and late signals
 //   are dropped quietly.
 //
+// TURN (docs/server.md, `/ice-servers`): `options.iceFromServer` fetches short-lived TURN
+// credentials from the server's own `[/o/NAME][/t/TOKEN]/ice-servers` over http(s) before
+// the first connection, keeps them until 80 % of their `ttl` has passed, and adds them
+// after `options.iceServers`; `options.relayOnly` sets `iceTransportPolicy: 'relay'`.
+//
 // Layout: errors (mirroring crates/peer/src/error.rs), then the IO-free pieces (address
-// parsing, `Negotiation`), then the IO: `Client`, `Answerer`, `Peer`.
+// parsing, `Negotiation`, the `/ice-servers` request and answer), then the IO: `Client`,
+// `Answerer`, `Peer`.
 
 /** Largest message a peer sends (the Rust peer library's `MAX_MESSAGE_SIZE`). */
 export const MAX_MESSAGE_SIZE = 65536;
 
 const JOIN_PATH = '/join';
+const ICE_SERVERS_PATH = '/ice-servers';
+
+/** Share of the credentials' lifetime after which `iceFromServer` fetches new ones. */
+export const ICE_REFRESH_SHARE = 0.8;
+
+/** Lifetime assumed when an `/ice-servers` answer gives no `ttl` (seconds). */
+export const ICE_TTL_WHEN_UNSAID = 300;
+
+/** Most ICE servers, and URLs per server, taken from an `/ice-servers` answer. */
+export const MAX_ICE_SERVERS = 16;
+
+/** How long a failed refresh waits before the next try (ms), while the credentials it
+ * meant to replace are still valid. */
+const ICE_RETRY_AFTER_FAILED_REFRESH_MS = 10000;
 const ROOT_SUFFIX = '/webrtc-bootstrap-root';
 
 /** The server's name for the overlay at `/join`: its entry in `/healthz`, and the `ovl`
@@ -197,6 +217,25 @@ export class WrongOriginError extends BootstrapError {
   }
 }
 
+/** `iceFromServer` is on but the server's `/ice-servers` gave no ICE servers: it does
+ * not answer, has no TURN configured (404), or answered something else than the expected
+ * JSON. A refused join token is a `JoinRefusedError` (`Unauthorized`) instead. */
+export class IceServersError extends BootstrapError {
+  constructor(url, reason) {
+    super('IceServers', `no ICE servers from ${url}: ${reason}`);
+    this.url = url;
+    this.reason = reason;
+  }
+}
+
+/** Options that cannot work together, e.g. `relayOnly` without any TURN server. */
+export class InvalidOptionsError extends BootstrapError {
+  constructor(reason) {
+    super('InvalidOptions', `invalid client options: ${reason}`);
+    this.reason = reason;
+  }
+}
+
 /** The browser's WebRTC stack reported an error. */
 export class WebRtcError extends BootstrapError {
   constructor(during, cause) {
@@ -245,11 +284,12 @@ export function redactAddress(address) {
  * different overlays, or giving two tokens, is an error.
  *
  * Returns `{ base, overlay, joinUrl, joinUrlRedacted, protocols, hasToken, httpUrl,
- * rootUrl(credential) }`: `base` is what socket paths are appended to (no credential in
- * it), `overlay` the overlay's name (`DEFAULT_OVERLAY` when none is named), `protocols`
- * the `WebSocket` subprotocols of a `/join` socket (or `undefined`), `httpUrl` the same
- * server over HTTP (for `/healthz`), and `rootUrl` the root's URL with a secret or root
- * token in its path.
+ * iceServersUrl, iceServersUrlRedacted, optionToken, rootUrl(credential) }`: `base` is
+ * what socket paths are appended to (no credential in it), `overlay` the overlay's name
+ * (`DEFAULT_OVERLAY` when none is named), `protocols` the `WebSocket` subprotocols of a
+ * `/join` socket (or `undefined`), `httpUrl` the same server over HTTP (for `/healthz`),
+ * `iceServersUrl` its `[/o/NAME][/t/TOKEN]/ice-servers` (see `iceServersRequest`), and
+ * `rootUrl` the root's URL with a secret or root token in its path.
  * @throws {InvalidAddressError | InvalidOverlayError | InvalidTokenError}
  */
 export function parseServerAddress(address, { overlay = null, token = null } = {}) {
@@ -296,7 +336,11 @@ export function parseServerAddress(address, { overlay = null, token = null } = {
   if (optionToken !== null && !isSegment(optionToken)) throw new InvalidTokenError();
   const prefix = segments.map((segment) => `/${segment}`).join('');
   const base = scheme + authority + prefix + (name === null ? '' : `/o/${name}`);
-  const tokenPath = (shown) => (pathToken === null ? JOIN_PATH : `/t/${shown}${JOIN_PATH}`);
+  const tokenPrefix = (shown) => (pathToken === null ? '' : `/t/${shown}`);
+  const tokenPath = (shown) => tokenPrefix(shown) + JOIN_PATH;
+  const httpUrl = (scheme === 'wss://' ? 'https://' : 'http://') + authority + prefix;
+  // The overlay's prefix over HTTP: `/ice-servers` lives beside `/join`.
+  const httpBase = httpUrl + (name === null ? '' : `/o/${name}`);
   return {
     base,
     overlay: name ?? DEFAULT_OVERLAY,
@@ -304,7 +348,12 @@ export function parseServerAddress(address, { overlay = null, token = null } = {
     joinUrlRedacted: base + tokenPath(TOKEN_PLACEHOLDER),
     protocols: optionToken === null ? undefined : [BEARER_SUBPROTOCOL, optionToken],
     hasToken: optionToken !== null || pathToken !== null,
-    httpUrl: (scheme === 'wss://' ? 'https://' : 'http://') + authority + prefix,
+    httpUrl,
+    /** `GET` this for TURN credentials (`iceServersRequest` adds the token option). */
+    iceServersUrl: httpBase + tokenPrefix(pathToken) + ICE_SERVERS_PATH,
+    iceServersUrlRedacted: httpBase + tokenPrefix(TOKEN_PLACEHOLDER) + ICE_SERVERS_PATH,
+    /** The join token given as the `token` option (sent in the subprotocol), or null. */
+    optionToken,
     /** The root's URL in this overlay; `credential` is its secret or a root token. */
     rootUrl(credential) {
       if (!isSegment(credential)) throw new InvalidSecretError();
@@ -344,6 +393,154 @@ export function candidateSignal(candidate) {
       sdpMid: candidate.sdpMid,
     },
   };
+}
+
+/** The type of an ICE candidate line (`candidate:… typ relay …`): `'host'`, `'srflx'`,
+ * `'prflx'`, `'relay'`, or null (as the Rust `CandidateKind::of_candidate`). */
+export function candidateType(candidate) {
+  const words = String(candidate ?? '').trim().split(/\s+/);
+  const at = words.indexOf('typ');
+  const type = at < 0 ? undefined : words[at + 1];
+  return ['host', 'srflx', 'prflx', 'relay'].includes(type) ? type : null;
+}
+
+/** The candidate types a signaling frame (JSON text) carries: a trickled candidate's,
+ * or those of the `a=candidate:` lines of a description. */
+export function signaledTypes(frame) {
+  let signal;
+  try {
+    ({ signal } = JSON.parse(frame));
+  } catch {
+    return [];
+  }
+  const lines = signalKind(signal) === 'candidate'
+    ? [signal.candidate.candidate]
+    : signalKind(signal) === 'description'
+      ? signal.sdp.split(/\r?\n/).filter((line) => line.startsWith('a=candidate:')).map((line) => line.slice(2))
+      : [];
+  return lines.map(candidateType).filter((type) => type !== null);
+}
+
+/** Whether `url` names a TURN server (`turn:` or `turns:`). */
+function isTurnUrl(url) {
+  return typeof url === 'string' && /^turns?:/i.test(url);
+}
+
+/** Whether `iceServers` (an `RTCIceServer` list) names at least one TURN server. */
+export function hasTurnServer(iceServers) {
+  return (iceServers ?? []).some((server) => {
+    const urls = server && server.urls;
+    return Array.isArray(urls) ? urls.some(isTurnUrl) : isTurnUrl(urls);
+  });
+}
+
+/**
+ * The request for TURN credentials of `server` (a `parseServerAddress` result), from a
+ * page at `pageOrigin` (e.g. `location.origin`): `{ url, redacted, headers }`.
+ *
+ * The overlay and a `/t/TOKEN` of the address stay in the path, as for `/join`. A `token`
+ * option (which `/join` sends in the subprotocol, a carrier `fetch` lacks) goes in an
+ * `Authorization: Bearer` header when the server is the page's own origin; on another
+ * origin it goes in `?token=`, because a header would need a CORS preflight the server
+ * does not answer, while a plain GET needs none. `redacted` hides the token, for errors.
+ */
+export function iceServersRequest(server, pageOrigin = null) {
+  const token = server.optionToken ?? null;
+  const redacted = server.iceServersUrlRedacted;
+  if (token === null) return { url: server.iceServersUrl, redacted, headers: {} };
+  if (pageOrigin !== null && new URL(server.iceServersUrl).origin === pageOrigin) {
+    return { url: server.iceServersUrl, redacted, headers: { Authorization: `Bearer ${token}` } };
+  }
+  return {
+    url: `${server.iceServersUrl}?token=${token}`,
+    redacted: `${redacted}?token=${TOKEN_PLACEHOLDER}`,
+    headers: {},
+  };
+}
+
+/**
+ * Reads an `/ice-servers` answer (`{"iceServers":[{urls, username?, credential?}], "ttl":
+ * seconds}`): `{ iceServers, ttlSeconds }`, the servers as `RTCPeerConnection` takes them
+ * (at most `MAX_ICE_SERVERS`, each with at most as many URLs). Throws an `Error` saying
+ * what is wrong with anything else.
+ */
+export function parseIceServersAnswer(answer) {
+  if (answer === null || typeof answer !== 'object' || !Array.isArray(answer.iceServers)) {
+    throw new Error('it has no iceServers list');
+  }
+  const iceServers = answer.iceServers.slice(0, MAX_ICE_SERVERS).map((server, i) => {
+    if (server === null || typeof server !== 'object') throw new Error(`iceServers[${i}] is not an object`);
+    const urls = (Array.isArray(server.urls) ? server.urls : [server.urls]).slice(0, MAX_ICE_SERVERS);
+    if (urls.length === 0 || !urls.every((url) => typeof url === 'string' && /^(stuns?|turns?):\S+$/i.test(url))) {
+      throw new Error(`iceServers[${i}].urls must be stun:, stuns:, turn: or turns: URLs`);
+    }
+    const entry = { urls };
+    for (const key of ['username', 'credential']) {
+      if (server[key] === undefined || server[key] === null) continue;
+      if (typeof server[key] !== 'string') throw new Error(`iceServers[${i}].${key} is not a string`);
+      entry[key] = server[key];
+    }
+    return entry;
+  });
+  if (iceServers.length === 0) throw new Error('its iceServers list is empty');
+  const ttl = answer.ttl;
+  if (ttl !== undefined && ttl !== null && !(Number.isFinite(ttl) && ttl > 0)) {
+    throw new Error('its ttl is not a positive number of seconds');
+  }
+  return { iceServers, ttlSeconds: ttl ?? ICE_TTL_WHEN_UNSAID };
+}
+
+/**
+ * The selected candidate pair in an `RTCStatsReport` (or any iterable of stats or a
+ * `Map` of them): `{ local, remote }` candidate types, or null. The transport's
+ * `selectedCandidatePairId` names it; without one, a pair marked `selected` or
+ * nominated and succeeded.
+ */
+export function selectedPath(report) {
+  const stats = [...(typeof report.values === 'function' ? report.values() : report)];
+  const byId = new Map(stats.map((entry) => [entry.id, entry]));
+  const transport = stats.find((entry) => entry.type === 'transport' && entry.selectedCandidatePairId);
+  const pair = transport
+    ? byId.get(transport.selectedCandidatePairId)
+    : stats.find((entry) => entry.type === 'candidate-pair' && (entry.selected || (entry.nominated && entry.state === 'succeeded')));
+  if (!pair) return null;
+  const local = byId.get(pair.localCandidateId);
+  const remote = byId.get(pair.remoteCandidateId);
+  if (!local || !remote) return null;
+  return { local: local.candidateType ?? null, remote: remote.candidateType ?? null };
+}
+
+/**
+ * ICE servers fetched from `/ice-servers`, and when to fetch again. IO-free: the time
+ * (ms) is passed in. `current(now)` gives the servers while fresh (before 80 % of their
+ * lifetime), else null; `usable(now)` gives them until they expire (for a failed
+ * refresh); `failed(now)` delays the next refresh of unexpired ones by 10 s.
+ */
+export class IceServersCache {
+  constructor() {
+    this.iceServers = null;
+    this.refreshAt = 0;
+    this.expiresAt = 0;
+  }
+
+  /** An answer (`parseIceServersAnswer`) arrived at `now`. */
+  store({ iceServers, ttlSeconds }, now) {
+    this.iceServers = iceServers;
+    this.refreshAt = now + ttlSeconds * 1000 * ICE_REFRESH_SHARE;
+    this.expiresAt = now + ttlSeconds * 1000;
+  }
+
+  current(now) {
+    return this.iceServers !== null && now < this.refreshAt ? this.iceServers : null;
+  }
+
+  usable(now) {
+    return this.iceServers !== null && now < this.expiresAt ? this.iceServers : null;
+  }
+
+  failed(now) {
+    if (this.usable(now)) this.refreshAt = now + ICE_RETRY_AFTER_FAILED_REFRESH_MS;
+  }
 }
 
 /** Why an incoming signal was dropped (as the Rust negotiation's `Dropped`). */
@@ -528,6 +725,39 @@ export async function classifySocketFailure(server, url, timeoutMs = 2000) {
   return refusalFromHealth(server, url, report);
 }
 
+/** GETs `/ice-servers` (an `iceServersRequest`) and reads the answer
+ * (`parseIceServersAnswer`). @throws {IceServersError | JoinRefusedError} */
+async function fetchIceServersAnswer({ url, redacted, headers }, timeoutMs) {
+  let response;
+  try {
+    response = await fetch(url, { headers, cache: 'no-store', credentials: 'omit', signal: AbortSignal.timeout(timeoutMs) });
+  } catch (error) {
+    throw new IceServersError(redacted, `the server does not answer (${error && error.message ? error.message : error}), or refuses (another origin cannot read a refusal)`);
+  }
+  if (response.status === 401) {
+    throw new JoinRefusedError(redacted, 'the join token is missing or refused (HTTP 401)', Refusal.Unauthorized);
+  }
+  if (response.status === 429) {
+    const retry = response.headers.get('Retry-After');
+    throw new JoinRefusedError(redacted, `too many requests from this address (HTTP 429${retry ? `, retry after ${retry} s` : ''})`, Refusal.Unauthorized);
+  }
+  if (response.status === 404) {
+    throw new IceServersError(redacted, 'HTTP 404: the server hands out no TURN credentials (no TURN configured), or the overlay does not exist');
+  }
+  if (!response.ok) throw new IceServersError(redacted, `HTTP ${response.status}`);
+  let body;
+  try {
+    body = await response.json();
+  } catch (error) {
+    throw new IceServersError(redacted, `the answer is not JSON: ${error.message}`);
+  }
+  try {
+    return parseIceServersAnswer(body);
+  } catch (error) {
+    throw new IceServersError(redacted, `invalid answer: ${error.message}`);
+  }
+}
+
 /**
  * A client of one webrtc-bootstrap server.
  *
@@ -537,9 +767,14 @@ export async function classifySocketFailure(server, url, timeoutMs = 2000) {
  * debug lines, default none), `overlay` (the overlay's name: sockets go to `/o/NAME/…`;
  * default none, the server's default overlay at `/join`), `token` (a join token, for
  * servers that require one: every `/join` socket of this client, the newcomer's and each
- * answerer's, offers it in the `bearer` subprotocol; default none).
+ * answerer's, offers it in the `bearer` subprotocol; default none), `iceFromServer`
+ * (`false`; when true, also take ICE servers, short-lived TURN credentials, from the
+ * server's `/ice-servers`: see `iceServers()`), `relayOnly` (`false`; when true,
+ * `iceTransportPolicy: 'relay'`: only TURN relay candidates are gathered and sent, so no
+ * address of this host reaches the remote peer; needs `iceFromServer` or a `turn:` URL in
+ * `iceServers`).
  *
- * @throws {InvalidAddressError | InvalidOverlayError | InvalidTokenError}
+ * @throws {InvalidAddressError | InvalidOverlayError | InvalidTokenError | InvalidOptionsError}
  */
 export class Client {
   constructor(address, options = {}) {
@@ -548,11 +783,63 @@ export class Client {
       timeout: 30000,
       connectTimeout: 10000,
       iceServers: [],
+      iceFromServer: false,
+      relayOnly: false,
       log: null,
       overlay: null,
       token: null,
       ...options,
     };
+    if (this.options.relayOnly && !this.options.iceFromServer && !hasTurnServer(this.options.iceServers)) {
+      throw new InvalidOptionsError('relayOnly needs a TURN server: set iceFromServer, or give a turn: URL in iceServers');
+    }
+    this.iceCache = new IceServersCache();
+    /** The fetch under way, shared by every connection that needs it. */
+    this.iceFetch = null;
+  }
+
+  /**
+   * The ICE servers of a new connection: `options.iceServers`, then, with
+   * `iceFromServer`, those the server hands out at `[/o/NAME][/t/TOKEN]/ice-servers`
+   * (same origin as the WebSocket, over http or https), kept until 80 % of their `ttl`
+   * has passed. Concurrent connections share one fetch. A failed refresh keeps
+   * credentials that have not expired yet.
+   *
+   * Rejects with `IceServersError` (unreachable, 404: no TURN on the server, a bad
+   * answer) or `JoinRefusedError` with `refusal` `Unauthorized` (401: the join token is
+   * missing or refused; 429: too many requests).
+   */
+  async iceServers() {
+    const configured = this.options.iceServers ?? [];
+    if (!this.options.iceFromServer) return configured;
+    const fresh = this.iceCache.current(Date.now());
+    if (fresh) return [...configured, ...fresh];
+    if (this.iceFetch === null) {
+      this.iceFetch = this.fetchIceServers().finally(() => {
+        this.iceFetch = null;
+      });
+    }
+    return [...configured, ...(await this.iceFetch)];
+  }
+
+  async fetchIceServers() {
+    const origin = typeof location === 'undefined' ? null : location.origin;
+    const request = iceServersRequest(this.server, origin);
+    const timeoutMs = Math.min(this.options.connectTimeout, this.options.timeout);
+    try {
+      const answer = await fetchIceServersAnswer(request, timeoutMs);
+      this.iceCache.store(answer, Date.now());
+      return answer.iceServers;
+    } catch (error) {
+      const now = Date.now();
+      const kept = this.iceCache.usable(now);
+      if (kept) {
+        this.iceCache.failed(now);
+        if (this.options.log) this.options.log(`refreshing the ICE servers failed, keeping the current ones: ${error.message}`);
+        return kept;
+      }
+      throw error;
+    }
   }
 
   /** The server address with its overlay (`…/o/NAME`), without a trailing `/` or a token. */
@@ -620,6 +907,9 @@ class Session {
     this.outbox = [];
     this.iceConnected = false;
     this.channel = null;
+    this.pc = null;
+    /** The types of the candidates this side signaled (`candidateType`), in order. */
+    this.signaled = [];
     // Incoming signals are applied one at a time, in order.
     this.chain = Promise.resolve();
     this.timers = [];
@@ -641,7 +931,35 @@ class Session {
       this.fail(this.negotiation.hasRemoteDescription ? new ConnectTimeoutError(timeout) : new NoAnswerError(timeout));
     }, timeout));
     this.openSocket(Math.min(connectTimeout, timeout));
-    const pc = new RTCPeerConnection({ iceServers: this.options.iceServers });
+    if (!this.options.iceFromServer) {
+      this.createConnection(this.options.iceServers);
+    } else {
+      // The socket opens meanwhile; signals that arrive wait on the chain for the
+      // connection.
+      this.chain = this.chain.then(async () => {
+        let iceServers;
+        try {
+          iceServers = await this.client.iceServers();
+        } catch (error) {
+          this.fail(error instanceof BootstrapError ? error : new IceServersError(this.client.server.iceServersUrlRedacted, String(error)));
+          return;
+        }
+        if (this.settled) return;
+        try {
+          this.createConnection(iceServers);
+        } catch (error) {
+          this.fail(new WebRtcError('creating the peer connection', error));
+        }
+      });
+    }
+    if (this.negotiation.role === 'answerer') this.receive(firstRequest);
+  }
+
+  createConnection(iceServers) {
+    const pc = new RTCPeerConnection({
+      iceServers,
+      iceTransportPolicy: this.options.relayOnly ? 'relay' : 'all',
+    });
     this.pc = pc;
     pc.onicecandidate = (event) => {
       if (event.candidate) this.sendAll(this.negotiation.localCandidate(event.candidate));
@@ -671,7 +989,6 @@ class Session {
       pc.ondatachannel = (event) => {
         if (this.channel === null) this.watchChannel(event.channel);
       };
-      this.receive(firstRequest);
     }
   }
 
@@ -721,6 +1038,7 @@ class Session {
 
   sendAll(frames) {
     for (const frame of frames) {
+      this.signaled.push(...signaledTypes(frame));
       if (this.socket && this.socket.readyState === WebSocket.OPEN) this.socket.send(frame);
       else if (this.socket && this.socket.readyState === WebSocket.CONNECTING) this.outbox.push(frame);
       // A closed socket: the signal is lost, as with the JS client after its socket closed.
@@ -784,6 +1102,7 @@ class Session {
     const peer = new Peer(this.pc, this.channel, {
       remoteId: this.negotiation.remoteId,
       localId: this.negotiation.localId,
+      signaledCandidates: this.signaled.slice(),
     });
     this.resolve(peer);
   }
@@ -822,10 +1141,14 @@ class Session {
  * first `message` listener is added are kept and delivered to it.
  */
 export class Peer extends EventTarget {
-  constructor(pc, channel, { remoteId = null, localId = null } = {}) {
+  constructor(pc, channel, { remoteId = null, localId = null, signaledCandidates = [] } = {}) {
     super();
     this.pc = pc;
     this.channel = channel;
+    /** The types (`'host'`, `'srflx'`, `'prflx'`, `'relay'`) of the ICE candidates this
+     * side sent to the remote during the negotiation, in order; with `relayOnly` all
+     * `'relay'`. */
+    this.signaledCandidates = signaledCandidates;
     /** The remote side's `/join` id (the answerer's for a newcomer, the newcomer's for an answerer). */
     this.remoteId = remoteId;
     /** This side's `/join` id, when the server told it (a newcomer learns it). */
@@ -855,6 +1178,16 @@ export class Peer extends EventTarget {
         for (const text of buffered) this.dispatchEvent(new CustomEvent('message', { detail: text }));
       });
     }
+  }
+
+  /**
+   * The candidate pair the connection uses, from `RTCPeerConnection.getStats()`:
+   * `{ local, remote }`, each a candidate type (`'relay'` when that side's traffic goes
+   * through its TURN server), or null when there is no selected pair (closed).
+   */
+  async path() {
+    if (this.state !== 'connected') return null;
+    return selectedPath(await this.pc.getStats());
   }
 
   /** The largest message this connection sends. */

@@ -5,10 +5,14 @@
 // Query options: `overlay` (the overlay to join: a room, shared as a link; default the
 // server's default overlay), `token` (a join token, for servers that require one), `name`
 // (shown in the tree), `maxDegree` (children this tab accepts, default 2), `timeout` (ms
-// to join, default 30000), `server` (default: the page's host).
+// to join, default 30000), `server` (default: the page's host), `relay=1` (relay every
+// connection through TURN, with credentials from the server's `/ice-servers`: the
+// client's `relayOnly` and `iceFromServer`), `ice=server` (take TURN credentials from
+// the server but allow direct paths too: `iceFromServer` alone).
 //
 // Stable hooks for tests: `#app[data-state|data-name|data-overlay|data-id|data-parent|
-// data-parent-name|data-children]`, `#tree[data-tree]` (the shared tree as JSON),
+// data-parent-name|data-children|data-path]` (`data-path`: the candidate types of the
+// parent link's selected pair, `local/remote`, e.g. `relay/relay`), `#tree[data-tree]` (the shared tree as JSON),
 // `#log li.msg[data-from][data-text]`, `#error[data-code|data-refusal]`.
 
 import { Client, DEFAULT_OVERLAY, Refusal } from './bootstrap.js';
@@ -33,8 +37,24 @@ export function demoOptions(search, location) {
     // Empty means absent; an invalid name is left for the client to refuse, loudly.
     overlay: params.get('overlay') || null,
     token: params.get('token') || null,
+    ...iceOptions(params),
     debug: params.has('debug'),
   };
+}
+
+/** `relay=1` (or `true`, `yes`): relay only, with TURN credentials from the server;
+ * `ice=server`: TURN credentials from the server, direct paths allowed. */
+function iceOptions(params) {
+  const relayOnly = ['1', 'true', 'yes'].includes((params.get('relay') ?? '').toLowerCase());
+  return { relayOnly, iceFromServer: relayOnly || params.get('ice') === 'server' };
+}
+
+/** How a link's path reads: `relay/relay` → "relayed through TURN (both sides)". */
+export function describePath(path) {
+  if (!path) return 'unknown';
+  const relayed = [path.local === 'relay' ? 'this side' : null, path.remote === 'relay' ? 'the other side' : null].filter(Boolean);
+  if (relayed.length === 0) return `direct (${path.local} → ${path.remote})`;
+  return `relayed through TURN (${relayed.length === 2 ? 'both sides' : relayed[0]}: ${path.local} → ${path.remote})`;
 }
 
 /** The link that brings someone else into this tab's overlay: this page's, with every
@@ -70,6 +90,13 @@ export function failureMessage(error, server, { overlay = DEFAULT_OVERLAY, hasTo
       };
     case 'InvalidAddress':
       return { title: 'Invalid server address', text: error.message };
+    case 'InvalidOptions':
+      return { title: 'Invalid options', text: error.message };
+    case 'IceServers':
+      return {
+        title: 'No TURN credentials from the server',
+        text: `This tab asked ${server} for TURN credentials (?relay=1 or ?ice=server), and got none: ${error.reason}. Start bootstrap-server with --turn-secret-file and --turn-uri, or open the page without ?relay= and ?ice=.`,
+      };
     case 'Unreachable':
       return {
         title: 'The bootstrap server is unreachable',
@@ -90,7 +117,7 @@ export function failureMessage(error, server, { overlay = DEFAULT_OVERLAY, hasTo
     case 'IceFailed':
       return {
         title: 'No network path to the peer',
-        text: 'ICE found no working connection between this tab and the peer that answered (NAT or firewall; a STUN/TURN server may help).',
+        text: 'ICE found no working connection between this tab and the peer that answered (NAT or firewall; a STUN/TURN server may help, try ?relay=1 on a server with TURN).',
       };
     case 'SignalingClosed':
       return {
@@ -280,6 +307,13 @@ function main() {
     log.prepend(item);
   };
 
+  const showPath = async () => {
+    const peer = node && node.parent ? node.parent.peer : null;
+    const path = peer ? await peer.path().catch(() => null) : null;
+    app.dataset.path = path ? `${path.local}/${path.remote}` : '';
+    $('path').textContent = peer ? describePath(path) : '–';
+  };
+
   const showLinks = () => {
     if (!node) return;
     const info = node.info();
@@ -324,6 +358,8 @@ function main() {
         timeout: options.timeout,
         overlay: options.overlay,
         token: options.token,
+        iceFromServer: options.iceFromServer,
+        relayOnly: options.relayOnly,
         log: options.debug ? (line) => console.debug(`[${options.name}] ${line}`) : null,
       });
       node = await Node.join(client, {
@@ -353,7 +389,11 @@ function main() {
       showLinks();
     });
     node.addEventListener('parent-close', () => addLog({ system: 'parent left; re-joining' }));
-    node.addEventListener('parent-connect', () => addLog({ system: 'connected to a parent' }));
+    node.addEventListener('parent-connect', () => {
+      addLog({ system: 'connected to a parent' });
+      showPath();
+    });
+    node.addEventListener('parent-close', () => showPath());
     node.addEventListener('child-connect', () => addLog({ system: 'a child joined under this tab' }));
     node.addEventListener('child-close', () => addLog({ system: 'a child left' }));
     node.addEventListener('tree', (event) => {
@@ -371,6 +411,7 @@ function main() {
       }
     });
     showLinks();
+    showPath();
   };
 
   $('send').addEventListener('submit', (event) => {

@@ -15,7 +15,9 @@
 //
 // A node lives in its client's overlay (`new Client(address, { overlay, token })`): it
 // joins there, and each answer to a newcomer opens a `/join` socket there with the same
-// join token, so a tree never spans overlays.
+// join token, so a tree never spans overlays. Its TURN options (`iceFromServer`,
+// `relayOnly`) apply the same way: the join and every answer share the client's fetched
+// credentials, and a relay-only client relays all of the node's links.
 //
 // Layout: the IO-free pieces (hash, wire format, deliveries, `Topology`, `NodeCore`), then
 // `Node`, the IO.

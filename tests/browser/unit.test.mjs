@@ -183,6 +183,9 @@ test('server addresses are checked like the Rust client does', () => {
     protocols: undefined,
     hasToken: false,
     httpUrl: 'http://127.0.0.1:8080',
+    iceServersUrl: 'http://127.0.0.1:8080/ice-servers',
+    iceServersUrlRedacted: 'http://127.0.0.1:8080/ice-servers',
+    optionToken: null,
   });
   assert.equal(rootUrl('s3cret'), 'ws://127.0.0.1:8080/s3cret/webrtc-bootstrap-root');
   const secure = parseServerAddress('wss://example.org/');
@@ -312,7 +315,8 @@ test('the demo lays trees out and explains failures', () => {
   assert.equal(failureMessage({ code: 'Unreachable' }, 'ws://h').title, 'The bootstrap server is unreachable');
   const options = demoOptions('?name=x&maxDegree=3&timeout=100', { protocol: 'http:', host: 'h:1' });
   assert.deepEqual(options, {
-    server: 'ws://h:1', name: 'x', maxDegree: 3, timeout: 100, requestTimeout: 100, overlay: null, token: null, debug: false,
+    server: 'ws://h:1', name: 'x', maxDegree: 3, timeout: 100, requestTimeout: 100, overlay: null, token: null,
+    relayOnly: false, iceFromServer: false, debug: false,
   });
 });
 

@@ -11,6 +11,14 @@
 //! bootstrap-node root --url ws://127.0.0.1:5000 --overlay chat --token @root.jwt --join-token @join.jwt
 //! BOOTSTRAP_TOKEN=eyJ... bootstrap-node join --url ws://127.0.0.1:5000 --overlay chat
 //! ```
+//! Behind NATs and firewalls, relay through TURN with short-lived credentials that the
+//! bootstrap server hands out (`bootstrap-server --turn-secret-file … --turn-uri …`):
+//! `--ice-from-server` fetches them from its `/ice-servers`, `--relay-only` sends
+//! everything through the relay (then a node prints `ice: …, relay only` once ready):
+//! ```text
+//! bootstrap-node root --url ws://127.0.0.1:5000 --secret s3cret-s3cret-s3cret --ice-from-server --relay-only
+//! bootstrap-node join --url ws://127.0.0.1:5000 --ice-from-server --relay-only
+//! ```
 //! Lines typed on standard input are broadcast through the whole tree: a node sends them
 //! up to the root, the root broadcasts them down. Every node prints what it receives.
 //! `/status` prints the node's parent and children, `/tree` the whole tree as the root
@@ -153,6 +161,18 @@ struct Common {
     /// Credential for the TURN servers given with --ice-server.
     #[arg(long, hide_env_values = true, env = "ICE_CREDENTIAL")]
     ice_credential: Option<String>,
+    /// Also take ICE servers from the bootstrap server: short-lived TURN credentials
+    /// from its GET /ice-servers (same origin over http:// or https://, same overlay
+    /// and join token as the /join sockets), fetched before the first connection and
+    /// again once 80 % of their lifetime has passed. The server needs TURN configured
+    /// (bootstrap-server --turn-secret-file, --turn-uri).
+    #[arg(long)]
+    ice_from_server: bool,
+    /// Relay every connection through TURN (iceTransportPolicy "relay"): only relay
+    /// candidates are gathered and sent, so no address of this host reaches the other
+    /// peers. Needs a TURN server: --ice-from-server, or --ice-server turn:...
+    #[arg(long)]
+    relay_only: bool,
     /// Local UDP address for WebRTC (repeatable). Default: every interface plus loopback
     /// (0.0.0.0:0 and 127.0.0.1:0), so it also works on a loopback-only host.
     #[arg(long = "udp-bind")]
@@ -166,6 +186,36 @@ struct Common {
 }
 
 impl Common {
+    /// A bad combination of ICE flags, found before anything connects.
+    fn check_ice(&self) -> anyhow::Result<()> {
+        let has_turn = self
+            .ice_servers
+            .iter()
+            .any(|url| url.starts_with("turn:") || url.starts_with("turns:"));
+        if self.relay_only && !self.ice_from_server && !has_turn {
+            bail!(
+                "--relay-only needs a TURN server: add --ice-from-server (TURN credentials \
+                 from the bootstrap server) or --ice-server turn:HOST:PORT"
+            );
+        }
+        Ok(())
+    }
+
+    /// What this node's ICE setup is, for its output, when it is not the default.
+    fn ice_summary(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if self.ice_from_server {
+            parts.push("TURN credentials from the bootstrap server's /ice-servers");
+        }
+        if !self.ice_servers.is_empty() {
+            parts.push("servers from --ice-server");
+        }
+        if self.relay_only {
+            parts.push("relay only");
+        }
+        (self.ice_from_server || self.relay_only).then(|| format!("ice: {}", parts.join(", ")))
+    }
+
     fn options(&self) -> Options {
         let ice_servers = self
             .ice_servers
@@ -192,6 +242,8 @@ impl Common {
             udp_addrs,
             timeout: Duration::from_millis(self.timeout),
             overlay: self.overlay.clone(),
+            ice_from_server: self.ice_from_server,
+            relay_only: self.relay_only,
             ..Options::default()
         }
     }
@@ -289,6 +341,8 @@ struct Setup {
     credential: Option<String>,
     name: String,
     max_degree: usize,
+    /// The line describing a non-default ICE setup, printed once ready.
+    ice: Option<String>,
 }
 
 impl Setup {
@@ -297,6 +351,7 @@ impl Setup {
             Role::Root { common, .. } | Role::Join { common, .. } => common,
         };
         let (credential, join_token) = credentials(&cli.role)?;
+        common.check_ice()?;
         let options = Options {
             token: join_token,
             ..common.options()
@@ -306,6 +361,7 @@ impl Setup {
             credential,
             name: common.name(),
             max_degree: common.max_degree,
+            ice: common.ice_summary(),
         })
     }
 }
@@ -316,6 +372,7 @@ async fn run(setup: Setup) -> anyhow::Result<()> {
         credential,
         name,
         max_degree,
+        ice,
     } = setup;
     let secret = credential.as_deref();
     let options = NodeOptions {
@@ -337,6 +394,9 @@ async fn run(setup: Setup) -> anyhow::Result<()> {
         "ready {} as {name}",
         if is_root { "root" } else { "node" }
     ));
+    if let Some(ice) = ice {
+        say(&ice);
+    }
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = true;
     let mut tree = Value::Null;
