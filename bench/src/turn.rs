@@ -72,13 +72,15 @@ pub async fn run(runs: usize) -> anyhow::Result<TurnReport> {
     let relay = Options::loopback().with_ice_from_server().with_relay_only();
     answer_all(&url, DIRECT, direct.clone()).await?;
     answer_all(&url, RELAY, relay.clone()).await?;
-    let newcomers = [
-        client(&url, DIRECT, direct)?,
-        client(&url, RELAY, relay)?,
-    ];
+    let newcomers = [client(&url, DIRECT, direct)?, client(&url, RELAY, relay)?];
     // One join of each, untimed: the relay's first one fetches the credentials.
     for newcomer in &newcomers {
-        newcomer.join().await.context("a warm-up join failed")?.close().await;
+        newcomer
+            .join()
+            .await
+            .context("a warm-up join failed")?
+            .close()
+            .await;
     }
     let pid = std::process::id().to_string();
     let mut samples = [Vec::new(), Vec::new()];
@@ -91,7 +93,8 @@ pub async fn run(runs: usize) -> anyhow::Result<TurnReport> {
             for _ in 0..block {
                 let started = Instant::now();
                 let peer = newcomer.join().await.context("a timed join failed")?;
-                samples[kind].push(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+                samples[kind]
+                    .push(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
                 if kind == 1 {
                     check_relayed(&peer).await?;
                 }

@@ -596,7 +596,14 @@ fn turn_flags_are_checked_without_echoing_the_secret() -> anyhow::Result<()> {
             "must start with turn: or turns:",
         ),
         (
-            &["--turn-secret-file", secret, "--turn-uri", "turn:h", "--turn-ttl", "5"],
+            &[
+                "--turn-secret-file",
+                secret,
+                "--turn-uri",
+                "turn:h",
+                "--turn-ttl",
+                "5",
+            ],
             "TTL must be from 60 s",
         ),
     ];
