@@ -20,8 +20,11 @@ use serde::Deserialize;
 use tracing_subscriber::EnvFilter;
 use webrtc_bootstrap_server::admission::caps_for_fd_limit;
 use webrtc_bootstrap_server::auth::TokenKey;
+use webrtc_bootstrap_server::config::IpNet;
 use webrtc_bootstrap_server::config::MIN_SECRET_LEN;
-use webrtc_bootstrap_server::{Config, ConfigError, JoinAuth, OverlayConfig, run};
+use webrtc_bootstrap_server::{
+    AppState, Config, ConfigError, JoinAuth, OverlayConfig, metrics_router, serve,
+};
 
 /// Exit code for bad configuration (BSD `EX_USAGE`).
 const EX_USAGE: u8 = 64;
@@ -110,6 +113,19 @@ struct Cli {
     /// Grace period for sockets to close on shutdown, in milliseconds [default: 5000].
     #[arg(long)]
     shutdown_grace: Option<u64>,
+    /// On SIGTERM or SIGINT, how long open /join sockets may go on (new ones get 503)
+    /// before every socket is closed with 1001, in milliseconds; 0 closes at once
+    /// [default: --timeout]. A second signal exits at once.
+    #[arg(long)]
+    drain_timeout: Option<u64>,
+    /// Client addresses (CIDR, or one address) that may read GET /metrics on the main
+    /// port. Repeatable [default: 127.0.0.0/8 and ::1].
+    #[arg(long = "metrics-allow", value_name = "CIDR")]
+    metrics_allow: Vec<String>,
+    /// Also serve GET /metrics, to anyone who reaches it, on this address of its own
+    /// (for example 127.0.0.1:9100) [default: none].
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// Log format [default: text]. Filter with RUST_LOG (default: info).
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
@@ -175,12 +191,17 @@ struct FileConfig {
     rate_burst: Option<u32>,
     max_bad_messages: Option<u32>,
     shutdown_grace: Option<u64>,
+    drain_timeout: Option<u64>,
+    metrics_allow: Option<Vec<String>>,
+    metrics_listen: Option<SocketAddr>,
     log_format: Option<LogFormat>,
 }
 
 /// Everything `main` needs, resolved from flags, environment, file and defaults.
 struct Settings {
     addr: SocketAddr,
+    /// Where `/metrics` is served on its own, if anywhere.
+    metrics_listen: Option<SocketAddr>,
     config: Config,
     log_format: LogFormat,
     /// Overlays whose (allowed) weak secret is warned about once logging is set up.
@@ -205,6 +226,18 @@ fn settings(cli: Cli) -> anyhow::Result<Settings> {
     }
     if let Some(v) = cli.shutdown_grace.or(file.shutdown_grace) {
         config.shutdown_grace = ms(v);
+    }
+    config.drain_timeout = cli
+        .drain_timeout
+        .or(file.drain_timeout)
+        .map_or(config.timeout, ms);
+    let metrics_allow = if cli.metrics_allow.is_empty() {
+        file.metrics_allow.unwrap_or_default()
+    } else {
+        cli.metrics_allow
+    };
+    if !metrics_allow.is_empty() {
+        config.metrics_allow = parse_nets("--metrics-allow", &metrics_allow)?;
     }
     config.seed = cli.seed.or(file.seed);
     config.public = cli.public.or(file.public);
@@ -301,6 +334,7 @@ fn settings(cli: Cli) -> anyhow::Result<Settings> {
         .with_context(|| format!("--host {host:?} is not an IP address"))?;
     Ok(Settings {
         addr: SocketAddr::new(ip, port),
+        metrics_listen: cli.metrics_listen.or(file.metrics_listen),
         config,
         log_format: cli
             .log_format
@@ -323,6 +357,19 @@ fn fd_limit() -> u64 {
             .get()
             .map_or(1024, |(soft, _)| soft),
     }
+}
+
+/// Address ranges: `10.0.0.0/8`, `fd00::/8`, or one address.
+fn parse_nets(flag: &str, values: &[String]) -> anyhow::Result<Vec<IpNet>> {
+    values
+        .iter()
+        .map(|value| {
+            value
+                .parse::<IpNet>()
+                .or_else(|_| value.parse::<std::net::IpAddr>().map(IpNet::from))
+                .with_context(|| format!("{flag} {value:?} is not an address range (CIDR)"))
+        })
+        .collect()
 }
 
 /// `NAME=SECRET` or `NAME=@FILE` (the secret read from the file).
@@ -364,7 +411,7 @@ fn init_logging(format: LogFormat) {
 }
 
 /// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+async fn stop_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
@@ -385,7 +432,18 @@ async fn shutdown_signal() {
         () = ctrl_c => {}
         () = terminate => {}
     }
+}
+
+/// Completes on the first SIGINT or SIGTERM (which starts the drain); a second one
+/// exits the process at once.
+async fn shutdown_signal() {
+    stop_signal().await;
     tracing::info!("shutdown signal received");
+    tokio::spawn(async {
+        stop_signal().await;
+        tracing::warn!("second shutdown signal: exiting at once");
+        std::process::exit(1);
+    });
 }
 
 fn main() -> ExitCode {
@@ -447,10 +505,37 @@ fn main() -> ExitCode {
             }
         };
         tracing::info!(config = ?settings.config, "starting");
+        let state = match AppState::new(settings.config) {
+            Ok(state) => state,
+            Err(error) => {
+                eprintln!("bootstrap-server: {error}");
+                return ExitCode::from(EX_USAGE);
+            }
+        };
+        if let Some(addr) = settings.metrics_listen {
+            let listener = match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => listener,
+                Err(error) => {
+                    eprintln!("bootstrap-server: cannot listen on {addr} for metrics: {error}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            };
+            tracing::info!(%addr, "serving /metrics");
+            let stop = state.shutdown_token().cancelled_owned();
+            let app = metrics_router(state.clone());
+            tokio::spawn(async move {
+                if let Err(error) = axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await
+                {
+                    tracing::warn!(%error, "the metrics listener failed");
+                }
+            });
+        }
         // Spawned, not run on this (non-worker) thread: the accept loop then spawns
         // each connection's task on its own worker's queue instead of waking a worker
         // for every connection.
-        let served = tokio::spawn(run(listener, settings.config, shutdown_signal())).await;
+        let served = tokio::spawn(serve(listener, state, shutdown_signal())).await;
         match served {
             Ok(Ok(())) => ExitCode::SUCCESS,
             Ok(Err(error)) => {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bootstrap_protocol::paths::is_url_safe_secret;
+pub use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::auth::TokenKey;
 use crate::route::{DEFAULT_OVERLAY, MAX_CREDENTIAL_LEN, is_valid_overlay_name};
@@ -84,6 +85,14 @@ pub struct Config {
     pub write_timeout: Duration,
     /// How long shutdown waits for sockets to close before giving up on them.
     pub shutdown_grace: Duration,
+    /// How long the shutdown future of [`crate::serve`] starts a drain for: `/readyz`
+    /// answers 503 and new `/join` upgrades get 503 at once, while the `/join` sockets
+    /// already open go on until they end or this passes; then every socket is closed
+    /// with 1001. Zero (the library's default) closes everything at once.
+    pub drain_timeout: Duration,
+    /// Client addresses that may read `GET /metrics` on the main listener (the TCP
+    /// peer, never a forwarded address). Loopback only by default.
+    pub metrics_allow: Vec<IpNet>,
 }
 
 impl Config {
@@ -119,6 +128,8 @@ impl Config {
             max_pending_per_client: 256,
             write_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
+            drain_timeout: Duration::ZERO,
+            metrics_allow: loopback_nets(),
         }
     }
 
@@ -295,6 +306,15 @@ pub enum JoinAuth {
     Token,
 }
 
+/// `127.0.0.0/8` and `::1/128`: the default of [`Config::metrics_allow`].
+#[must_use]
+pub fn loopback_nets() -> Vec<IpNet> {
+    vec![
+        IpNet::V4(Ipv4Net::new_assert(std::net::Ipv4Addr::LOCALHOST, 8)),
+        IpNet::V6(Ipv6Net::new_assert(std::net::Ipv6Addr::LOCALHOST, 128)),
+    ]
+}
+
 /// Smallest `max_frame_bytes` accepted: an SDP offer alone is 500–3000 bytes.
 pub const MIN_FRAME_BYTES: usize = 4096;
 
@@ -338,6 +358,8 @@ impl fmt::Debug for Config {
             .field("max_pending_per_client", &self.max_pending_per_client)
             .field("write_timeout", &self.write_timeout)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("metrics_allow", &self.metrics_allow)
             .finish()
     }
 }

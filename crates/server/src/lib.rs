@@ -46,6 +46,7 @@ pub mod config;
 mod files;
 mod handle;
 mod handler;
+mod metrics;
 mod policy;
 mod queue;
 mod registry;
@@ -74,7 +75,7 @@ use crate::state::Shared;
 use crate::stats::Stats;
 
 pub use config::{Config, ConfigError, JoinAuth, OverlayConfig};
-pub use routes::router;
+pub use routes::{metrics_router, router};
 pub use state::{AppState, Health, OverlayHealth};
 
 /// Why the server could not start or stopped with an error.
@@ -153,9 +154,13 @@ pub async fn serve(
         info!(%addr, "listening");
     }
     let trigger = token.clone();
+    let drained = state.clone();
     let watcher = tokio::spawn(async move {
         tokio::select! {
-            () = shutdown => trigger.cancel(),
+            () = shutdown => {
+                drain(&drained).await;
+                trigger.cancel();
+            }
             () = trigger.cancelled() => {}
         }
     });
@@ -179,6 +184,33 @@ pub async fn serve(
     }
     info!("stopped");
     served.map_err(Error::Serve)
+}
+
+/// How often a drain checks whether the last `/join` socket has ended.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+
+/// Drains `state` (when its `drain_timeout` is not zero): refuses new `/join` sockets
+/// and waits until the open ones have ended or `drain_timeout` has passed. The
+/// shutdown token may end it early (a second signal, a caller that stops the server).
+async fn drain(state: &AppState) {
+    let timeout = state.0.config.drain_timeout;
+    if timeout.is_zero() {
+        return;
+    }
+    state.start_draining();
+    let token = state.shutdown_token();
+    let ended = async {
+        while state.open_joins() > 0 {
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+    };
+    tokio::select! {
+        () = ended => info!("drained: every /join socket has ended"),
+        () = tokio::time::sleep(timeout) => {
+            warn!(open = state.open_joins(), "drain timeout: closing the sockets still open");
+        }
+        () = token.cancelled() => {}
+    }
 }
 
 /// Largest request head (request line and headers), as common servers allow; hyper

@@ -40,13 +40,67 @@ use crate::upgrade::Upgrade;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_allowed))
         .fallback(entry)
+        .with_state(state)
+}
+
+/// `GET /metrics` alone, to anyone who reaches it: for a listener of its own
+/// (`--metrics-listen`), which the operator keeps private.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
 async fn healthz(State(state): State<AppState>) -> Json<Health> {
     Json(state.health())
 }
+
+/// 200 while the server accepts joins; 503 while it drains or shuts down.
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.0.is_ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        refuse(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let mut response = state.0.metrics.render().into_response();
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+    );
+    response
+}
+
+/// `GET /metrics` on the main listener: only for clients in `metrics_allow` (the TCP
+/// peer's address; forwarded addresses do not count).
+async fn metrics_allowed(State(state): State<AppState>, request: Request) -> Response {
+    let ip = client_ip(&request);
+    if !state.0.metrics_allowed(ip) {
+        debug!(%ip, "metrics refused");
+        return refuse(StatusCode::FORBIDDEN, "forbidden\n");
+    }
+    metrics(State(state)).await
+}
+
+/// 503 with `Retry-After`: the server is draining and takes no new `/join` socket.
+fn draining() -> Response {
+    let mut response = refuse(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server draining; retry later\n",
+    );
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static(DRAIN_RETRY_AFTER));
+    response
+}
+
+/// Seconds a client refused during a drain should wait: about what a restart takes.
+const DRAIN_RETRY_AFTER: &str = "5";
 
 fn refuse(status: StatusCode, why: &'static str) -> Response {
     (status, why).into_response()
@@ -126,6 +180,10 @@ fn join(
     let Some(overlay) = shared.overlay(name) else {
         return refuse(StatusCode::NOT_FOUND, "no such overlay\n");
     };
+    if !shared.is_ready() {
+        Stats::bump(&shared.stats.joins_refused_draining);
+        return draining();
+    }
     let headers = request.headers();
     let bearer = bearer_from_subprotocols(
         headers

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use crate::admission::Pending;
 use crate::auth::FailureThrottle;
 use crate::config::{Config, OverlayConfig};
 use crate::handle::{self, Command, Inbox, Outbox, SocketHandle};
+use crate::metrics::{Closes, Metrics};
 use crate::queue::Budget;
 use crate::registry::{Registry, RootTicket};
 use crate::route::DEFAULT_OVERLAY;
@@ -55,6 +56,13 @@ pub(crate) struct Shared {
     prospects: AtomicUsize,
     /// Counters of all overlays together.
     pub(crate) stats: Stats,
+    /// Sockets closed, by close code.
+    pub(crate) closes: Closes,
+    /// The server's metric registry.
+    pub(crate) metrics: Metrics,
+    /// Set when draining starts: `/readyz` answers 503 and new `/join` sockets are
+    /// refused, while open ones go on.
+    pub(crate) draining: AtomicBool,
     /// Bytes queued for (or being written to) slow readers, in all sockets.
     pub(crate) budget: Arc<Budget>,
     /// Bytes of unfinished incoming messages, in all sockets.
@@ -191,11 +199,14 @@ impl AppState {
             config.max_pending_connections,
             config.max_pending_per_client,
         );
-        Ok(Self(Arc::new(Shared {
+        Ok(Self(Arc::new_cyclic(|weak| Shared {
             config,
             overlays: Mutex::new(overlays),
             prospects: AtomicUsize::new(0),
             stats: Stats::default(),
+            closes: Closes::default(),
+            metrics: Metrics::new(weak.clone()),
+            draining: AtomicBool::new(false),
             budget,
             reading: Budget::new(config_reading),
             pending: Pending::new(config_pending.0, config_pending.1),
@@ -208,6 +219,34 @@ impl AppState {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
         })))
+    }
+
+    /// Every metric in the Prometheus text format, as `GET /metrics` answers.
+    #[must_use]
+    pub fn metrics(&self) -> String {
+        self.0.metrics.render()
+    }
+
+    /// Whether the server accepts new `/join` sockets (what `GET /readyz` tells):
+    /// false once draining or shutdown has started.
+    #[must_use]
+    pub fn is_ready(&self) -> bool {
+        self.0.is_ready()
+    }
+
+    /// Starts draining: `/readyz` answers 503 and new `/join` upgrades get 503 with
+    /// `Retry-After`, while the sockets already open go on. [`crate::serve`] calls it
+    /// when its shutdown future completes (with a non-zero `drain_timeout`).
+    pub fn start_draining(&self) {
+        if !self.0.draining.swap(true, Ordering::AcqRel) {
+            tracing::info!("draining: new /join sockets are refused");
+        }
+    }
+
+    /// Open `/join` sockets in all overlays.
+    #[must_use]
+    pub fn open_joins(&self) -> usize {
+        self.0.prospects.load(Ordering::Acquire)
     }
 
     /// The server's current status.
@@ -342,6 +381,35 @@ impl Shared {
         self.overlays().values().cloned().collect()
     }
 
+    /// Each overlay's name, open `/join` sockets and whether its root is connected,
+    /// sorted by name (for the metrics).
+    pub(crate) fn overlay_gauges(&self) -> Vec<(String, u64, bool)> {
+        let mut gauges: Vec<(String, u64, bool)> = self
+            .all_overlays()
+            .iter()
+            .map(|overlay| {
+                let slot = overlay.registry();
+                let open = u64::try_from(slot.prospect_count()).unwrap_or(u64::MAX);
+                (overlay.name.to_string(), open, slot.has_root())
+            })
+            .collect();
+        gauges.sort();
+        gauges
+    }
+
+    /// Whether `ip` may read `/metrics` on the main listener.
+    pub(crate) fn metrics_allowed(&self, ip: IpAddr) -> bool {
+        self.config
+            .metrics_allow
+            .iter()
+            .any(|net| net.contains(&ip))
+    }
+
+    /// Whether new `/join` sockets are accepted: not draining, not shutting down.
+    pub(crate) fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::Acquire) && !self.shutdown.is_cancelled()
+    }
+
     /// Admits a new `/join` socket into `overlay` (unless it or the server has
     /// `max_prospects` open) and gives it an id; the registration unregisters it when
     /// dropped, so an upgrade that never completes frees its slot at once.
@@ -406,6 +474,7 @@ impl Shared {
             Registration::new(Arc::clone(self), Arc::clone(overlay), Role::Root(ticket));
         registration.bump(|s| &s.roots);
         if let Some(old) = old {
+            registration.bump(|s| &s.roots_replaced);
             let _ = old.tx.control(Command::Replaced);
             tracing::info!(overlay = %overlay.name, "root connected, replacing the previous root");
         } else {
