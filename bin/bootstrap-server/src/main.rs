@@ -18,6 +18,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use tracing_subscriber::EnvFilter;
+use webrtc_bootstrap_server::TlsFiles;
 use webrtc_bootstrap_server::admission::caps_for_fd_limit;
 use webrtc_bootstrap_server::auth::TokenKey;
 use webrtc_bootstrap_server::config::IpNet;
@@ -126,6 +127,13 @@ struct Cli {
     /// (for example 127.0.0.1:9100) [default: none].
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// Serve TLS (wss://, https://) with this certificate chain (PEM: the server's
+    /// certificate first, then intermediates). Needs --tls-key. SIGHUP reloads both.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Log format [default: text]. Filter with RUST_LOG (default: info).
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
@@ -194,6 +202,8 @@ struct FileConfig {
     drain_timeout: Option<u64>,
     metrics_allow: Option<Vec<String>>,
     metrics_listen: Option<SocketAddr>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     log_format: Option<LogFormat>,
 }
 
@@ -239,6 +249,11 @@ fn settings(cli: Cli) -> anyhow::Result<Settings> {
     if !metrics_allow.is_empty() {
         config.metrics_allow = parse_nets("--metrics-allow", &metrics_allow)?;
     }
+    config.tls = match (cli.tls_cert.or(file.tls_cert), cli.tls_key.or(file.tls_key)) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        (None, None) => None,
+        _ => bail!("give both --tls-cert and --tls-key (tls_cert and tls_key), or neither"),
+    };
     config.seed = cli.seed.or(file.seed);
     config.public = cli.public.or(file.public);
     if let Some(v) = cli.max_frame_bytes.or(file.max_frame_bytes) {
@@ -410,6 +425,34 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// On every SIGHUP, reloads the TLS certificate and key; a file that cannot be used
+/// leaves the current certificate in place, and the log says why.
+async fn reload_on_sighup(state: AppState) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hangups) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot watch SIGHUP: no reload");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading");
+            if state.is_tls() {
+                match state.reload_tls() {
+                    Ok(()) => tracing::info!("TLS certificate reloaded"),
+                    Err(error) => tracing::error!(
+                        %error,
+                        "TLS certificate NOT reloaded: the previous one stays in use"
+                    ),
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    drop(state);
+}
+
 /// Completes on SIGINT or SIGTERM.
 async fn stop_signal() {
     let ctrl_c = async {
@@ -532,6 +575,7 @@ fn main() -> ExitCode {
                 }
             });
         }
+        tokio::spawn(reload_on_sighup(state.clone()));
         // Spawned, not run on this (non-worker) thread: the accept loop then spawns
         // each connection's task on its own worker's queue instead of waking a worker
         // for every connection.

@@ -768,3 +768,67 @@ async fn a_second_signal_during_a_drain_exits_at_once() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_the_tls_certificate_for_new_connections_only() -> anyhow::Result<()> {
+    use bootstrap_testkit::tls::{self, TestCa};
+    let dir = tls::tempdir("cli-tls")?;
+    let ca = TestCa::new()?;
+    let (first, second) = (ca.leaf(1001)?, ca.leaf(2002)?);
+    let files = first.write(&dir, "server")?;
+    let port = free_port()?;
+    let server = Server::spawn(
+        &[
+            "--secret",
+            "tls-reload-secret-0123",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--tls-cert",
+            files.cert.to_str().context("path")?,
+            "--tls-key",
+            files.key.to_str().context("path")?,
+        ],
+        port,
+    )?;
+    let config = ca.client_config()?;
+    let mut old = tls::connect(server.addr, config.clone()).await?;
+    assert_eq!(tls::presented(&old)?, first.der, "serial 1001 at start");
+    assert!(
+        tls::get(&mut old, "/healthz")
+            .await?
+            .starts_with("HTTP/1.1 200")
+    );
+
+    // Renewed files, then SIGHUP: new connections get serial 2002.
+    second.write_to(&files)?;
+    signal(&server, "HUP")?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let new = tls::connect(server.addr, config.clone()).await?;
+        if tls::presented(&new)? == second.der {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "still the old certificate");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The connection opened before keeps its certificate and keeps working.
+    assert_eq!(tls::presented(&old)?, first.der);
+    assert!(
+        tls::get(&mut old, "/healthz")
+            .await?
+            .starts_with("HTTP/1.1 200")
+    );
+
+    // A broken file: the reload fails (and the log says why); 2002 stays in use.
+    std::fs::write(&files.cert, "-----BEGIN CERTIFICATE-----\ngarbage\n")?;
+    signal(&server, "HUP")?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let new = tls::connect(server.addr, config).await?;
+    assert_eq!(tls::presented(&new)?, second.der);
+    // The old connection still answers.
+    let health = tls::get(&mut old, "/healthz").await?;
+    assert!(health.contains("\"prospects\":0"), "{health}");
+    Ok(())
+}

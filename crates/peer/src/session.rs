@@ -27,7 +27,11 @@ use crate::signaling::{self, Socket};
 async fn open(server: &Server, options: &Options) -> Result<(Socket, Rtc, RtcEvents), Error> {
     let url = server.join_url();
     let (socket, rtc) = tokio::join!(
-        signaling::connect(&url, options.connect_timeout.min(options.timeout)),
+        signaling::connect(
+            &url,
+            options.connect_timeout.min(options.timeout),
+            &options.tls_roots_pem,
+        ),
         Rtc::new(options)
     );
     let socket = socket.map_err(|e| e.for_join(&server.join_url_redacted()))?;

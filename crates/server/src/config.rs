@@ -11,6 +11,7 @@ pub use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::auth::TokenKey;
 use crate::route::{DEFAULT_OVERLAY, MAX_CREDENTIAL_LEN, is_valid_overlay_name};
+pub use crate::tls::TlsFiles;
 
 /// Everything the server needs to run. Build it with [`Config::new`] and adjust fields.
 #[derive(Clone)]
@@ -93,6 +94,9 @@ pub struct Config {
     /// Client addresses that may read `GET /metrics` on the main listener (the TCP
     /// peer, never a forwarded address). Loopback only by default.
     pub metrics_allow: Vec<IpNet>,
+    /// Serve TLS (`wss://`, `https://`) with this certificate chain and key; `None`
+    /// serves plain TCP.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Config {
@@ -130,6 +134,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(5),
             drain_timeout: Duration::ZERO,
             metrics_allow: loopback_nets(),
+            tls: None,
         }
     }
 
@@ -360,6 +365,7 @@ impl fmt::Debug for Config {
             .field("shutdown_grace", &self.shutdown_grace)
             .field("drain_timeout", &self.drain_timeout)
             .field("metrics_allow", &self.metrics_allow)
+            .field("tls", &self.tls)
             .finish()
     }
 }

@@ -55,6 +55,7 @@ mod routes;
 mod shares;
 mod state;
 pub mod stats;
+mod tls;
 mod transport;
 mod upgrade;
 
@@ -77,6 +78,7 @@ use crate::stats::Stats;
 pub use config::{Config, ConfigError, JoinAuth, OverlayConfig};
 pub use routes::{metrics_router, router};
 pub use state::{AppState, Health, OverlayHealth};
+pub use tls::{TlsError, TlsFiles};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +90,9 @@ pub enum Error {
     /// No OS randomness to seed the id generator.
     #[error(transparent)]
     Seed(#[from] bootstrap_protocol::id::SeedError),
+    /// The TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// Binding or serving the listener failed.
     #[error("server I/O error: {0}")]
     Serve(#[source] std::io::Error),
@@ -310,29 +315,67 @@ async fn accept_loop(
                 request
             },
         ));
-        let connection = http
-            // A response the client does not read for `write_timeout` ends the
-            // connection (an upgraded socket takes the bare stream back).
-            .serve_connection(
-                TokioIo::new(WriteDeadline::new(tcp, write_timeout)),
-                service,
-            )
-            .with_upgrades();
         let token = token.clone();
-        tracker.spawn(async move {
-            let _ticket = ticket;
-            let mut connection = std::pin::pin!(connection);
-            let served = tokio::select! {
-                served = connection.as_mut() => served,
-                () = token.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Err(error) = served {
-                debug!(%error, "HTTP connection ended with an error");
-            }
-        });
+        let http = http.clone();
+        match shared.tls.as_ref().map(tls::Tls::acceptor) {
+            None => tracker.spawn(async move {
+                let _ticket = ticket;
+                serve_http(&http, tcp, service, write_timeout, &token).await;
+            }),
+            Some(acceptor) => tracker.spawn(async move {
+                let _ticket = ticket;
+                // A handshake that never finishes costs at most the request-head
+                // timeout, like a request head that never comes.
+                let handshake = tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(tcp));
+                let stream = tokio::select! {
+                    done = handshake => match done {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            debug!(%peer, %error, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    },
+                    () = token.cancelled() => return,
+                };
+                serve_http(&http, stream, service, write_timeout, &token).await;
+            }),
+        };
+    }
+}
+
+/// Serves one connection (plain or TLS) with HTTP/1.1 until it ends or, once `token`
+/// is cancelled, until its request in progress is answered.
+async fn serve_http<I, S>(
+    http: &http1::Builder,
+    io: I,
+    service: S,
+    write_timeout: Duration,
+    token: &CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connection = http
+        // A response the client does not read for `write_timeout` ends the
+        // connection (an upgraded socket takes the bare stream back).
+        .serve_connection(TokioIo::new(WriteDeadline::new(io, write_timeout)), service)
+        .with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        () = token.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = served {
+        debug!(%error, "HTTP connection ended with an error");
     }
 }
 

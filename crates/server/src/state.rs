@@ -31,6 +31,7 @@ use crate::registry::{Registry, RootTicket};
 use crate::route::DEFAULT_OVERLAY;
 use crate::shares::Shares;
 use crate::stats::{Stats, StatsSnapshot};
+use crate::tls::{Tls, TlsError};
 
 /// Failed authentications one address may make within [`AUTH_WINDOW`] before it is
 /// answered 429.
@@ -60,6 +61,8 @@ pub(crate) struct Shared {
     pub(crate) closes: Closes,
     /// The server's metric registry.
     pub(crate) metrics: Metrics,
+    /// The TLS configuration, when the server speaks TLS.
+    pub(crate) tls: Option<Tls>,
     /// Set when draining starts: `/readyz` answers 503 and new `/join` sockets are
     /// refused, while open ones go on.
     pub(crate) draining: AtomicBool,
@@ -193,6 +196,7 @@ impl AppState {
         for (name, overlay) in &config.overlays {
             add(name, overlay)?;
         }
+        let tls = config.tls.clone().map(Tls::load).transpose()?;
         let budget = Arc::new(Budget::new(config.max_queued_bytes));
         let config_reading = config.max_reading_bytes;
         let config_pending = (
@@ -207,6 +211,7 @@ impl AppState {
             closes: Closes::default(),
             metrics: Metrics::new(weak.clone()),
             draining: AtomicBool::new(false),
+            tls,
             budget,
             reading: Budget::new(config_reading),
             pending: Pending::new(config_pending.0, config_pending.1),
@@ -241,6 +246,25 @@ impl AppState {
         if !self.0.draining.swap(true, Ordering::AcqRel) {
             tracing::info!("draining: new /join sockets are refused");
         }
+    }
+
+    /// Reads the TLS certificate and key again: new connections get the new
+    /// certificate, open ones keep theirs. On an error the current certificate stays.
+    /// Does nothing on a server without TLS.
+    ///
+    /// # Errors
+    /// [`TlsError`] when the new files cannot be used.
+    pub fn reload_tls(&self) -> Result<(), TlsError> {
+        match &self.0.tls {
+            Some(tls) => tls.reload(None),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the server speaks TLS.
+    #[must_use]
+    pub fn is_tls(&self) -> bool {
+        self.0.tls.is_some()
     }
 
     /// Open `/join` sockets in all overlays.

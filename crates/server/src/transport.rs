@@ -25,6 +25,7 @@ use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep, sleep};
+use tokio_rustls::server::TlsStream;
 use tracing::{debug, info};
 
 use crate::files::WriteDeadline;
@@ -63,12 +64,23 @@ pub(crate) fn serve(
             rx,
             parts.read_buf.to_vec(),
         )),
-        Err(upgraded) => Either::Right(SocketTask::new(
-            TokioIo::new(upgraded),
-            registration,
-            rx,
-            Vec::new(),
-        )),
+        Err(upgraded) => Either::Right(
+            match upgraded.downcast::<TokioIo<WriteDeadline<TlsStream<TcpStream>>>>() {
+                // TLS: the stream keeps its TLS state (and rustls's buffers).
+                Ok(parts) => Either::Left(SocketTask::new(
+                    parts.io.into_inner().into_inner(),
+                    registration,
+                    rx,
+                    parts.read_buf.to_vec(),
+                )),
+                Err(upgraded) => Either::Right(SocketTask::new(
+                    TokioIo::new(upgraded),
+                    registration,
+                    rx,
+                    Vec::new(),
+                )),
+            },
+        ),
     }
 }
 

@@ -7,12 +7,14 @@
 //! - [`process`]: [`Proc`], a child process read line by line, with timeouts.
 //! - [`server`]: [`TestServer`], a real signaling server in this process on a loopback
 //!   port.
+//! - [`tls`]: a CA and leaf certificates minted in the test, and an HTTPS client.
 //! - [`tokens`]: one HS256 key for the servers' `token_key`, and join and root tokens
 //!   minted with it.
 
 pub mod netns;
 pub mod process;
 pub mod server;
+pub mod tls;
 pub mod tokens;
 
 pub use netns::{in_loopback_netns, report, skip_or_fail};
