@@ -644,10 +644,14 @@ async fn sigterm_drains_handshakes_under_way_and_refuses_new_joins() -> anyhow::
         newcomer.send(Message::text(offer)).await?;
         newcomers.push(newcomer);
     }
-    let mut origins = Vec::new();
-    while origins.len() < STARTED {
+    // Offers from different sockets may reach the root in any order: each newcomer's
+    // id is found by its offer's marker.
+    let mut origins = vec![String::new(); STARTED];
+    for _ in 0..STARTED {
         let offer: serde_json::Value = serde_json::from_str(&next_text(&mut root).await?)?;
-        origins.push(offer["origin"].as_str().context("origin")?.to_owned());
+        let marker = offer["signal"]["sdp"].as_str().context("sdp")?;
+        let i: usize = marker.trim_start_matches('n').parse()?;
+        origins[i] = offer["origin"].as_str().context("origin")?.to_owned();
     }
     // The root delegates each offer to an answerer, which opens its /join socket.
     let mut answerers = Vec::new();
