@@ -249,3 +249,82 @@ async fn a_drain_refuses_new_joins_and_keeps_open_ones_relaying() -> anyhow::Res
     );
     server.stop().await
 }
+
+/// The status line of an upgrade request to `path` with `headers` (raw lines).
+async fn upgrade_status(addr: SocketAddr, path: &str, headers: &str) -> anyhow::Result<String> {
+    let request =
+        upgrade_request(addr, path).replacen("\r\n\r\n", &format!("\r\n{headers}\r\n"), 1);
+    let mut raw = tokio::net::TcpStream::connect(addr).await?;
+    raw.write_all(request.as_bytes()).await?;
+    let mut response = vec![0; 1024];
+    let n = tokio::time::timeout(WAIT, raw.read(&mut response)).await??;
+    let text = String::from_utf8_lossy(&response[..n]).into_owned();
+    // Keep the socket open until the answer is read; a 101 stays open on drop's close.
+    drop(raw);
+    Ok(text)
+}
+
+#[tokio::test]
+async fn per_client_limits_origins_and_trusted_proxies() -> anyhow::Result<()> {
+    let server = TestServer::with(|c| {
+        c.max_joins_per_ip = Some(2);
+        c.allowed_origins = vec!["https://app.example".to_owned()];
+        c.trusted_proxies = vec!["127.0.0.0/8".parse().expect("CIDR")];
+    })
+    .await?;
+    let addr = server.addr;
+    // Origins: another browser origin is refused before any upgrade; none is allowed.
+    let evil = upgrade_status(addr, "/join", "Origin: https://evil.example\r\n").await?;
+    assert!(evil.starts_with("HTTP/1.1 403"), "{evil}");
+    let good = upgrade_status(addr, "/join", "Origin: https://app.example\r\n").await?;
+    assert!(good.starts_with("HTTP/1.1 101"), "{good}");
+    // Behind the trusted proxy (127.0.0.1), each forwarded client has its own cap.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut raw = tokio::net::TcpStream::connect(addr).await?;
+        let request = upgrade_request(addr, "/join").replacen(
+            "\r\n\r\n",
+            "\r\nX-Forwarded-For: 198.51.100.7\r\n\r\n",
+            1,
+        );
+        raw.write_all(request.as_bytes()).await?;
+        let mut response = vec![0; 1024];
+        let n = tokio::time::timeout(WAIT, raw.read(&mut response)).await??;
+        assert!(response[..n].starts_with(b"HTTP/1.1 101"));
+        held.push(raw);
+    }
+    let third = upgrade_status(addr, "/join", "X-Forwarded-For: 198.51.100.7\r\n").await?;
+    assert!(
+        third.starts_with("HTTP/1.1 429") && third.contains("retry-after: 1"),
+        "{third}"
+    );
+    let other = upgrade_status(addr, "/join", "Forwarded: for=198.51.100.8\r\n").await?;
+    assert!(other.starts_with("HTTP/1.1 101"), "another client: {other}");
+    // A socket that ends frees its client's slot.
+    held.pop();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let again = upgrade_status(addr, "/join", "X-Forwarded-For: 198.51.100.7\r\n").await?;
+        if again.starts_with("HTTP/1.1 101") {
+            break;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "{again}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let text = scrape(addr).await?;
+    assert!(sample(&text, "bootstrap_origin_refused_total")? >= 1.0);
+    assert!(sample(&text, r#"bootstrap_joins_total{outcome="refused_per_ip"}"#)? >= 1.0);
+    server.stop().await
+}
+
+#[tokio::test]
+async fn a_join_rate_per_client() -> anyhow::Result<()> {
+    let server = TestServer::with(|c| c.join_rate_per_ip = Some(3)).await?;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let status = upgrade_status(server.addr, "/join", "").await?;
+        statuses.push(status[9..12].to_owned());
+    }
+    assert_eq!(statuses, ["101", "101", "101", "429", "429"]);
+    server.stop().await
+}

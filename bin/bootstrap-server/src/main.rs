@@ -134,6 +134,25 @@ struct Cli {
     /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
     #[arg(long, value_name = "PATH", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Most /join sockets open at once per client address (an IPv6 /64 counts as one);
+    /// more get HTTP 429 with Retry-After [default: no cap].
+    #[arg(long)]
+    max_joins_per_ip: Option<usize>,
+    /// New /join sockets per second per client address (a token bucket of as many);
+    /// more get HTTP 429 with Retry-After [default: no limit].
+    #[arg(long)]
+    join_rate_per_ip: Option<u32>,
+    /// A proxy (CIDR, or one address) whose Forwarded / X-Forwarded-For headers name the
+    /// client. Repeatable [default: none; the headers are never trusted].
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    trusted_proxies: Vec<String>,
+    /// An origin (https://app.example) whose browser pages may open sockets; browsers
+    /// from other origins get HTTP 403. Repeatable [default: any origin].
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    allowed_origins: Vec<String>,
+    /// Refuse (403) upgrades without an Origin header (Node and Rust clients send none).
+    #[arg(long)]
+    require_origin: bool,
     /// Log format [default: text]. Filter with RUST_LOG (default: info).
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
@@ -204,6 +223,11 @@ struct FileConfig {
     metrics_listen: Option<SocketAddr>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    max_joins_per_ip: Option<usize>,
+    join_rate_per_ip: Option<u32>,
+    trusted_proxies: Option<Vec<String>>,
+    allowed_origins: Option<Vec<String>>,
+    require_origin: Option<bool>,
     log_format: Option<LogFormat>,
 }
 
@@ -249,6 +273,20 @@ fn settings(cli: Cli) -> anyhow::Result<Settings> {
     if !metrics_allow.is_empty() {
         config.metrics_allow = parse_nets("--metrics-allow", &metrics_allow)?;
     }
+    config.max_joins_per_ip = cli.max_joins_per_ip.or(file.max_joins_per_ip);
+    config.join_rate_per_ip = cli.join_rate_per_ip.or(file.join_rate_per_ip);
+    let proxies = if cli.trusted_proxies.is_empty() {
+        file.trusted_proxies.unwrap_or_default()
+    } else {
+        cli.trusted_proxies
+    };
+    config.trusted_proxies = parse_nets("--trusted-proxy", &proxies)?;
+    config.allowed_origins = if cli.allowed_origins.is_empty() {
+        file.allowed_origins.unwrap_or_default()
+    } else {
+        cli.allowed_origins
+    };
+    config.require_origin = cli.require_origin || file.require_origin.unwrap_or(false);
     config.tls = match (cli.tls_cert.or(file.tls_cert), cli.tls_key.or(file.tls_key)) {
         (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
         (None, None) => None,
@@ -425,9 +463,12 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// On every SIGHUP, reloads the TLS certificate and key; a file that cannot be used
-/// leaves the current certificate in place, and the log says why.
-async fn reload_on_sighup(state: AppState) {
+/// On every SIGHUP, reads the flags, environment and config file again and applies
+/// what can change while running (origins, trusted proxies, metrics allow-list,
+/// per-client limits, TLS files); what needs a restart is logged by name. A
+/// configuration or TLS file that cannot be used leaves everything as it was, and the
+/// log says why.
+async fn reload_on_sighup(state: AppState, addr: SocketAddr, metrics_listen: Option<SocketAddr>) {
     #[cfg(unix)]
     {
         let Ok(mut hangups) =
@@ -437,20 +478,47 @@ async fn reload_on_sighup(state: AppState) {
             return;
         };
         while hangups.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading");
-            if state.is_tls() {
-                match state.reload_tls() {
-                    Ok(()) => tracing::info!("TLS certificate reloaded"),
-                    Err(error) => tracing::error!(
-                        %error,
-                        "TLS certificate NOT reloaded: the previous one stays in use"
-                    ),
+            tracing::info!("SIGHUP: reloading the configuration");
+            // The same flags, environment and config file as at start, read again.
+            let reloaded = Cli::try_parse()
+                .map_err(anyhow::Error::from)
+                .and_then(settings);
+            let settings = match reloaded {
+                Ok(settings) => settings,
+                Err(error) => {
+                    tracing::error!(
+                        error = %format!("{error:#}"),
+                        "configuration NOT reloaded: the running one stays in use"
+                    );
+                    continue;
                 }
+            };
+            if settings.addr != addr || settings.metrics_listen != metrics_listen {
+                tracing::warn!(
+                    "the listen address (host, port, metrics_listen) changed: it applies only after a restart"
+                );
+            }
+            match state.reload(&settings.config) {
+                Ok(restart) => {
+                    tracing::info!(
+                        "configuration reloaded: origins, trusted proxies, metrics allow-list, per-client limits, TLS files"
+                    );
+                    if !restart.is_empty() {
+                        tracing::warn!(
+                            settings = %restart.join(", "),
+                            "these settings changed but apply only after a restart"
+                        );
+                    }
+                }
+                Err(error) => tracing::error!(
+                    %error,
+                    "configuration NOT reloaded: the running one stays in use"
+                ),
             }
         }
     }
     #[cfg(not(unix))]
-    drop(state);
+    drop((state, addr, metrics_listen));
 }
 
 /// Completes on SIGINT or SIGTERM.
@@ -575,7 +643,11 @@ fn main() -> ExitCode {
                 }
             });
         }
-        tokio::spawn(reload_on_sighup(state.clone()));
+        tokio::spawn(reload_on_sighup(
+            state.clone(),
+            settings.addr,
+            settings.metrics_listen,
+        ));
         // Spawned, not run on this (non-worker) thread: the accept loop then spawns
         // each connection's task on its own worker's queue instead of waking a worker
         // for every connection.

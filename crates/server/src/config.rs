@@ -97,6 +97,21 @@ pub struct Config {
     /// Serve TLS (`wss://`, `https://`) with this certificate chain and key; `None`
     /// serves plain TCP.
     pub tls: Option<TlsFiles>,
+    /// Most `/join` sockets open at once per client (an IPv6 /64 counts as one); more
+    /// get HTTP 429 with `Retry-After`. `None`: no per-client cap.
+    pub max_joins_per_ip: Option<usize>,
+    /// New `/join` sockets per second per client (a token bucket holding as many);
+    /// more get HTTP 429 with `Retry-After`. `None`: no per-client rate.
+    pub join_rate_per_ip: Option<u32>,
+    /// Proxies (address ranges) whose `Forwarded` and `X-Forwarded-For` headers name
+    /// the client. Empty by default: the headers are never trusted.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Origins (`https://app.example`) whose browser pages may open sockets; an upgrade
+    /// with another `Origin` gets HTTP 403. Empty: any origin.
+    pub allowed_origins: Vec<String>,
+    /// Refuse (403) upgrades without an `Origin` header, which Node and Rust clients
+    /// do not send.
+    pub require_origin: bool,
 }
 
 impl Config {
@@ -135,6 +150,11 @@ impl Config {
             drain_timeout: Duration::ZERO,
             metrics_allow: loopback_nets(),
             tls: None,
+            max_joins_per_ip: None,
+            join_rate_per_ip: None,
+            trusted_proxies: Vec::new(),
+            allowed_origins: Vec::new(),
+            require_origin: false,
         }
     }
 
@@ -206,6 +226,8 @@ impl Config {
             ("max_reading_bytes", self.max_reading_bytes == 0),
             ("max_pending_connections", self.max_pending_connections == 0),
             ("max_pending_per_client", self.max_pending_per_client == 0),
+            ("max_joins_per_ip", self.max_joins_per_ip == Some(0)),
+            ("join_rate_per_ip", self.join_rate_per_ip == Some(0)),
         ];
         for (name, zero) in positive {
             if zero {
@@ -366,6 +388,11 @@ impl fmt::Debug for Config {
             .field("drain_timeout", &self.drain_timeout)
             .field("metrics_allow", &self.metrics_allow)
             .field("tls", &self.tls)
+            .field("max_joins_per_ip", &self.max_joins_per_ip)
+            .field("join_rate_per_ip", &self.join_rate_per_ip)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("allowed_origins", &self.allowed_origins)
+            .field("require_origin", &self.require_origin)
             .finish()
     }
 }

@@ -43,6 +43,7 @@
 pub mod admission;
 pub mod auth;
 pub mod config;
+mod edge;
 mod files;
 mod handle;
 mod handler;

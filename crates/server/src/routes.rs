@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::header::{RETRY_AFTER, SEC_WEBSOCKET_PROTOCOL};
+use axum::http::header::{FORWARDED, ORIGIN, RETRY_AFTER, SEC_WEBSOCKET_PROTOCOL};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
@@ -28,6 +28,7 @@ use crate::auth::{
     Audience, BEARER_SUBPROTOCOL, TokenError, bearer_from_subprotocols, token_from_query,
 };
 use crate::config::JoinAuth;
+use crate::edge::{self, Limited};
 use crate::files;
 use crate::handle::heartbeats;
 use crate::route::{self, Route};
@@ -79,7 +80,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 /// `GET /metrics` on the main listener: only for clients in `metrics_allow` (the TCP
 /// peer's address; forwarded addresses do not count).
 async fn metrics_allowed(State(state): State<AppState>, request: Request) -> Response {
-    let ip = client_ip(&request);
+    let ip = peer_ip(&request);
     if !state.0.metrics_allowed(ip) {
         debug!(%ip, "metrics refused");
         return refuse(StatusCode::FORBIDDEN, "forbidden\n");
@@ -114,7 +115,13 @@ fn not_found() -> Response {
 /// served), else 404.
 async fn entry(State(state): State<AppState>, request: Request) -> Response {
     let uri = request.uri().clone();
-    match route::parse(uri.path()) {
+    let route = route::parse(uri.path());
+    if route.is_some()
+        && let Some(refused) = origin_refused(&state.0, &request)
+    {
+        return refused;
+    }
+    match route {
         Some(Route::Join { overlay, token }) => join(&state.0, overlay, token, request),
         Some(Route::Root {
             overlay,
@@ -127,12 +134,79 @@ async fn entry(State(state): State<AppState>, request: Request) -> Response {
     }
 }
 
-/// The client's address, where the server knows it (behind [`crate::serve`]).
-fn client_ip(request: &Request) -> IpAddr {
+/// The TCP peer's address, where the server knows it (behind [`crate::serve`]).
+fn peer_ip(request: &Request) -> IpAddr {
     request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip())
+}
+
+/// The client's address: the TCP peer's, or the one a trusted proxy forwarded.
+fn client_ip(shared: &Shared, request: &Request) -> IpAddr {
+    let peer = peer_ip(request);
+    let edge = shared.edge();
+    if edge.trusted_proxies.is_empty() {
+        return peer;
+    }
+    let headers = request.headers();
+    let values = |name: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .collect::<Vec<_>>()
+    };
+    edge::client_ip(
+        peer,
+        values(FORWARDED.as_str()).into_iter(),
+        values(X_FORWARDED_FOR).into_iter(),
+        &edge.trusted_proxies,
+    )
+}
+
+/// `X-Forwarded-For`, which `http` has no constant for.
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+
+/// 403 for an upgrade whose `Origin` is not allowed (or missing, with `require_origin`).
+fn origin_refused(shared: &Shared, request: &Request) -> Option<Response> {
+    let edge = shared.edge();
+    if edge.allowed_origins.is_empty() && !edge.require_origin {
+        return None;
+    }
+    let origin = request
+        .headers()
+        .get(ORIGIN)
+        .map(|value| value.to_str().unwrap_or("<not text>"));
+    if edge::origin_allowed(origin, &edge.allowed_origins, edge.require_origin) {
+        return None;
+    }
+    Stats::bump(&shared.stats.refused_origin);
+    debug!(?origin, "upgrade refused for its Origin");
+    Some(refuse(StatusCode::FORBIDDEN, "origin not allowed\n"))
+}
+
+/// 429 with `Retry-After` when the client is over its `/join` limits; otherwise it is
+/// counted (and `None`).
+fn over_join_limits(shared: &Shared, ip: IpAddr) -> Option<Response> {
+    let limits = shared.edge().limits;
+    let now = tokio::time::Instant::now();
+    let limited = shared.limiter().admit(ip, limits, now).err()?;
+    Stats::bump(&shared.stats.joins_refused_per_ip);
+    debug!(%ip, ?limited, "/join refused: per-client limit");
+    let (why, retry) = match limited {
+        Limited::TooManyOpen => ("too many open /join sockets from your address\n", 1),
+        Limited::TooFast(wait) => (
+            "too many new /join sockets from your address\n",
+            wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+        ),
+        Limited::Busy => ("too many clients; retry later\n", 1),
+    };
+    let mut response = refuse(StatusCode::TOO_MANY_REQUESTS, why);
+    if let Ok(value) = HeaderValue::from_str(&retry.max(1).to_string()) {
+        response.headers_mut().insert(RETRY_AFTER, value);
+    }
+    Some(response)
 }
 
 fn unix_now() -> u64 {
@@ -184,6 +258,7 @@ fn join(
         Stats::bump(&shared.stats.joins_refused_draining);
         return draining();
     }
+    let client = client_ip(shared, &request);
     let headers = request.headers();
     let bearer = bearer_from_subprotocols(
         headers
@@ -200,7 +275,7 @@ fn join(
         .any(|item| item.trim() == BEARER_SUBPROTOCOL)
         .then_some(BEARER_SUBPROTOCOL);
     if shared.config.join_auth == JoinAuth::Token {
-        let ip = client_ip(&request);
+        let ip = client;
         if let Some(response) = throttled(shared, ip) {
             return response;
         }
@@ -224,11 +299,14 @@ fn join(
         Ok(upgrade) => upgrade,
         Err(refused) => return refused.into_response(),
     };
+    if let Some(response) = over_join_limits(shared, client) {
+        return response;
+    }
     // If the upgrade never completes, the registration is dropped and unregisters the id.
-    let client = client_ip(&request);
     let (mut registration, rx) = match shared.admit_join(&overlay) {
         Ok(admitted) => admitted,
         Err(refusal) => {
+            shared.limiter().release(client);
             Stats::bump(&shared.stats.joins_refused);
             Stats::bump(&overlay.stats.joins_refused);
             let why = match refusal {
@@ -239,6 +317,7 @@ fn join(
         }
     };
     registration.set_client(client);
+    registration.set_limited();
     let response = upgrade.response(protocol);
     let on_upgrade = upgrade.on_upgrade;
     // Chained rather than one `async` block, which would keep the captured upgrade
@@ -270,7 +349,7 @@ fn root(shared: &Arc<Shared>, name: &str, credential: &str, mut request: Request
     let auth = if by_secret {
         RootAuth::Secret
     } else if let Some(key) = shared.config.token_key.as_deref() {
-        let ip = client_ip(&request);
+        let ip = client_ip(shared, &request);
         if let Some(response) = throttled(shared, ip) {
             return response;
         }

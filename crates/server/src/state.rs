@@ -24,6 +24,7 @@ use crate::Error;
 use crate::admission::Pending;
 use crate::auth::FailureThrottle;
 use crate::config::{Config, OverlayConfig};
+use crate::edge::{Edge, JoinLimiter};
 use crate::handle::{self, Command, Inbox, Outbox, SocketHandle};
 use crate::metrics::{Closes, Metrics};
 use crate::queue::Budget;
@@ -43,6 +44,10 @@ const AUTH_WINDOW: Duration = Duration::from_secs(60);
 /// Most addresses the throttle remembers (its memory bound).
 const AUTH_TRACKED_ADDRESSES: usize = 65_536;
 
+/// Most clients whose `/join` sockets and rate are tracked at once (the memory bound
+/// of `max_joins_per_ip` and `join_rate_per_ip`).
+const LIMITED_CLIENTS: usize = 65_536;
+
 /// The server's state, cheap to clone (one `Arc`).
 #[derive(Debug, Clone)]
 pub struct AppState(pub(crate) Arc<Shared>);
@@ -61,6 +66,11 @@ pub(crate) struct Shared {
     pub(crate) closes: Closes,
     /// The server's metric registry.
     pub(crate) metrics: Metrics,
+    /// What a config reload may change of the admission rules (a std lock, never held
+    /// across `.await`).
+    edge: std::sync::RwLock<Arc<Edge>>,
+    /// Open `/join` sockets and their rate, per client.
+    limiter: Mutex<JoinLimiter>,
     /// The TLS configuration, when the server speaks TLS.
     pub(crate) tls: Option<Tls>,
     /// Set when draining starts: `/readyz` answers 503 and new `/join` sockets are
@@ -197,6 +207,7 @@ impl AppState {
             add(name, overlay)?;
         }
         let tls = config.tls.clone().map(Tls::load).transpose()?;
+        let edge = Edge::of(&config);
         let budget = Arc::new(Budget::new(config.max_queued_bytes));
         let config_reading = config.max_reading_bytes;
         let config_pending = (
@@ -211,6 +222,8 @@ impl AppState {
             closes: Closes::default(),
             metrics: Metrics::new(weak.clone()),
             draining: AtomicBool::new(false),
+            edge: std::sync::RwLock::new(Arc::new(edge)),
+            limiter: Mutex::new(JoinLimiter::new(LIMITED_CLIENTS)),
             tls,
             budget,
             reading: Budget::new(config_reading),
@@ -259,6 +272,67 @@ impl AppState {
             Some(tls) => tls.reload(None),
             None => Ok(()),
         }
+    }
+
+    /// Applies what of `config` can change while the server runs: allowed origins,
+    /// `require_origin`, trusted proxies, the metrics allow-list, the per-client `/join`
+    /// limits, and the TLS files (read again). Returns, by name, the settings that
+    /// differ from the running ones but need a restart (never their values); a new
+    /// token key in the same file is not detected and needs a restart too.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an invalid `config` and [`Error::Tls`] for unusable TLS
+    /// files; then nothing changes.
+    pub fn reload(&self, config: &Config) -> Result<Vec<&'static str>, Error> {
+        config.validate()?;
+        let shared = &self.0;
+        if let (Some(tls), Some(files)) = (&shared.tls, &config.tls) {
+            tls.reload(Some(files))?;
+        }
+        shared.set_edge(Edge::of(config));
+        let running = &shared.config;
+        let mut restart = Vec::new();
+        if running.tls.is_some() != config.tls.is_some() {
+            restart.push("tls (on or off)");
+        }
+        if running.secret != config.secret {
+            restart.push("secret");
+        }
+        if running.overlays != config.overlays {
+            restart.push("overlays");
+        }
+        if running.token_key.is_some() != config.token_key.is_some() {
+            restart.push("token_key (on or off)");
+        }
+        let limits = [
+            ("timeout", running.timeout != config.timeout),
+            (
+                "max_prospects",
+                running.max_prospects != config.max_prospects,
+            ),
+            (
+                "max_frame_bytes",
+                running.max_frame_bytes != config.max_frame_bytes,
+            ),
+            (
+                "rate_per_second",
+                running.rate_per_second != config.rate_per_second,
+            ),
+            ("rate_burst", running.rate_burst != config.rate_burst),
+            ("public", running.public != config.public),
+            ("join_auth", running.join_auth != config.join_auth),
+            (
+                "drain_timeout",
+                running.drain_timeout != config.drain_timeout,
+            ),
+        ];
+        restart.extend(
+            limits
+                .iter()
+                .filter(|(_, differs)| *differs)
+                .map(|(name, _)| *name),
+        );
+        Ok(restart)
     }
 
     /// Whether the server speaks TLS.
@@ -423,10 +497,25 @@ impl Shared {
 
     /// Whether `ip` may read `/metrics` on the main listener.
     pub(crate) fn metrics_allowed(&self, ip: IpAddr) -> bool {
-        self.config
+        self.edge()
             .metrics_allow
             .iter()
             .any(|net| net.contains(&ip))
+    }
+
+    /// The admission rules now.
+    pub(crate) fn edge(&self) -> Arc<Edge> {
+        Arc::clone(&self.edge.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Replaces the admission rules (a config reload).
+    pub(crate) fn set_edge(&self, edge: Edge) {
+        *self.edge.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(edge);
+    }
+
+    /// The per-client limiter of `/join` sockets, locked.
+    pub(crate) fn limiter(&self) -> MutexGuard<'_, JoinLimiter> {
+        self.limiter.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether new `/join` sockets are accepted: not draining, not shutting down.
@@ -552,6 +641,8 @@ pub(crate) struct Registration {
     overlay: Arc<Overlay>,
     /// The client's address (unspecified when the server does not know it).
     client: IpAddr,
+    /// Counted by the per-client limiter, which must be told when it leaves.
+    limited: bool,
     left: bool,
 }
 
@@ -563,6 +654,7 @@ impl Registration {
             shared,
             overlay,
             client: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            limited: false,
             left: false,
         }
     }
@@ -570,6 +662,11 @@ impl Registration {
     /// The socket's client is at `client`.
     pub(crate) fn set_client(&mut self, client: IpAddr) {
         self.client = client;
+    }
+
+    /// The socket was admitted by the per-client limiter: release it on leaving.
+    pub(crate) fn set_limited(&mut self) {
+        self.limited = true;
     }
 
     /// The socket's client address.
@@ -602,6 +699,9 @@ impl Registration {
     pub(crate) fn leave(&mut self) {
         if std::mem::replace(&mut self.left, true) {
             return;
+        }
+        if self.limited {
+            self.shared.limiter().release(self.client);
         }
         match self.role {
             Role::Join(id) => {
