@@ -146,7 +146,7 @@ struct Cli {
     /// client. Repeatable [default: none; the headers are never trusted].
     #[arg(long = "trusted-proxy", value_name = "CIDR")]
     trusted_proxies: Vec<String>,
-    /// An origin (https://app.example) whose browser pages may open sockets; browsers
+    /// An origin (`https://app.example`) whose browser pages may open sockets; browsers
     /// from other origins get HTTP 403. Repeatable [default: any origin].
     #[arg(long = "allowed-origin", value_name = "ORIGIN")]
     allowed_origins: Vec<String>,

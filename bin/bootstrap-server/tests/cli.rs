@@ -836,3 +836,53 @@ async fn sighup_reloads_the_tls_certificate_for_new_connections_only() -> anyhow
     assert!(health.contains("\"prospects\":0"), "{health}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_rereads_the_config_file() -> anyhow::Result<()> {
+    let dir = tempdir()?;
+    let port = free_port()?;
+    let config = dir.join("reload.json");
+    let write = |origins: &str, port: u16| {
+        std::fs::write(
+            &config,
+            format!(
+                r#"{{"secret":"reload-secret-0123456789","host":"127.0.0.1","port":{port},"allowed_origins":[{origins}]}}"#
+            ),
+        )
+    };
+    write(r#""https://a.example""#, port)?;
+    let server = Server::spawn(&[config.to_str().context("path")?], port)?;
+    let addr = server.addr;
+    let status = move |origin: &'static str| -> anyhow::Result<String> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            stream,
+            "GET /join HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Origin: {origin}\r\n\r\n"
+        )?;
+        let mut response = [0; 12];
+        stream.read_exact(&mut response)?;
+        Ok(String::from_utf8_lossy(&response[9..12]).into_owned())
+    };
+    assert_eq!(status("https://a.example")?, "101");
+    assert_eq!(status("https://b.example")?, "403");
+    // The file now allows b only, and asks for another port (which needs a restart).
+    write(r#""https://b.example""#, free_port()?)?;
+    signal(&server, "HUP")?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status("https://b.example")? != "101" {
+        anyhow::ensure!(Instant::now() < deadline, "origins not reloaded");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(status("https://a.example")?, "403");
+    // A broken file changes nothing.
+    std::fs::write(&config, "{ not json")?;
+    signal(&server, "HUP")?;
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(status("https://b.example")?, "101");
+    assert_eq!(status("https://a.example")?, "403");
+    Ok(())
+}
