@@ -1,7 +1,7 @@
 // JS peers for the interop tests, driven by the Rust test over stdin/stdout.
 //
 // Usage: node harness.js ROLE --url HOST:PORT[/PATH] [--secret S] [--name N] [--max-degree K]
-//                          [--timeout MS] [--port P] [--join-url HOST:PORT[/PATH]]
+//                          [--timeout MS] [--port P] [--join-url HOST:PORT[/PATH]] [--secure 1]
 // Roles: server (the JS webrtc-bootstrap 4.4.1 Server on 127.0.0.1), root, newcomer,
 //        tree-root, tree-node.
 // The client is given `--url` as its host, so a path after the port goes before the
@@ -12,6 +12,9 @@
 // Every event is one JSON line on stdout: {"event": ..., ...}. Commands are JSON lines on
 // stdin: {"cmd":"send","data":...} (newcomer/root peers), {"cmd":"broadcast","data":...}
 // (tree nodes), {"cmd":"exit"}.
+//
+// `--secure 1` makes the clients use wss:// (the client's own `secure` option); a test CA
+// comes in through NODE_EXTRA_CA_CERTS.
 //
 // Only loopback candidates are signalled: the tests also run inside a network namespace
 // with only `lo`, so nothing can leave the machine either way.
@@ -72,6 +75,7 @@ SimplePeer.prototype.emit = function (event, data, ...rest) {
 }
 
 const timeout = Number(args.timeout || 30000)
+const clientOpts = { secure: args.secure === '1' }
 const peerOpts = { wrtc, config: { iceServers: [] } }
 
 function watchPeer (peer, label) {
@@ -100,8 +104,8 @@ if (role === 'server') {
     emit('listening', { port: httpServer.address().port })
   })
 } else if (role === 'root') {
-  const client = new Client(args.url)
-  const answers = args['join-url'] ? new Client(args['join-url']) : client
+  const client = new Client(args.url, clientOpts)
+  const answers = args['join-url'] ? new Client(args['join-url'], clientOpts) : client
   const peers = {}
   client.root(args.secret, (req) => {
     if (!peers[req.origin]) {
@@ -116,7 +120,7 @@ if (role === 'server') {
     }
   }, (err) => err ? emit('error', { message: err.message }) : emit('ready'))
 } else if (role === 'newcomer') {
-  const client = new Client(args.url)
+  const client = new Client(args.url, clientOpts)
   const peer = client.connect(null, {
     peerOpts,
     timeout,
@@ -127,7 +131,7 @@ if (role === 'server') {
   commands.push((cmd) => { if (cmd.cmd === 'send') send(cmd.data) })
   emit('ready')
 } else if (role === 'tree-root' || role === 'tree-node') {
-  const client = new Client(args.url)
+  const client = new Client(args.url, clientOpts)
   const node = new TreeNode(client, { peerOpts, maxDegree: Number(args['max-degree'] || 10), requestTimeoutInMs: timeout })
   const children = () => Object.keys(node.children).filter((k) => node.children[k]).length
   node.on('parent-connect', () => emit('parent-connect'))

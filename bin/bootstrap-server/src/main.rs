@@ -18,11 +18,15 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use tracing_subscriber::EnvFilter;
+use webrtc_bootstrap_server::TlsFiles;
 use webrtc_bootstrap_server::admission::caps_for_fd_limit;
 use webrtc_bootstrap_server::auth::TokenKey;
+use webrtc_bootstrap_server::config::IpNet;
 use webrtc_bootstrap_server::config::MIN_SECRET_LEN;
 use webrtc_bootstrap_server::turn::TurnConfig;
-use webrtc_bootstrap_server::{Config, ConfigError, JoinAuth, OverlayConfig, run};
+use webrtc_bootstrap_server::{
+    AppState, Config, ConfigError, JoinAuth, OverlayConfig, metrics_router, serve,
+};
 
 /// Exit code for bad configuration (BSD `EX_USAGE`).
 const EX_USAGE: u8 = 64;
@@ -113,6 +117,45 @@ struct Cli {
     /// Grace period for sockets to close on shutdown, in milliseconds [default: 5000].
     #[arg(long)]
     shutdown_grace: Option<u64>,
+    /// On SIGTERM or SIGINT, how long open /join sockets may go on (new ones get 503)
+    /// before every socket is closed with 1001, in milliseconds; 0 closes at once
+    /// [default: --timeout]. A second signal exits at once.
+    #[arg(long)]
+    drain_timeout: Option<u64>,
+    /// Client addresses (CIDR, or one address) that may read GET /metrics on the main
+    /// port. Repeatable [default: 127.0.0.0/8 and ::1].
+    #[arg(long = "metrics-allow", value_name = "CIDR")]
+    metrics_allow: Vec<String>,
+    /// Also serve GET /metrics, to anyone who reaches it, on this address of its own
+    /// (for example 127.0.0.1:9100) [default: none].
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Serve TLS (wss://, https://) with this certificate chain (PEM: the server's
+    /// certificate first, then intermediates). Needs --tls-key. SIGHUP reloads both.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Most /join sockets open at once per client address (an IPv6 /64 counts as one);
+    /// more get HTTP 429 with Retry-After [default: no cap].
+    #[arg(long)]
+    max_joins_per_ip: Option<usize>,
+    /// New /join sockets per second per client address (a token bucket of as many);
+    /// more get HTTP 429 with Retry-After [default: no limit].
+    #[arg(long)]
+    join_rate_per_ip: Option<u32>,
+    /// A proxy (CIDR, or one address) whose Forwarded / X-Forwarded-For headers name the
+    /// client. Repeatable [default: none; the headers are never trusted].
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    trusted_proxies: Vec<String>,
+    /// An origin (`https://app.example`) whose browser pages may open sockets; browsers
+    /// from other origins get HTTP 403. Repeatable [default: any origin].
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    allowed_origins: Vec<String>,
+    /// Refuse (403) upgrades without an Origin header (Node and Rust clients send none).
+    #[arg(long)]
+    require_origin: bool,
     /// Log format [default: text]. Filter with RUST_LOG (default: info).
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
@@ -210,12 +253,24 @@ struct FileConfig {
     rate_burst: Option<u32>,
     max_bad_messages: Option<u32>,
     shutdown_grace: Option<u64>,
+    drain_timeout: Option<u64>,
+    metrics_allow: Option<Vec<String>>,
+    metrics_listen: Option<SocketAddr>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    max_joins_per_ip: Option<usize>,
+    join_rate_per_ip: Option<u32>,
+    trusted_proxies: Option<Vec<String>>,
+    allowed_origins: Option<Vec<String>>,
+    require_origin: Option<bool>,
     log_format: Option<LogFormat>,
 }
 
 /// Everything `main` needs, resolved from flags, environment, file and defaults.
 struct Settings {
     addr: SocketAddr,
+    /// Where `/metrics` is served on its own, if anywhere.
+    metrics_listen: Option<SocketAddr>,
     config: Config,
     log_format: LogFormat,
     /// Overlays whose (allowed) weak secret is warned about once logging is set up.
@@ -241,6 +296,37 @@ fn settings(cli: Cli) -> anyhow::Result<Settings> {
     if let Some(v) = cli.shutdown_grace.or(file.shutdown_grace) {
         config.shutdown_grace = ms(v);
     }
+    config.drain_timeout = cli
+        .drain_timeout
+        .or(file.drain_timeout)
+        .map_or(config.timeout, ms);
+    let metrics_allow = if cli.metrics_allow.is_empty() {
+        file.metrics_allow.unwrap_or_default()
+    } else {
+        cli.metrics_allow
+    };
+    if !metrics_allow.is_empty() {
+        config.metrics_allow = parse_nets("--metrics-allow", &metrics_allow)?;
+    }
+    config.max_joins_per_ip = cli.max_joins_per_ip.or(file.max_joins_per_ip);
+    config.join_rate_per_ip = cli.join_rate_per_ip.or(file.join_rate_per_ip);
+    let proxies = if cli.trusted_proxies.is_empty() {
+        file.trusted_proxies.unwrap_or_default()
+    } else {
+        cli.trusted_proxies
+    };
+    config.trusted_proxies = parse_nets("--trusted-proxy", &proxies)?;
+    config.allowed_origins = if cli.allowed_origins.is_empty() {
+        file.allowed_origins.unwrap_or_default()
+    } else {
+        cli.allowed_origins
+    };
+    config.require_origin = cli.require_origin || file.require_origin.unwrap_or(false);
+    config.tls = match (cli.tls_cert.or(file.tls_cert), cli.tls_key.or(file.tls_key)) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        (None, None) => None,
+        _ => bail!("give both --tls-cert and --tls-key (tls_cert and tls_key), or neither"),
+    };
     config.seed = cli.seed.or(file.seed);
     config.public = cli.public.or(file.public);
     if let Some(v) = cli.max_frame_bytes.or(file.max_frame_bytes) {
@@ -344,6 +430,7 @@ fn settings(cli: Cli) -> anyhow::Result<Settings> {
         .with_context(|| format!("--host {host:?} is not an IP address"))?;
     Ok(Settings {
         addr: SocketAddr::new(ip, port),
+        metrics_listen: cli.metrics_listen.or(file.metrics_listen),
         config,
         log_format: cli
             .log_format
@@ -366,6 +453,19 @@ fn fd_limit() -> u64 {
             .get()
             .map_or(1024, |(soft, _)| soft),
     }
+}
+
+/// Address ranges: `10.0.0.0/8`, `fd00::/8`, or one address.
+fn parse_nets(flag: &str, values: &[String]) -> anyhow::Result<Vec<IpNet>> {
+    values
+        .iter()
+        .map(|value| {
+            value
+                .parse::<IpNet>()
+                .or_else(|_| value.parse::<std::net::IpAddr>().map(IpNet::from))
+                .with_context(|| format!("{flag} {value:?} is not an address range (CIDR)"))
+        })
+        .collect()
 }
 
 /// `NAME=SECRET` or `NAME=@FILE` (the secret read from the file).
@@ -441,8 +541,66 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// On every SIGHUP, reads the flags, environment and config file again and applies
+/// what can change while running (origins, trusted proxies, metrics allow-list,
+/// per-client limits, TLS files); what needs a restart is logged by name. A
+/// configuration or TLS file that cannot be used leaves everything as it was, and the
+/// log says why.
+async fn reload_on_sighup(state: AppState, addr: SocketAddr, metrics_listen: Option<SocketAddr>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hangups) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot watch SIGHUP: no reload");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the configuration");
+            // The same flags, environment and config file as at start, read again.
+            let reloaded = Cli::try_parse()
+                .map_err(anyhow::Error::from)
+                .and_then(settings);
+            let settings = match reloaded {
+                Ok(settings) => settings,
+                Err(error) => {
+                    tracing::error!(
+                        error = %format!("{error:#}"),
+                        "configuration NOT reloaded: the running one stays in use"
+                    );
+                    continue;
+                }
+            };
+            if settings.addr != addr || settings.metrics_listen != metrics_listen {
+                tracing::warn!(
+                    "the listen address (host, port, metrics_listen) changed: it applies only after a restart"
+                );
+            }
+            match state.reload(&settings.config) {
+                Ok(restart) => {
+                    tracing::info!(
+                        "configuration reloaded: origins, trusted proxies, metrics allow-list, per-client limits, TLS files"
+                    );
+                    if !restart.is_empty() {
+                        tracing::warn!(
+                            settings = %restart.join(", "),
+                            "these settings changed but apply only after a restart"
+                        );
+                    }
+                }
+                Err(error) => tracing::error!(
+                    %error,
+                    "configuration NOT reloaded: the running one stays in use"
+                ),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    drop((state, addr, metrics_listen));
+}
+
 /// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+async fn stop_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
@@ -463,7 +621,18 @@ async fn shutdown_signal() {
         () = ctrl_c => {}
         () = terminate => {}
     }
+}
+
+/// Completes on the first SIGINT or SIGTERM (which starts the drain); a second one
+/// exits the process at once.
+async fn shutdown_signal() {
+    stop_signal().await;
     tracing::info!("shutdown signal received");
+    tokio::spawn(async {
+        stop_signal().await;
+        tracing::warn!("second shutdown signal: exiting at once");
+        std::process::exit(1);
+    });
 }
 
 fn main() -> ExitCode {
@@ -525,10 +694,42 @@ fn main() -> ExitCode {
             }
         };
         tracing::info!(config = ?settings.config, "starting");
+        let state = match AppState::new(settings.config) {
+            Ok(state) => state,
+            Err(error) => {
+                eprintln!("bootstrap-server: {error}");
+                return ExitCode::from(EX_USAGE);
+            }
+        };
+        if let Some(addr) = settings.metrics_listen {
+            let listener = match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => listener,
+                Err(error) => {
+                    eprintln!("bootstrap-server: cannot listen on {addr} for metrics: {error}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            };
+            tracing::info!(%addr, "serving /metrics");
+            let stop = state.shutdown_token().cancelled_owned();
+            let app = metrics_router(state.clone());
+            tokio::spawn(async move {
+                if let Err(error) = axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await
+                {
+                    tracing::warn!(%error, "the metrics listener failed");
+                }
+            });
+        }
+        tokio::spawn(reload_on_sighup(
+            state.clone(),
+            settings.addr,
+            settings.metrics_listen,
+        ));
         // Spawned, not run on this (non-worker) thread: the accept loop then spawns
         // each connection's task on its own worker's queue instead of waking a worker
         // for every connection.
-        let served = tokio::spawn(run(listener, settings.config, shutdown_signal())).await;
+        let served = tokio::spawn(serve(listener, state, shutdown_signal())).await;
         match served {
             Ok(Ok(())) => ExitCode::SUCCESS,
             Ok(Err(error)) => {

@@ -201,7 +201,7 @@ async fn config_file_flags_override_and_sigterm_closes_sockets_with_1001() -> an
     std::fs::write(
         &config,
         format!(
-            r#"{{"secret":"fromfile","allow_weak_secret":true,"port":{file_port},"host":"127.0.0.1","public":{:?},"log_format":"json"}}"#,
+            r#"{{"secret":"fromfile","allow_weak_secret":true,"port":{file_port},"host":"127.0.0.1","public":{:?},"log_format":"json","drain_timeout":300}}"#,
             public.to_str().context("path")?
         ),
     )?;
@@ -669,5 +669,317 @@ fn ice_servers_from_the_binary_and_the_secret_never_logged() -> anyhow::Result<(
     for text in [&logged, &answer, &health] {
         assert!(!text.contains("turn-shared-secret-value"), "{text}");
     }
+    Ok(())
+}
+
+/// Sends SIGTERM to the server without waiting for it to exit.
+fn signal(server: &Server, name: &str) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &server.child.id().to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -{name} failed");
+    Ok(())
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn ws(url: &str) -> anyhow::Result<Ws> {
+    let (ws, _) = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::connect_async(url),
+    )
+    .await??;
+    Ok(ws)
+}
+
+/// Next text frame other than heartbeats.
+async fn next_text(ws: &mut Ws) -> anyhow::Result<String> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await? {
+            Some(Ok(Message::Text(text))) if text.as_str() != "\"heartbeat\"" => {
+                return Ok(text.to_string());
+            }
+            Some(Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_))) => {}
+            other => bail!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_handshakes_under_way_and_refuses_new_joins() -> anyhow::Result<()> {
+    use futures_util::SinkExt as _;
+    const STARTED: usize = 12;
+    let port = free_port()?;
+    let server = Server::spawn(
+        &[
+            "--secret",
+            "drain-secret-0123456789",
+            "--host",
+            "127.0.0.1",
+            "--timeout",
+            "20000",
+            "--drain-timeout",
+            "8000",
+            "--port",
+            &port.to_string(),
+        ],
+        port,
+    )?;
+    let addr = server.addr;
+    let mut root = ws(&format!(
+        "ws://{addr}/drain-secret-0123456789/webrtc-bootstrap-root"
+    ))
+    .await?;
+    // A burst of newcomers, each with its offer sent: their handshakes are under way.
+    let mut newcomers = Vec::new();
+    for i in 0..STARTED {
+        let mut newcomer = ws(&format!("ws://{addr}/join")).await?;
+        let offer = format!(
+            r#"{{"origin":null,"destination":null,"signal":{{"type":"offer","sdp":"n{i}"}},"rank":0}}"#
+        );
+        newcomer.send(Message::text(offer)).await?;
+        newcomers.push(newcomer);
+    }
+    // Offers from different sockets may reach the root in any order: each newcomer's
+    // id is found by its offer's marker.
+    let mut origins = vec![String::new(); STARTED];
+    for _ in 0..STARTED {
+        let offer: serde_json::Value = serde_json::from_str(&next_text(&mut root).await?)?;
+        let marker = offer["signal"]["sdp"].as_str().context("sdp")?;
+        let i: usize = marker.trim_start_matches('n').parse()?;
+        origins[i] = offer["origin"].as_str().context("origin")?.to_owned();
+    }
+    // The root delegates each offer to an answerer, which opens its /join socket.
+    let mut answerers = Vec::new();
+    for _ in 0..STARTED {
+        answerers.push(ws(&format!("ws://{addr}/join")).await?);
+    }
+    signal(&server, "TERM")?;
+    let signalled = Instant::now();
+    // Not ready at once; every later /join is refused with 503.
+    loop {
+        let ready = tokio::task::spawn_blocking(move || http_get(addr, "/readyz")).await??;
+        if ready.starts_with("HTTP/1.1 503") {
+            break;
+        }
+        anyhow::ensure!(
+            signalled.elapsed() < Duration::from_secs(3),
+            "still ready: {ready}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for _ in 0..5 {
+        let refused = tokio_tungstenite::connect_async(format!("ws://{addr}/join")).await;
+        let error = refused
+            .err()
+            .context("a /join after SIGTERM was accepted")?;
+        assert!(error.to_string().contains("503"), "{error}");
+    }
+    // The handshakes that started before the signal complete, relaying both ways:
+    // each answerer's answer reaches its newcomer, whose candidate reaches the answerer.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (answerer, origin) in answerers.iter_mut().zip(&origins) {
+        let answer = format!(
+            r#"{{"origin":null,"destination":"{origin}","signal":{{"type":"answer","sdp":"a"}},"rank":0}}"#
+        );
+        answerer.send(Message::text(answer)).await?;
+    }
+    for (newcomer, answerer) in newcomers.iter_mut().zip(&mut answerers) {
+        let answer: serde_json::Value = serde_json::from_str(&next_text(newcomer).await?)?;
+        assert_eq!(answer["signal"]["type"], "answer");
+        let from = answer["origin"].as_str().context("origin")?;
+        let candidate = format!(
+            r#"{{"origin":null,"destination":"{from}","signal":{{"candidate":{{}}}},"rank":1}}"#
+        );
+        newcomer.send(Message::text(candidate)).await?;
+        let candidate: serde_json::Value = serde_json::from_str(&next_text(answerer).await?)?;
+        assert_eq!(candidate["rank"], 1);
+        newcomer.close(None).await?;
+        answerer.close(None).await?;
+    }
+    // Once the last /join socket has ended, the root is closed with 1001 and the
+    // process exits, well within the drain timeout.
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(10), root.next()).await? {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => {}
+            other => bail!("expected the root's close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(close.map(|f| u16::from(f.code)), Some(1001));
+    let mut server = server;
+    let status = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = server.child.try_wait()? {
+                return Ok(status);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "no exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    })
+    .await??;
+    assert!(status.success(), "{status:?}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(8),
+        "exited after {:?}",
+        signalled.elapsed()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_signal_during_a_drain_exits_at_once() -> anyhow::Result<()> {
+    let port = free_port()?;
+    let mut server = Server::spawn(
+        &[
+            "--secret",
+            "drain-secret-0123456789",
+            "--host",
+            "127.0.0.1",
+            "--drain-timeout",
+            "60000",
+            "--port",
+            &port.to_string(),
+        ],
+        port,
+    )?;
+    let _join = ws(&format!("ws://{}/join", server.addr)).await?;
+    signal(&server, "TERM")?;
+    let addr = server.addr;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !tokio::task::spawn_blocking(move || http_get(addr, "/readyz"))
+        .await??
+        .starts_with("HTTP/1.1 503")
+    {
+        anyhow::ensure!(Instant::now() < deadline, "no drain");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let second = Instant::now();
+    let status = tokio::task::spawn_blocking(move || server.terminate()).await??;
+    assert!(
+        !status.success(),
+        "a second signal exits with an error status"
+    );
+    assert!(
+        second.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        second.elapsed()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_the_tls_certificate_for_new_connections_only() -> anyhow::Result<()> {
+    use bootstrap_testkit::tls::{self, TestCa};
+    let dir = tls::tempdir("cli-tls")?;
+    let ca = TestCa::new()?;
+    let (first, second) = (ca.leaf(1001)?, ca.leaf(2002)?);
+    let files = first.write(&dir, "server")?;
+    let port = free_port()?;
+    let server = Server::spawn(
+        &[
+            "--secret",
+            "tls-reload-secret-0123",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--tls-cert",
+            files.cert.to_str().context("path")?,
+            "--tls-key",
+            files.key.to_str().context("path")?,
+        ],
+        port,
+    )?;
+    let config = ca.client_config()?;
+    let mut old = tls::connect(server.addr, config.clone()).await?;
+    assert_eq!(tls::presented(&old)?, first.der, "serial 1001 at start");
+    assert!(
+        tls::get(&mut old, "/healthz")
+            .await?
+            .starts_with("HTTP/1.1 200")
+    );
+
+    // Renewed files, then SIGHUP: new connections get serial 2002.
+    second.write_to(&files)?;
+    signal(&server, "HUP")?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let new = tls::connect(server.addr, config.clone()).await?;
+        if tls::presented(&new)? == second.der {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "still the old certificate");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The connection opened before keeps its certificate and keeps working.
+    assert_eq!(tls::presented(&old)?, first.der);
+    assert!(
+        tls::get(&mut old, "/healthz")
+            .await?
+            .starts_with("HTTP/1.1 200")
+    );
+
+    // A broken file: the reload fails (and the log says why); 2002 stays in use.
+    std::fs::write(&files.cert, "-----BEGIN CERTIFICATE-----\ngarbage\n")?;
+    signal(&server, "HUP")?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let new = tls::connect(server.addr, config).await?;
+    assert_eq!(tls::presented(&new)?, second.der);
+    // The old connection still answers.
+    let health = tls::get(&mut old, "/healthz").await?;
+    assert!(health.contains("\"prospects\":0"), "{health}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_rereads_the_config_file() -> anyhow::Result<()> {
+    let dir = tempdir()?;
+    let port = free_port()?;
+    let config = dir.join("reload.json");
+    let write = |origins: &str, port: u16| {
+        std::fs::write(
+            &config,
+            format!(
+                r#"{{"secret":"reload-secret-0123456789","host":"127.0.0.1","port":{port},"allowed_origins":[{origins}]}}"#
+            ),
+        )
+    };
+    write(r#""https://a.example""#, port)?;
+    let server = Server::spawn(&[config.to_str().context("path")?], port)?;
+    let addr = server.addr;
+    let status = move |origin: &'static str| -> anyhow::Result<String> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            stream,
+            "GET /join HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Origin: {origin}\r\n\r\n"
+        )?;
+        let mut response = [0; 12];
+        stream.read_exact(&mut response)?;
+        Ok(String::from_utf8_lossy(&response[9..12]).into_owned())
+    };
+    assert_eq!(status("https://a.example")?, "101");
+    assert_eq!(status("https://b.example")?, "403");
+    // The file now allows b only, and asks for another port (which needs a restart).
+    write(r#""https://b.example""#, free_port()?)?;
+    signal(&server, "HUP")?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status("https://b.example")? != "101" {
+        anyhow::ensure!(Instant::now() < deadline, "origins not reloaded");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(status("https://a.example")?, "403");
+    // A broken file changes nothing.
+    std::fs::write(&config, "{ not json")?;
+    signal(&server, "HUP")?;
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(status("https://b.example")?, "101");
+    assert_eq!(status("https://a.example")?, "403");
     Ok(())
 }

@@ -98,7 +98,8 @@ impl Client {
     pub async fn root(&self, credential: &str) -> Result<Root, Error> {
         let server = self.inner.server();
         let url = server.root_url(credential)?;
-        let socket = signaling::connect(&url, self.inner.options().connect_timeout)
+        let options = self.inner.options();
+        let socket = signaling::connect(&url, options.connect_timeout, &options.tls_roots_pem)
             .await
             .map_err(|e| e.for_root(&server.root_url_redacted()))?;
         Ok(Root::start(Arc::clone(&self.inner), url, socket))

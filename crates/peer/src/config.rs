@@ -125,6 +125,9 @@ pub struct Options {
     /// root token. The address may carry the token instead (`ws://host/t/TOKEN` or
     /// `ws://host/o/NAME/t/TOKEN`, as JS clients do), but not both.
     pub token: Option<String>,
+    /// Certificates (PEM, one or more) trusted for `wss://` servers besides the public
+    /// web roots: a private CA, or a test's. Default: empty (public roots only).
+    pub tls_roots_pem: Vec<u8>,
 }
 
 impl fmt::Debug for Options {
@@ -143,6 +146,7 @@ impl fmt::Debug for Options {
             .field("root_idle_timeout", &self.root_idle_timeout)
             .field("overlay", &self.overlay)
             .field("token", &self.token.as_ref().map(|_| REDACTED))
+            .field("tls_roots_pem", &self.tls_roots_pem.len())
             .finish()
     }
 }
@@ -163,6 +167,7 @@ impl Default for Options {
             root_idle_timeout: Duration::from_secs(45),
             overlay: None,
             token: None,
+            tls_roots_pem: Vec::new(),
         }
     }
 }

@@ -44,7 +44,11 @@ impl Endpoint {
         let mut servers = self.options.ice_servers.clone();
         if self.options.ice_from_server {
             let timeout = self.options.connect_timeout.min(self.options.timeout);
-            servers.extend(self.ice.get(&self.server, timeout).await?);
+            servers.extend(
+                self.ice
+                    .get(&self.server, timeout, &self.options.tls_roots_pem)
+                    .await?,
+            );
         }
         Ok(servers)
     }

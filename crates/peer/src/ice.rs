@@ -2,11 +2,10 @@
 //! ([`crate::Options::ice_from_server`]): short-lived TURN credentials, kept until 80 %
 //! of their lifetime has passed.
 //!
-//! The request is one HTTP/1.1 GET (hyper's client connection) over TCP, or TLS with
-//! the web's root certificates for a `wss://` server; the answer is the JSON that
+//! The request is one HTTP/1.1 GET (hyper's client connection) over TCP, or TLS for a
+//! `wss://` server (the web's roots and `Options::tls_roots_pem`, as its WebSocket); the answer is the JSON that
 //! `RTCPeerConnection` takes as `iceServers`, plus `ttl` in seconds.
 
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http_body_util::{BodyExt as _, Empty, Limited};
@@ -20,13 +19,12 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
-use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::address::Server;
 use crate::config::IceServer;
 use crate::error::Error;
-use crate::signaling::ConnectError;
+use crate::signaling::{self, ConnectError};
 
 /// Largest answer read, in bytes: a few servers with credentials are well under 1 KiB.
 const MAX_ANSWER: usize = 64 * 1024;
@@ -66,13 +64,14 @@ impl IceCache {
         &self,
         server: &Server,
         timeout: Duration,
+        extra_roots: &[u8],
     ) -> Result<Vec<IceServer>, Error> {
         let mut slot = self.fetched.lock().await;
         let now = Instant::now();
         if let Some(fetched) = slot.as_ref().filter(|f| now < f.refresh_at) {
             return Ok(fetched.servers.clone());
         }
-        match fetch(&server.ice_servers_url(), timeout).await {
+        match fetch(&server.ice_servers_url(), timeout, extra_roots).await {
             Ok(answer) => {
                 let ttl = answer.ttl.map_or(TTL_WHEN_UNSAID, Duration::from_secs);
                 let fetched = Fetched {
@@ -176,15 +175,16 @@ impl Answer {
 }
 
 /// `GET url` (`http://` or `https://`) within `timeout`, parsed.
-async fn fetch(url: &str, timeout: Duration) -> Result<Answer, FetchError> {
-    let body = tokio::time::timeout(timeout, get(url))
+async fn fetch(url: &str, timeout: Duration, extra_roots: &[u8]) -> Result<Answer, FetchError> {
+    let body = tokio::time::timeout(timeout, get(url, extra_roots))
         .await
         .map_err(|_| unreachable("no answer", format!("within {timeout:?}")))??;
     serde_json::from_slice(&body).map_err(|e| FetchError::Invalid(e.to_string()))
 }
 
-/// The body of a successful `GET url`.
-async fn get(url: &str) -> Result<Bytes, FetchError> {
+/// The body of a successful `GET url`; an `https://` server's certificate may also be
+/// signed by one of `extra_roots` (PEM).
+async fn get(url: &str, extra_roots: &[u8]) -> Result<Bytes, FetchError> {
     let (tls, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
         (Some(rest), _) => (true, rest),
         (None, Some(rest)) => (false, rest),
@@ -202,7 +202,9 @@ async fn get(url: &str) -> Result<Bytes, FetchError> {
         return exchange(tcp, authority, path).await;
     }
     let name = ServerName::try_from(host.to_owned()).map_err(|e| unreachable("TLS name", e))?;
-    let stream = TlsConnector::from(tls_config())
+    let config = signaling::tls_config(extra_roots, vec![b"http/1.1".to_vec()])
+        .map_err(|e| unreachable("TLS", e))?;
+    let stream = TlsConnector::from(config)
         .connect(name, tcp)
         .await
         .map_err(|e| unreachable("TLS", e))?;
@@ -228,24 +230,6 @@ fn host_port(authority: &str, default_port: u16) -> Option<(&str, u16)> {
         None => Some((authority, default_port)),
     }
     .filter(|(host, _)| !host.is_empty())
-}
-
-/// The client TLS configuration: the web's root certificates, HTTP/1.1.
-fn tls_config() -> Arc<ClientConfig> {
-    static CONFIG: OnceLock<Arc<ClientConfig>> = OnceLock::new();
-    Arc::clone(CONFIG.get_or_init(|| {
-        let roots = RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-        let mut config = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap_or_else(|_| unreachable!("ring supports the default versions"))
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Arc::new(config)
-    }))
 }
 
 /// One request and its answer over `io`.

@@ -246,12 +246,13 @@ impl Task {
                     last_error: last_error.clone(),
                 });
                 let timeout = self.endpoint.options().connect_timeout;
+                let roots = &self.endpoint.options().tls_roots_pem;
                 let url = &self.url;
                 let connected = tokio::select! {
                     _ = &mut self.stop => None,
                     result = async {
                         tokio::time::sleep(delay).await;
-                        signaling::connect(url, timeout).await
+                        signaling::connect(url, timeout, roots).await
                     } => Some(result),
                 };
                 not_before = Duration::ZERO;

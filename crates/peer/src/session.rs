@@ -29,7 +29,11 @@ async fn open(endpoint: &Endpoint) -> Result<(Socket, Rtc, RtcEvents), Error> {
     let (server, options) = (endpoint.server(), endpoint.options());
     let url = server.join_url();
     let (socket, rtc) = tokio::join!(
-        signaling::connect(&url, options.connect_timeout.min(options.timeout)),
+        signaling::connect(
+            &url,
+            options.connect_timeout.min(options.timeout),
+            &options.tls_roots_pem,
+        ),
         async { Rtc::new(options, endpoint.ice_servers().await?).await }
     );
     let socket = socket.map_err(|e| e.for_join(&server.join_url_redacted()))?;

@@ -2,6 +2,7 @@
 //! happened (what a refusal means on `/join` and on the root path), and encoding and
 //! decoding envelopes. No protocol decisions here; the URLs come from `address`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bootstrap_protocol::{Envelope, Signal};
@@ -171,15 +172,66 @@ impl ConnectError {
 /// Longest part of a refusal's body kept for an error message.
 const MAX_WHY: usize = 120;
 
-/// Opens a WebSocket to `url`, giving up after `timeout`.
-pub(crate) async fn connect(url: &str, timeout: Duration) -> Result<Socket, ConnectError> {
-    match tokio::time::timeout(timeout, tokio_tungstenite::connect_async(url)).await {
+/// Opens a WebSocket to `url`, giving up after `timeout`. A `wss://` server's
+/// certificate may also be signed by one of `extra_roots` (PEM).
+pub(crate) async fn connect(
+    url: &str,
+    timeout: Duration,
+    extra_roots: &[u8],
+) -> Result<Socket, ConnectError> {
+    let connector = if extra_roots.is_empty() || !url.starts_with("wss://") {
+        None
+    } else {
+        Some(tls_connector(extra_roots).map_err(ConnectError::Unreachable)?)
+    };
+    let connecting = tokio_tungstenite::connect_async_tls_with_config(url, None, false, connector);
+    match tokio::time::timeout(timeout, connecting).await {
         Err(_) => Err(ConnectError::Unreachable(format!(
             "no WebSocket handshake within {timeout:?}"
         ))),
         Ok(Ok((socket, _response))) => Ok(socket),
         Ok(Err(error)) => Err(classify(error)),
     }
+}
+
+/// A TLS connector that trusts the public web roots and `extra_roots` (PEM).
+fn tls_connector(extra_roots: &[u8]) -> Result<tokio_tungstenite::Connector, String> {
+    Ok(tokio_tungstenite::Connector::Rustls(tls_config(
+        extra_roots,
+        Vec::new(),
+    )?))
+}
+
+/// A client TLS configuration (ring) that trusts the public web roots and
+/// `extra_roots` (PEM, may be empty), offering `alpn`.
+pub(crate) fn tls_config(
+    extra_roots: &[u8],
+    alpn: Vec<Vec<u8>>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let mut added = 0;
+    for certificate in CertificateDer::pem_slice_iter(extra_roots) {
+        let certificate =
+            certificate.map_err(|error| format!("bad PEM in tls_roots_pem: {error}"))?;
+        roots
+            .add(certificate)
+            .map_err(|error| format!("bad certificate in tls_roots_pem: {error}"))?;
+        added += 1;
+    }
+    if added == 0 && !extra_roots.is_empty() {
+        return Err("tls_roots_pem holds no certificate".to_owned());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| format!("TLS setup: {error}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn;
+    Ok(Arc::new(config))
 }
 
 fn classify(error: tungstenite::Error) -> ConnectError {

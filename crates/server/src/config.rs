@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bootstrap_protocol::paths::is_url_safe_secret;
+pub use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::auth::TokenKey;
 use crate::route::{DEFAULT_OVERLAY, MAX_CREDENTIAL_LEN, is_valid_overlay_name};
+pub use crate::tls::TlsFiles;
 use crate::turn::TurnConfig;
 
 /// Everything the server needs to run. Build it with [`Config::new`] and adjust fields.
@@ -88,6 +90,32 @@ pub struct Config {
     pub write_timeout: Duration,
     /// How long shutdown waits for sockets to close before giving up on them.
     pub shutdown_grace: Duration,
+    /// How long the shutdown future of [`crate::serve`] starts a drain for: `/readyz`
+    /// answers 503 and new `/join` upgrades get 503 at once, while the `/join` sockets
+    /// already open go on until they end or this passes; then every socket is closed
+    /// with 1001. Zero (the library's default) closes everything at once.
+    pub drain_timeout: Duration,
+    /// Client addresses that may read `GET /metrics` on the main listener (the TCP
+    /// peer, never a forwarded address). Loopback only by default.
+    pub metrics_allow: Vec<IpNet>,
+    /// Serve TLS (`wss://`, `https://`) with this certificate chain and key; `None`
+    /// serves plain TCP.
+    pub tls: Option<TlsFiles>,
+    /// Most `/join` sockets open at once per client (an IPv6 /64 counts as one); more
+    /// get HTTP 429 with `Retry-After`. `None`: no per-client cap.
+    pub max_joins_per_ip: Option<usize>,
+    /// New `/join` sockets per second per client (a token bucket holding as many);
+    /// more get HTTP 429 with `Retry-After`. `None`: no per-client rate.
+    pub join_rate_per_ip: Option<u32>,
+    /// Proxies (address ranges) whose `Forwarded` and `X-Forwarded-For` headers name
+    /// the client. Empty by default: the headers are never trusted.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Origins (`https://app.example`) whose browser pages may open sockets; an upgrade
+    /// with another `Origin` gets HTTP 403. Empty: any origin.
+    pub allowed_origins: Vec<String>,
+    /// Refuse (403) upgrades without an `Origin` header, which Node and Rust clients
+    /// do not send.
+    pub require_origin: bool,
 }
 
 impl Config {
@@ -124,6 +152,14 @@ impl Config {
             max_pending_per_client: 256,
             write_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
+            drain_timeout: Duration::ZERO,
+            metrics_allow: loopback_nets(),
+            tls: None,
+            max_joins_per_ip: None,
+            join_rate_per_ip: None,
+            trusted_proxies: Vec::new(),
+            allowed_origins: Vec::new(),
+            require_origin: false,
         }
     }
 
@@ -198,6 +234,8 @@ impl Config {
             ("max_reading_bytes", self.max_reading_bytes == 0),
             ("max_pending_connections", self.max_pending_connections == 0),
             ("max_pending_per_client", self.max_pending_per_client == 0),
+            ("max_joins_per_ip", self.max_joins_per_ip == Some(0)),
+            ("join_rate_per_ip", self.join_rate_per_ip == Some(0)),
         ];
         for (name, zero) in positive {
             if zero {
@@ -303,6 +341,15 @@ pub enum JoinAuth {
     Token,
 }
 
+/// `127.0.0.0/8` and `::1/128`: the default of [`Config::metrics_allow`].
+#[must_use]
+pub fn loopback_nets() -> Vec<IpNet> {
+    vec![
+        IpNet::V4(Ipv4Net::new_assert(std::net::Ipv4Addr::LOCALHOST, 8)),
+        IpNet::V6(Ipv6Net::new_assert(std::net::Ipv6Addr::LOCALHOST, 128)),
+    ]
+}
+
 /// Smallest `max_frame_bytes` accepted: an SDP offer alone is 500–3000 bytes.
 pub const MIN_FRAME_BYTES: usize = 4096;
 
@@ -347,6 +394,14 @@ impl fmt::Debug for Config {
             .field("max_pending_per_client", &self.max_pending_per_client)
             .field("write_timeout", &self.write_timeout)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("metrics_allow", &self.metrics_allow)
+            .field("tls", &self.tls)
+            .field("max_joins_per_ip", &self.max_joins_per_ip)
+            .field("join_rate_per_ip", &self.join_rate_per_ip)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("allowed_origins", &self.allowed_origins)
+            .field("require_origin", &self.require_origin)
             .finish()
     }
 }

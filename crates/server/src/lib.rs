@@ -44,9 +44,11 @@
 pub mod admission;
 pub mod auth;
 pub mod config;
+mod edge;
 mod files;
 mod handle;
 mod handler;
+mod metrics;
 mod policy;
 mod queue;
 mod registry;
@@ -55,6 +57,7 @@ mod routes;
 mod shares;
 mod state;
 pub mod stats;
+mod tls;
 mod transport;
 pub mod turn;
 mod upgrade;
@@ -76,8 +79,9 @@ use crate::state::Shared;
 use crate::stats::Stats;
 
 pub use config::{Config, ConfigError, JoinAuth, OverlayConfig};
-pub use routes::router;
+pub use routes::{metrics_router, router};
 pub use state::{AppState, Health, OverlayHealth};
+pub use tls::{TlsError, TlsFiles};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +93,9 @@ pub enum Error {
     /// No OS randomness to seed the id generator.
     #[error(transparent)]
     Seed(#[from] bootstrap_protocol::id::SeedError),
+    /// The TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// Binding or serving the listener failed.
     #[error("server I/O error: {0}")]
     Serve(#[source] std::io::Error),
@@ -155,9 +162,13 @@ pub async fn serve(
         info!(%addr, "listening");
     }
     let trigger = token.clone();
+    let drained = state.clone();
     let watcher = tokio::spawn(async move {
         tokio::select! {
-            () = shutdown => trigger.cancel(),
+            () = shutdown => {
+                drain(&drained).await;
+                trigger.cancel();
+            }
             () = trigger.cancelled() => {}
         }
     });
@@ -181,6 +192,33 @@ pub async fn serve(
     }
     info!("stopped");
     served.map_err(Error::Serve)
+}
+
+/// How often a drain checks whether the last `/join` socket has ended.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+
+/// Drains `state` (when its `drain_timeout` is not zero): refuses new `/join` sockets
+/// and waits until the open ones have ended or `drain_timeout` has passed. The
+/// shutdown token may end it early (a second signal, a caller that stops the server).
+async fn drain(state: &AppState) {
+    let timeout = state.0.config.drain_timeout;
+    if timeout.is_zero() {
+        return;
+    }
+    state.start_draining();
+    let token = state.shutdown_token();
+    let ended = async {
+        while state.open_joins() > 0 {
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+    };
+    tokio::select! {
+        () = ended => info!("drained: every /join socket has ended"),
+        () = tokio::time::sleep(timeout) => {
+            warn!(open = state.open_joins(), "drain timeout: closing the sockets still open");
+        }
+        () = token.cancelled() => {}
+    }
 }
 
 /// Largest request head (request line and headers), as common servers allow; hyper
@@ -280,29 +318,67 @@ async fn accept_loop(
                 request
             },
         ));
-        let connection = http
-            // A response the client does not read for `write_timeout` ends the
-            // connection (an upgraded socket takes the bare stream back).
-            .serve_connection(
-                TokioIo::new(WriteDeadline::new(tcp, write_timeout)),
-                service,
-            )
-            .with_upgrades();
         let token = token.clone();
-        tracker.spawn(async move {
-            let _ticket = ticket;
-            let mut connection = std::pin::pin!(connection);
-            let served = tokio::select! {
-                served = connection.as_mut() => served,
-                () = token.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Err(error) = served {
-                debug!(%error, "HTTP connection ended with an error");
-            }
-        });
+        let http = http.clone();
+        match shared.tls.as_ref().map(tls::Tls::acceptor) {
+            None => tracker.spawn(async move {
+                let _ticket = ticket;
+                serve_http(&http, tcp, service, write_timeout, &token).await;
+            }),
+            Some(acceptor) => tracker.spawn(async move {
+                let _ticket = ticket;
+                // A handshake that never finishes costs at most the request-head
+                // timeout, like a request head that never comes.
+                let handshake = tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(tcp));
+                let stream = tokio::select! {
+                    done = handshake => match done {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            debug!(%peer, %error, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    },
+                    () = token.cancelled() => return,
+                };
+                serve_http(&http, stream, service, write_timeout, &token).await;
+            }),
+        };
+    }
+}
+
+/// Serves one connection (plain or TLS) with HTTP/1.1 until it ends or, once `token`
+/// is cancelled, until its request in progress is answered.
+async fn serve_http<I, S>(
+    http: &http1::Builder,
+    io: I,
+    service: S,
+    write_timeout: Duration,
+    token: &CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connection = http
+        // A response the client does not read for `write_timeout` ends the
+        // connection (an upgraded socket takes the bare stream back).
+        .serve_connection(TokioIo::new(WriteDeadline::new(io, write_timeout)), service)
+        .with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        () = token.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = served {
+        debug!(%error, "HTTP connection ended with an error");
     }
 }
 

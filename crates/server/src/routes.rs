@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::{
-    ACCESS_CONTROL_ALLOW_ORIGIN, ALLOW, AUTHORIZATION, CACHE_CONTROL, RETRY_AFTER,
-    SEC_WEBSOCKET_PROTOCOL,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ALLOW, AUTHORIZATION, CACHE_CONTROL, FORWARDED, ORIGIN,
+    RETRY_AFTER, SEC_WEBSOCKET_PROTOCOL,
 };
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
@@ -31,6 +31,7 @@ use crate::auth::{
     Audience, BEARER_SUBPROTOCOL, Claims, TokenError, bearer_from_subprotocols, token_from_query,
 };
 use crate::config::JoinAuth;
+use crate::edge::{self, Limited};
 use crate::files;
 use crate::handle::heartbeats;
 use crate::route::{self, Route};
@@ -44,13 +45,67 @@ use crate::upgrade::Upgrade;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_allowed))
         .fallback(entry)
+        .with_state(state)
+}
+
+/// `GET /metrics` alone, to anyone who reaches it: for a listener of its own
+/// (`--metrics-listen`), which the operator keeps private.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
 async fn healthz(State(state): State<AppState>) -> Json<Health> {
     Json(state.health())
 }
+
+/// 200 while the server accepts joins; 503 while it drains or shuts down.
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.0.is_ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        refuse(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let mut response = state.0.metrics.render().into_response();
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+    );
+    response
+}
+
+/// `GET /metrics` on the main listener: only for clients in `metrics_allow` (the TCP
+/// peer's address; forwarded addresses do not count).
+async fn metrics_allowed(State(state): State<AppState>, request: Request) -> Response {
+    let ip = peer_ip(&request);
+    if !state.0.metrics_allowed(ip) {
+        debug!(%ip, "metrics refused");
+        return refuse(StatusCode::FORBIDDEN, "forbidden\n");
+    }
+    metrics(State(state)).await
+}
+
+/// 503 with `Retry-After`: the server is draining and takes no new `/join` socket.
+fn draining() -> Response {
+    let mut response = refuse(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server draining; retry later\n",
+    );
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static(DRAIN_RETRY_AFTER));
+    response
+}
+
+/// Seconds a client refused during a drain should wait: about what a restart takes.
+const DRAIN_RETRY_AFTER: &str = "5";
 
 fn refuse(status: StatusCode, why: &'static str) -> Response {
     (status, why).into_response()
@@ -64,7 +119,13 @@ fn not_found() -> Response {
 /// served), else 404.
 async fn entry(State(state): State<AppState>, request: Request) -> Response {
     let uri = request.uri().clone();
-    match route::parse(uri.path()) {
+    let route = route::parse(uri.path());
+    if route.is_some()
+        && let Some(refused) = origin_refused(&state.0, &request)
+    {
+        return refused;
+    }
+    match route {
         Some(Route::Join { overlay, token }) => join(&state.0, overlay, token, request),
         Some(Route::IceServers { overlay, token }) => {
             ice_servers(&state.0, overlay, token, &request)
@@ -80,12 +141,79 @@ async fn entry(State(state): State<AppState>, request: Request) -> Response {
     }
 }
 
-/// The client's address, where the server knows it (behind [`crate::serve`]).
-fn client_ip(request: &Request) -> IpAddr {
+/// The TCP peer's address, where the server knows it (behind [`crate::serve`]).
+fn peer_ip(request: &Request) -> IpAddr {
     request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip())
+}
+
+/// The client's address: the TCP peer's, or the one a trusted proxy forwarded.
+fn client_ip(shared: &Shared, request: &Request) -> IpAddr {
+    let peer = peer_ip(request);
+    let edge = shared.edge();
+    if edge.trusted_proxies.is_empty() {
+        return peer;
+    }
+    let headers = request.headers();
+    let values = |name: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .collect::<Vec<_>>()
+    };
+    edge::client_ip(
+        peer,
+        values(FORWARDED.as_str()).into_iter(),
+        values(X_FORWARDED_FOR).into_iter(),
+        &edge.trusted_proxies,
+    )
+}
+
+/// `X-Forwarded-For`, which `http` has no constant for.
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+
+/// 403 for an upgrade whose `Origin` is not allowed (or missing, with `require_origin`).
+fn origin_refused(shared: &Shared, request: &Request) -> Option<Response> {
+    let edge = shared.edge();
+    if edge.allowed_origins.is_empty() && !edge.require_origin {
+        return None;
+    }
+    let origin = request
+        .headers()
+        .get(ORIGIN)
+        .map(|value| value.to_str().unwrap_or("<not text>"));
+    if edge::origin_allowed(origin, &edge.allowed_origins, edge.require_origin) {
+        return None;
+    }
+    Stats::bump(&shared.stats.refused_origin);
+    debug!(?origin, "upgrade refused for its Origin");
+    Some(refuse(StatusCode::FORBIDDEN, "origin not allowed\n"))
+}
+
+/// 429 with `Retry-After` when the client is over its `/join` limits; otherwise it is
+/// counted (and `None`).
+fn over_join_limits(shared: &Shared, ip: IpAddr) -> Option<Response> {
+    let limits = shared.edge().limits;
+    let now = tokio::time::Instant::now();
+    let limited = shared.limiter().admit(ip, limits, now).err()?;
+    Stats::bump(&shared.stats.joins_refused_per_ip);
+    debug!(%ip, ?limited, "/join refused: per-client limit");
+    let (why, retry) = match limited {
+        Limited::TooManyOpen => ("too many open /join sockets from your address\n", 1),
+        Limited::TooFast(wait) => (
+            "too many new /join sockets from your address\n",
+            wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+        ),
+        Limited::Busy => ("too many clients; retry later\n", 1),
+    };
+    let mut response = refuse(StatusCode::TOO_MANY_REQUESTS, why);
+    if let Ok(value) = HeaderValue::from_str(&retry.max(1).to_string()) {
+        response.headers_mut().insert(RETRY_AFTER, value);
+    }
+    Some(response)
 }
 
 fn unix_now() -> u64 {
@@ -164,7 +292,7 @@ fn ice_servers(
     let Some(overlay) = shared.overlay(name) else {
         return refuse(StatusCode::NOT_FOUND, "no such overlay\n");
     };
-    let ip = client_ip(request);
+    let ip = client_ip(shared, request);
     if let Err(retry) = shared.ice_rate().admit(ip, tokio::time::Instant::now()) {
         Stats::bump(&shared.stats.ice_servers_throttled);
         return too_many("too many /ice-servers requests; retry later\n", retry);
@@ -214,6 +342,11 @@ fn join(
     let Some(overlay) = shared.overlay(name) else {
         return refuse(StatusCode::NOT_FOUND, "no such overlay\n");
     };
+    if !shared.is_ready() {
+        Stats::bump(&shared.stats.joins_refused_draining);
+        return draining();
+    }
+    let client = client_ip(shared, &request);
     let headers = request.headers();
     let bearer = bearer_from_subprotocols(
         headers
@@ -233,7 +366,7 @@ fn join(
     let token = bearer
         .or(path_token)
         .or_else(|| request.uri().query().and_then(token_from_query));
-    match check_join_token(shared, &overlay, client_ip(&request), token) {
+    match check_join_token(shared, &overlay, client, token) {
         Ok(Some(claims)) => {
             debug!(overlay = %overlay.name, sub = ?claims.sub, "join token accepted");
         }
@@ -244,11 +377,14 @@ fn join(
         Ok(upgrade) => upgrade,
         Err(refused) => return refused.into_response(),
     };
+    if let Some(response) = over_join_limits(shared, client) {
+        return response;
+    }
     // If the upgrade never completes, the registration is dropped and unregisters the id.
-    let client = client_ip(&request);
     let (mut registration, rx) = match shared.admit_join(&overlay) {
         Ok(admitted) => admitted,
         Err(refusal) => {
+            shared.limiter().release(client);
             Stats::bump(&shared.stats.joins_refused);
             Stats::bump(&overlay.stats.joins_refused);
             let why = match refusal {
@@ -259,6 +395,7 @@ fn join(
         }
     };
     registration.set_client(client);
+    registration.set_limited();
     let response = upgrade.response(protocol);
     let on_upgrade = upgrade.on_upgrade;
     // Chained rather than one `async` block, which would keep the captured upgrade
@@ -290,7 +427,7 @@ fn root(shared: &Arc<Shared>, name: &str, credential: &str, mut request: Request
     let auth = if by_secret {
         RootAuth::Secret
     } else if let Some(key) = shared.config.token_key.as_deref() {
-        let ip = client_ip(&request);
+        let ip = client_ip(shared, &request);
         if let Some(response) = throttled(shared, ip) {
             return response;
         }

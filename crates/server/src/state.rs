@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -24,12 +24,15 @@ use crate::Error;
 use crate::admission::Pending;
 use crate::auth::FailureThrottle;
 use crate::config::{Config, OverlayConfig};
+use crate::edge::{Edge, JoinLimiter};
 use crate::handle::{self, Command, Inbox, Outbox, SocketHandle};
+use crate::metrics::{Closes, Metrics};
 use crate::queue::Budget;
 use crate::registry::{Registry, RootTicket};
 use crate::route::DEFAULT_OVERLAY;
 use crate::shares::Shares;
 use crate::stats::{Stats, StatsSnapshot};
+use crate::tls::{Tls, TlsError};
 
 /// Failed authentications one address may make within [`AUTH_WINDOW`] before it is
 /// answered 429.
@@ -40,6 +43,10 @@ const AUTH_WINDOW: Duration = Duration::from_secs(60);
 
 /// Most addresses the throttle remembers (its memory bound).
 const AUTH_TRACKED_ADDRESSES: usize = 65_536;
+
+/// Most clients whose `/join` sockets and rate are tracked at once (the memory bound
+/// of `max_joins_per_ip` and `join_rate_per_ip`).
+const LIMITED_CLIENTS: usize = 65_536;
 
 /// The server's state, cheap to clone (one `Arc`).
 #[derive(Debug, Clone)]
@@ -55,6 +62,20 @@ pub(crate) struct Shared {
     prospects: AtomicUsize,
     /// Counters of all overlays together.
     pub(crate) stats: Stats,
+    /// Sockets closed, by close code.
+    pub(crate) closes: Closes,
+    /// The server's metric registry.
+    pub(crate) metrics: Metrics,
+    /// What a config reload may change of the admission rules (a std lock, never held
+    /// across `.await`).
+    edge: std::sync::RwLock<Arc<Edge>>,
+    /// Open `/join` sockets and their rate, per client.
+    limiter: Mutex<JoinLimiter>,
+    /// The TLS configuration, when the server speaks TLS.
+    pub(crate) tls: Option<Tls>,
+    /// Set when draining starts: `/readyz` answers 503 and new `/join` sockets are
+    /// refused, while open ones go on.
+    pub(crate) draining: AtomicBool,
     /// Bytes queued for (or being written to) slow readers, in all sockets.
     pub(crate) budget: Arc<Budget>,
     /// Bytes of unfinished incoming messages, in all sockets.
@@ -189,6 +210,8 @@ impl AppState {
         for (name, overlay) in &config.overlays {
             add(name, overlay)?;
         }
+        let tls = config.tls.clone().map(Tls::load).transpose()?;
+        let edge = Edge::of(&config);
         let budget = Arc::new(Budget::new(config.max_queued_bytes));
         let ice_rate = config.turn.as_ref().map_or(1, |t| t.requests_per_minute);
         let config_reading = config.max_reading_bytes;
@@ -196,11 +219,17 @@ impl AppState {
             config.max_pending_connections,
             config.max_pending_per_client,
         );
-        Ok(Self(Arc::new(Shared {
+        Ok(Self(Arc::new_cyclic(|weak| Shared {
             config,
             overlays: Mutex::new(overlays),
             prospects: AtomicUsize::new(0),
             stats: Stats::default(),
+            closes: Closes::default(),
+            metrics: Metrics::new(weak.clone()),
+            draining: AtomicBool::new(false),
+            edge: std::sync::RwLock::new(Arc::new(edge)),
+            limiter: Mutex::new(JoinLimiter::new(LIMITED_CLIENTS)),
+            tls,
             budget,
             reading: Budget::new(config_reading),
             pending: Pending::new(config_pending.0, config_pending.1),
@@ -218,6 +247,114 @@ impl AppState {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
         })))
+    }
+
+    /// Every metric in the Prometheus text format, as `GET /metrics` answers.
+    #[must_use]
+    pub fn metrics(&self) -> String {
+        self.0.metrics.render()
+    }
+
+    /// Whether the server accepts new `/join` sockets (what `GET /readyz` tells):
+    /// false once draining or shutdown has started.
+    #[must_use]
+    pub fn is_ready(&self) -> bool {
+        self.0.is_ready()
+    }
+
+    /// Starts draining: `/readyz` answers 503 and new `/join` upgrades get 503 with
+    /// `Retry-After`, while the sockets already open go on. [`crate::serve`] calls it
+    /// when its shutdown future completes (with a non-zero `drain_timeout`).
+    pub fn start_draining(&self) {
+        if !self.0.draining.swap(true, Ordering::AcqRel) {
+            tracing::info!("draining: new /join sockets are refused");
+        }
+    }
+
+    /// Reads the TLS certificate and key again: new connections get the new
+    /// certificate, open ones keep theirs. On an error the current certificate stays.
+    /// Does nothing on a server without TLS.
+    ///
+    /// # Errors
+    /// [`TlsError`] when the new files cannot be used.
+    pub fn reload_tls(&self) -> Result<(), TlsError> {
+        match &self.0.tls {
+            Some(tls) => tls.reload(None),
+            None => Ok(()),
+        }
+    }
+
+    /// Applies what of `config` can change while the server runs: allowed origins,
+    /// `require_origin`, trusted proxies, the metrics allow-list, the per-client `/join`
+    /// limits, and the TLS files (read again). Returns, by name, the settings that
+    /// differ from the running ones but need a restart (never their values); a new
+    /// token key in the same file is not detected and needs a restart too.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an invalid `config` and [`Error::Tls`] for unusable TLS
+    /// files; then nothing changes.
+    pub fn reload(&self, config: &Config) -> Result<Vec<&'static str>, Error> {
+        config.validate()?;
+        let shared = &self.0;
+        if let (Some(tls), Some(files)) = (&shared.tls, &config.tls) {
+            tls.reload(Some(files))?;
+        }
+        shared.set_edge(Edge::of(config));
+        let running = &shared.config;
+        let mut restart = Vec::new();
+        if running.tls.is_some() != config.tls.is_some() {
+            restart.push("tls (on or off)");
+        }
+        if running.secret != config.secret {
+            restart.push("secret");
+        }
+        if running.overlays != config.overlays {
+            restart.push("overlays");
+        }
+        if running.token_key.is_some() != config.token_key.is_some() {
+            restart.push("token_key (on or off)");
+        }
+        let limits = [
+            ("timeout", running.timeout != config.timeout),
+            (
+                "max_prospects",
+                running.max_prospects != config.max_prospects,
+            ),
+            (
+                "max_frame_bytes",
+                running.max_frame_bytes != config.max_frame_bytes,
+            ),
+            (
+                "rate_per_second",
+                running.rate_per_second != config.rate_per_second,
+            ),
+            ("rate_burst", running.rate_burst != config.rate_burst),
+            ("public", running.public != config.public),
+            ("join_auth", running.join_auth != config.join_auth),
+            (
+                "drain_timeout",
+                running.drain_timeout != config.drain_timeout,
+            ),
+        ];
+        restart.extend(
+            limits
+                .iter()
+                .filter(|(_, differs)| *differs)
+                .map(|(name, _)| *name),
+        );
+        Ok(restart)
+    }
+
+    /// Whether the server speaks TLS.
+    #[must_use]
+    pub fn is_tls(&self) -> bool {
+        self.0.tls.is_some()
+    }
+
+    /// Open `/join` sockets in all overlays.
+    #[must_use]
+    pub fn open_joins(&self) -> usize {
+        self.0.prospects.load(Ordering::Acquire)
     }
 
     /// The server's current status.
@@ -358,6 +495,50 @@ impl Shared {
         self.overlays().values().cloned().collect()
     }
 
+    /// Each overlay's name, open `/join` sockets and whether its root is connected,
+    /// sorted by name (for the metrics).
+    pub(crate) fn overlay_gauges(&self) -> Vec<(String, u64, bool)> {
+        let mut gauges: Vec<(String, u64, bool)> = self
+            .all_overlays()
+            .iter()
+            .map(|overlay| {
+                let slot = overlay.registry();
+                let open = u64::try_from(slot.prospect_count()).unwrap_or(u64::MAX);
+                (overlay.name.to_string(), open, slot.has_root())
+            })
+            .collect();
+        gauges.sort();
+        gauges
+    }
+
+    /// Whether `ip` may read `/metrics` on the main listener.
+    pub(crate) fn metrics_allowed(&self, ip: IpAddr) -> bool {
+        self.edge()
+            .metrics_allow
+            .iter()
+            .any(|net| net.contains(&ip))
+    }
+
+    /// The admission rules now.
+    pub(crate) fn edge(&self) -> Arc<Edge> {
+        Arc::clone(&self.edge.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Replaces the admission rules (a config reload).
+    pub(crate) fn set_edge(&self, edge: Edge) {
+        *self.edge.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(edge);
+    }
+
+    /// The per-client limiter of `/join` sockets, locked.
+    pub(crate) fn limiter(&self) -> MutexGuard<'_, JoinLimiter> {
+        self.limiter.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether new `/join` sockets are accepted: not draining, not shutting down.
+    pub(crate) fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::Acquire) && !self.shutdown.is_cancelled()
+    }
+
     /// Admits a new `/join` socket into `overlay` (unless it or the server has
     /// `max_prospects` open) and gives it an id; the registration unregisters it when
     /// dropped, so an upgrade that never completes frees its slot at once.
@@ -422,6 +603,7 @@ impl Shared {
             Registration::new(Arc::clone(self), Arc::clone(overlay), Role::Root(ticket));
         registration.bump(|s| &s.roots);
         if let Some(old) = old {
+            registration.bump(|s| &s.roots_replaced);
             let _ = old.tx.control(Command::Replaced);
             tracing::info!(overlay = %overlay.name, "root connected, replacing the previous root");
         } else {
@@ -475,6 +657,8 @@ pub(crate) struct Registration {
     overlay: Arc<Overlay>,
     /// The client's address (unspecified when the server does not know it).
     client: IpAddr,
+    /// Counted by the per-client limiter, which must be told when it leaves.
+    limited: bool,
     left: bool,
 }
 
@@ -486,6 +670,7 @@ impl Registration {
             shared,
             overlay,
             client: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            limited: false,
             left: false,
         }
     }
@@ -493,6 +678,11 @@ impl Registration {
     /// The socket's client is at `client`.
     pub(crate) fn set_client(&mut self, client: IpAddr) {
         self.client = client;
+    }
+
+    /// The socket was admitted by the per-client limiter: release it on leaving.
+    pub(crate) fn set_limited(&mut self) {
+        self.limited = true;
     }
 
     /// The socket's client address.
@@ -525,6 +715,9 @@ impl Registration {
     pub(crate) fn leave(&mut self) {
         if std::mem::replace(&mut self.left, true) {
             return;
+        }
+        if self.limited {
+            self.shared.limiter().release(self.client);
         }
         match self.role {
             Role::Join(id) => {

@@ -33,6 +33,24 @@ counters! {
     joins,
     /// `/join` upgrades refused with 503 because `max_prospects` were open.
     joins_refused,
+    /// `/join` sockets that had at least one message relayed to them (their handshake
+    /// got an answer), counted when they end.
+    joins_answered,
+    /// `/join` sockets closed at the end of their lifetime without any message relayed
+    /// to them.
+    joins_timed_out,
+    /// `/join` sockets that ended before their lifetime without any message relayed to
+    /// them (the client left, or the socket was closed for abuse or shutdown).
+    joins_closed_early,
+    /// `/join` upgrades refused with 503 because the server is draining.
+    joins_refused_draining,
+    /// `/join` upgrades refused with 429: the client has `max_joins_per_ip` open or is
+    /// over `join_rate_per_ip`.
+    joins_refused_per_ip,
+    /// Upgrades refused with 403 because of their `Origin`.
+    refused_origin,
+    /// Roots that replaced a connected root.
+    roots_replaced,
     /// Root connections accepted.
     roots,
     /// Messages forwarded to the root.

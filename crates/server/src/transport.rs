@@ -25,6 +25,7 @@ use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep, sleep};
+use tokio_rustls::server::TlsStream;
 use tracing::{debug, info};
 
 use crate::files::WriteDeadline;
@@ -63,12 +64,23 @@ pub(crate) fn serve(
             rx,
             parts.read_buf.to_vec(),
         )),
-        Err(upgraded) => Either::Right(SocketTask::new(
-            TokioIo::new(upgraded),
-            registration,
-            rx,
-            Vec::new(),
-        )),
+        Err(upgraded) => Either::Right(
+            match upgraded.downcast::<TokioIo<WriteDeadline<TlsStream<TcpStream>>>>() {
+                // TLS: the stream keeps its TLS state (and rustls's buffers).
+                Ok(parts) => Either::Left(SocketTask::new(
+                    parts.io.into_inner().into_inner(),
+                    registration,
+                    rx,
+                    parts.read_buf.to_vec(),
+                )),
+                Err(upgraded) => Either::Right(SocketTask::new(
+                    TokioIo::new(upgraded),
+                    registration,
+                    rx,
+                    Vec::new(),
+                )),
+            },
+        ),
     }
 }
 
@@ -98,6 +110,11 @@ struct Socket {
     /// server's reading budget: a peer that stops halfway through a large message
     /// costs its share.
     reading: usize,
+    /// When the socket opened, for the join latency.
+    opened: Instant,
+    /// Whether a message was relayed to this socket (for a `/join` socket: its
+    /// handshake got an answer).
+    answered: bool,
 }
 
 pin_project! {
@@ -171,6 +188,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SocketTask<S> {
             full_since: None,
             in_flight: 0,
             reading: 0,
+            opened: now,
+            answered: false,
         };
         let mut end = None;
         if !early.is_empty() {
@@ -356,6 +375,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// the frame being written (a frame cannot be cut short).
     fn end(&mut self, end: End) {
         let role = self.socket.handler.registration().role();
+        self.socket.count_end(role, end);
         self.socket.handler.leave();
         debug!(?role, ?end, "socket ended");
         let in_flight = frame_end(&self.socket.out, self.written);
@@ -407,6 +427,28 @@ impl Socket {
         self.handler.registration().shared()
     }
 
+    /// Counts how the socket ends: its close code and, for a `/join` socket, the
+    /// outcome of its handshake.
+    fn count_end(&self, role: Role, end: End) {
+        let registration = self.handler.registration();
+        let closes = &registration.shared().closes;
+        match end {
+            End::Gone | End::Abandon => closes.dropped(),
+            End::ClosedByPeer(code) => closes.sent(code),
+            End::Close(code, _) | End::Dismissed(code, _) => closes.sent(Some(code)),
+            End::CloseNoStatus => closes.sent(None),
+        }
+        if let Role::Join(_) = role {
+            if self.answered {
+                registration.bump(|s| &s.joins_answered);
+            } else if end == End::CloseNoStatus {
+                registration.bump(|s| &s.joins_timed_out);
+            } else {
+                registration.bump(|s| &s.joins_closed_early);
+            }
+        }
+    }
+
     /// Gives the bytes of the messages taken into `out` back to the server's budget.
     fn release_in_flight(&mut self) {
         let bytes = std::mem::take(&mut self.in_flight);
@@ -437,6 +479,14 @@ impl Socket {
     fn on_received(&mut self, received: Option<Received<Outgoing, Command>>) -> Option<End> {
         match received? {
             Received::Message(first) => {
+                if !self.answered {
+                    self.answered = true;
+                    if let Role::Join(_) = self.handler.registration().role() {
+                        let shared = self.handler.registration().shared();
+                        let latency = self.opened.elapsed().as_secs_f64();
+                        shared.metrics.join_latency.observe(latency);
+                    }
+                }
                 let (out, in_flight) = (&mut self.out, &mut self.in_flight);
                 let mut take = |message: Outgoing| {
                     *in_flight += message.text.len();

@@ -7,6 +7,7 @@
 //! - [`process`]: [`Proc`], a child process read line by line, with timeouts.
 //! - [`server`]: [`TestServer`], a real signaling server in this process on a loopback
 //!   port.
+//! - [`tls`]: a CA and leaf certificates minted in the test, and an HTTPS client.
 //! - [`turn`]: [`turn::Coturn`], the real TURN server on loopback with a REST API secret.
 //! - [`tokens`]: one HS256 key for the servers' `token_key`, and join and root tokens
 //!   minted with it.
@@ -14,6 +15,7 @@
 pub mod netns;
 pub mod process;
 pub mod server;
+pub mod tls;
 pub mod tokens;
 pub mod turn;
 

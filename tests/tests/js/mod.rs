@@ -63,7 +63,18 @@ pub struct Js {
 
 impl Js {
     pub fn spawn(role: &str, name: &str, args: &[&str]) -> anyhow::Result<Self> {
+        Self::spawn_with_env(role, name, args, &[])
+    }
+
+    /// Like [`Self::spawn`], with environment variables (such as `NODE_EXTRA_CA_CERTS`).
+    pub fn spawn_with_env(
+        role: &str,
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> anyhow::Result<Self> {
         let mut child = Command::new("node")
+            .envs(env.iter().copied())
             .arg(interop_dir().join("harness.js"))
             .arg(role)
             .args(["--name", name])
