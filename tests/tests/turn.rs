@@ -186,6 +186,25 @@ async fn ice_servers_are_rate_limited_per_address() -> anyhow::Result<()> {
         .parse()?;
     assert!((1..=60).contains(&retry), "{retry}");
     assert_eq!(server.health().stats.ice_servers_throttled, 1);
+    let metrics = get(server.addr, "/metrics").await?;
+    assert_eq!(metrics.status, 200, "{metrics:?}");
+    for (series, value) in [
+        (
+            r#"bootstrap_ice_servers_requests_total{outcome="issued"}"#,
+            3,
+        ),
+        (
+            r#"bootstrap_ice_servers_requests_total{outcome="throttled"}"#,
+            1,
+        ),
+    ] {
+        let line = metrics
+            .body
+            .lines()
+            .find(|line| line.starts_with(series))
+            .with_context(|| format!("no {series} in\n{}", metrics.body))?;
+        assert_eq!(line, format!("{series} {value}"));
+    }
     server.stop().await
 }
 

@@ -266,6 +266,18 @@ impl Collector for ServerCollector {
                 ("throttled", s.auth_throttled),
             ],
         )?;
+        family(
+            e,
+            "bootstrap_ice_servers_requests",
+            "GET /ice-servers answered: TURN credentials issued, or refused with 429 (over \
+             the per-address rate)",
+            MetricType::Counter,
+            "outcome",
+            &[
+                ("issued", s.ice_servers_issued),
+                ("throttled", s.ice_servers_throttled),
+            ],
+        )?;
         counter(
             e,
             "bootstrap_origin_refused",
