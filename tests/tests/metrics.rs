@@ -15,19 +15,8 @@ use webrtc_bootstrap_server::config::IpNet;
 
 /// One HTTP/1.1 GET: the status code and the whole response.
 async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await?;
-    let mut response = String::new();
-    tokio::time::timeout(WAIT, stream.read_to_string(&mut response)).await??;
-    let status = response
-        .get(9..12)
-        .and_then(|code| code.parse().ok())
-        .with_context(|| format!("not an HTTP response: {response:?}"))?;
-    Ok((status, response))
+    let reply = http_get(addr, path).await?;
+    Ok((reply.status, reply.raw()))
 }
 
 /// The body of a 200 `GET /metrics`.

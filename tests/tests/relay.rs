@@ -283,10 +283,9 @@ async fn healthz_reports_status() -> anyhow::Result<()> {
     server
         .wait_health("sockets", |h| h.prospects == 2 && h.root_connected)
         .await?;
-    let body = http_get(server.addr, "/healthz").await?;
-    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
-    let json: serde_json::Value =
-        serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap_or_default())?;
+    let reply = http_get(server.addr, "/healthz").await?;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let json = reply.json()?;
     assert_eq!(json["status"], "ok");
     assert_eq!(json["root_connected"], true);
     assert_eq!(json["prospects"], 2);
@@ -345,19 +344,6 @@ fn root_addr(ws: &Ws) -> std::net::SocketAddr {
         tokio_tungstenite::MaybeTlsStream::Plain(s) => s.peer_addr().expect("peer addr"),
         _ => unreachable!("plain TCP only"),
     }
-}
-
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await?;
-    let mut body = String::new();
-    tokio::time::timeout(WAIT, stream.read_to_string(&mut body)).await??;
-    Ok(body)
 }
 
 #[tokio::test]

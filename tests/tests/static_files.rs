@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use anyhow::Context as _;
-use common::{TestServer, WAIT};
+use common::{Reply, TestServer, WAIT, http, http_get};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// A scratch directory holding `public/` (the served one) and `secret.txt` beside it,
@@ -52,61 +51,12 @@ impl Drop for Site {
     }
 }
 
-/// An HTTP response, read until the server closed the connection.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    /// The status line and headers, header names lowercased.
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().find_map(|line| {
-            let (key, value) = line.split_once(':')?;
-            key.eq_ignore_ascii_case(name).then(|| value.trim())
-        })
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-/// Sends `method path` with `Connection: close` and reads the whole answer.
 async fn request(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<Reply> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(
-            format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
-        .await
-        .with_context(|| format!("no answer to {method} {path}"))??;
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("no end of head")?;
-    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .context("no status")?
-        .parse()
-        .context("status")?;
-    Ok(Reply {
-        status,
-        head,
-        body: raw[end + 4..].to_vec(),
-    })
+    http(addr, method, path, "").await
 }
 
 async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<Reply> {
-    request(addr, "GET", path).await
+    http_get(addr, path).await
 }
 
 #[tokio::test]

@@ -5,6 +5,8 @@
 //! `turnserver` ([`Coturn`]) inside a loopback-only network namespace, with the secret the
 //! signaling server shares with it; without it they print SKIPPED, or fail under `CI`.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -12,8 +14,8 @@ use anyhow::{Context as _, ensure};
 use bootstrap_testkit::tokens::{join_token, key, token, unix_now};
 use bootstrap_testkit::turn::Coturn;
 use bootstrap_testkit::{TestServer, in_loopback_netns, report, skip_or_fail};
-use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use common::{Reply, http, http_get};
+use serde_json::json;
 use webrtc_bootstrap_overlay::{Delivery, Event, Node, NodeOptions};
 use webrtc_bootstrap_peer::{CandidateKind, Client, Error, IceServer, Message, Options, Peer};
 use webrtc_bootstrap_server::auth::Audience;
@@ -23,62 +25,17 @@ use webrtc_bootstrap_server::{JoinAuth, OverlayConfig};
 const SECRET: &str = "turn-test-root-secret";
 const TURN_SECRET: &str = "shared-with-coturn-0123456789";
 
-/// A raw HTTP/1.1 answer.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().find_map(|line| {
-            let (key, value) = line.split_once(':')?;
-            key.eq_ignore_ascii_case(name).then(|| value.trim())
-        })
-    }
-
-    fn json(&self) -> anyhow::Result<Value> {
-        serde_json::from_str(&self.body).with_context(|| format!("not JSON: {self:?}"))
-    }
-}
-
-/// `METHOD path` with extra header lines, answered and closed.
 async fn request(
     addr: SocketAddr,
     method: &str,
     path: &str,
     headers: &str,
 ) -> anyhow::Result<Reply> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(
-            format!("{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut raw))
-        .await
-        .context("no answer")??;
-    let raw = String::from_utf8(raw)?;
-    let (head, body) = raw.split_once("\r\n\r\n").context("no head")?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .context("no status")?
-        .parse()
-        .context("status")?;
-    Ok(Reply {
-        status,
-        head: head.to_owned(),
-        body: body.to_owned(),
-    })
+    http(addr, method, path, headers).await
 }
 
 async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<Reply> {
-    request(addr, "GET", path, "").await
+    http_get(addr, path).await
 }
 
 fn turn_config(uri: &str) -> TurnConfig {
@@ -152,7 +109,7 @@ async fn ice_servers_hand_out_fresh_rest_credentials() -> anyhow::Result<()> {
     let health = server.health();
     assert!(health.turn_credentials);
     assert!(health.stats.ice_servers_issued >= 3, "{:?}", health.stats);
-    let text = get(addr, "/healthz").await?.body;
+    let text = get(addr, "/healthz").await?.text();
     assert!(text.contains("\"turn_credentials\":true"), "{text}");
     assert!(!text.contains(TURN_SECRET), "{text}");
     server.stop().await
@@ -198,11 +155,11 @@ async fn ice_servers_are_rate_limited_per_address() -> anyhow::Result<()> {
             1,
         ),
     ] {
-        let line = metrics
-            .body
+        let body = metrics.text();
+        let line = body
             .lines()
             .find(|line| line.starts_with(series))
-            .with_context(|| format!("no {series} in\n{}", metrics.body))?;
+            .with_context(|| format!("no {series} in\n{body}"))?;
         assert_eq!(line, format!("{series} {value}"));
     }
     server.stop().await
@@ -258,7 +215,7 @@ async fn with_join_tokens_ice_servers_need_one_and_name_its_subject() -> anyhow:
     ] {
         let reply = get(addr, &refused).await?;
         assert_eq!(reply.status, 401, "{refused}: {reply:?}");
-        assert!(!reply.body.contains("credential"), "{reply:?}");
+        assert!(!reply.text().contains("credential"), "{reply:?}");
     }
     server.stop().await
 }

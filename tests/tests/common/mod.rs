@@ -339,3 +339,83 @@ impl RawClient {
 
 pub const TEXT: u8 = 0x81;
 pub const BINARY: u8 = 0x82;
+
+/// A raw HTTP/1.1 answer, read to the end.
+#[derive(Debug)]
+pub struct Reply {
+    /// The status code.
+    pub status: u16,
+    /// The status line and headers.
+    pub head: String,
+    /// The body, as sent.
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// The first header called `name` (any case), trimmed.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The whole answer as text: head, blank line, body.
+    pub fn raw(&self) -> String {
+        format!("{}\r\n\r\n{}", self.head, self.text())
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> anyhow::Result<serde_json::Value> {
+        serde_json::from_slice(&self.body).with_context(|| format!("not JSON: {self:?}"))
+    }
+}
+
+/// Sends `method path` with `headers` (whole lines, each ending in `\r\n`) and
+/// `Connection: close`, and reads the whole answer within [`WAIT`].
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> anyhow::Result<Reply> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream
+        .write_all(
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
+        .await
+        .with_context(|| format!("no answer to {method} {path}"))??;
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .with_context(|| format!("no end of head: {:?}", String::from_utf8_lossy(&raw)))?;
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .context("no status")?
+        .parse()
+        .context("status")?;
+    Ok(Reply {
+        status,
+        head,
+        body: raw[end + 4..].to_vec(),
+    })
+}
+
+/// `GET path`, read to the end.
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<Reply> {
+    http(addr, "GET", path, "").await
+}
