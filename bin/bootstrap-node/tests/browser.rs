@@ -19,37 +19,28 @@
 //! machine. They need Debian's `chromium`, Node and `tests/browser/node_modules`
 //! (`bash .ci/setup-browser`); without them they print SKIPPED, or fail when `CI` is set.
 
+mod chromium;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use bootstrap_testkit::{Proc, TestServer};
+use chromium::{CHROMIUM, DRIVE_WAIT, SETUP, harness, missing, node_unit_tests, workspace};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_bootstrap-node");
 const SECRET: &str = "browser-secret";
-const CHROMIUM: &str = "/usr/bin/chromium";
 /// The Rust node that joins under a tab, and what it says.
 const RUST_NODE: &str = "rust";
 const RUST_TEXT: &str = "hello from the Rust node";
-/// Longest a browser driver may run (each gives up after 100 s itself).
-const DRIVE_WAIT: Duration = Duration::from_secs(110);
 
 /// One browser test at a time: each runs Chromium, and the machine has two cores.
 static ONE_BROWSER: Mutex<()> = Mutex::new(());
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn harness() -> PathBuf {
-    workspace().join("tests/browser")
-}
 
 fn interop_harness() -> PathBuf {
     workspace().join("tests/interop")
@@ -80,59 +71,15 @@ fn browsers_join_a_tree_of_the_js_originals() -> anyhow::Result<()> {
 /// demo layout), with Node's test runner; no browser and no network needed.
 #[test]
 fn browser_modules_pure_logic() -> anyhow::Result<()> {
-    const TEST: &str = "browser_modules_pure_logic";
-    if !runs("node", &["--version"]) {
-        return skip_or_fail(TEST, "node is not installed");
-    }
-    let output = std::process::Command::new("node")
-        .args(["--test", "unit.test.mjs"])
-        .current_dir(harness())
-        .output()
-        .context("running node --test")?;
-    ensure!(
-        output.status.success(),
-        "node --test failed:\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(())
+    node_unit_tests("browser_modules_pure_logic", "unit.test.mjs")
 }
 
 // ---------------------------------------------------------------------------------------
 // Running inside a loopback-only network namespace.
 
-fn runs(program: &str, args: &[&str]) -> bool {
-    std::process::Command::new(program)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success())
-}
-
-/// What is missing to run a browser test, if anything.
-fn missing(extra: &[(PathBuf, &str)]) -> Option<String> {
-    if !runs("node", &["--version"]) {
-        return Some("node is not installed".to_owned());
-    }
-    if !Path::new(CHROMIUM).exists() {
-        return Some(format!("{CHROMIUM} is not installed"));
-    }
-    if !harness().join("node_modules/playwright-core").is_dir() {
-        return Some("tests/browser/node_modules is missing".to_owned());
-    }
-    if let Some((_, what)) = extra.iter().find(|(path, _)| !path.exists()) {
-        return Some((*what).to_owned());
-    }
-    if !runs("unshare", &["--net", "--", "true"]) {
-        return Some("cannot create a network namespace (unshare --net)".to_owned());
-    }
-    None
-}
-
 /// Skips loudly, or fails in CI, when something is missing.
 fn skip_or_fail(test: &str, what: &str) -> anyhow::Result<()> {
-    bootstrap_testkit::skip_or_fail(test, what, "bash .ci/setup-browser")
+    bootstrap_testkit::skip_or_fail(test, what, SETUP)
 }
 
 /// Outside the namespace: checks the prerequisites and runs `test` again, alone, in a new
@@ -143,7 +90,11 @@ fn in_netns(
     scenario: impl AsyncFnOnce() -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let inside = std::env::var_os(bootstrap_testkit::netns::INSIDE_ENV).is_some();
-    if let Some(what) = missing(extra).filter(|_| !inside) {
+    let extra: Vec<(bool, &str)> = extra
+        .iter()
+        .map(|(path, what)| (path.exists(), *what))
+        .collect();
+    if let Some(what) = missing(&extra).filter(|_| !inside) {
         return skip_or_fail(test, &what);
     }
     // A test that failed while holding the lock poisons it; the next one may still run.

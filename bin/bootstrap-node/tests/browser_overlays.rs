@@ -18,66 +18,30 @@
 //! `tests/browser/node_modules` (`bash .ci/setup-browser`); without them it prints
 //! SKIPPED, or fails when `CI` is set.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+mod chromium;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use bootstrap_testkit::tokens::{join_token, key};
 use bootstrap_testkit::{Proc, TestServer};
+use chromium::{CHROMIUM, DRIVE_WAIT, harness, missing, workspace};
 use serde_json::Value;
 use tokio::process::Command;
 use webrtc_bootstrap_server::{JoinAuth, OverlayConfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bootstrap-node");
-const CHROMIUM: &str = "/usr/bin/chromium";
 const SECRET: &str = "browser-secret";
 const CHAT_SECRET: &str = "chat-secret";
-/// Longest the browser driver may run (it gives up after 100 s itself).
-const DRIVE_WAIT: Duration = Duration::from_secs(110);
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn harness() -> PathBuf {
-    workspace().join("tests/browser")
-}
 
 #[test]
 fn browsers_in_named_overlays_with_join_tokens() -> anyhow::Result<()> {
     const TEST: &str = "browsers_in_named_overlays_with_join_tokens";
     let inside = std::env::var_os(bootstrap_testkit::netns::INSIDE_ENV).is_some();
-    if let Some(what) = missing().filter(|_| !inside) {
+    if let Some(what) = missing(&[]).filter(|_| !inside) {
         return bootstrap_testkit::skip_or_fail(TEST, &what, "bash .ci/setup-browser");
     }
     bootstrap_testkit::in_loopback_netns(TEST, overlays_scenario)
-}
-
-fn runs(program: &str, args: &[&str]) -> bool {
-    std::process::Command::new(program)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success())
-}
-
-/// What is missing to run the test, if anything.
-fn missing() -> Option<String> {
-    if !runs("node", &["--version"]) {
-        return Some("node is not installed".to_owned());
-    }
-    if !Path::new(CHROMIUM).exists() {
-        return Some(format!("{CHROMIUM} is not installed"));
-    }
-    if !harness().join("node_modules/playwright-core").is_dir() {
-        return Some("tests/browser/node_modules is missing".to_owned());
-    }
-    if !runs("unshare", &["--net", "--", "true"]) {
-        return Some("cannot create a network namespace (unshare --net)".to_owned());
-    }
-    None
 }
 
 /// A `bootstrap-node` root on loopback; its answers present `join_token` (from the

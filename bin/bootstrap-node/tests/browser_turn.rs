@@ -17,92 +17,43 @@
 //! (`bash .ci/setup-browser`, `apt-get install -y coturn`); without them it prints
 //! SKIPPED, or fails when `CI` is set.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+mod chromium;
+
+use std::time::Instant;
 
 use anyhow::{Context as _, ensure};
 use bootstrap_testkit::turn::Coturn;
 use bootstrap_testkit::{Proc, TestServer, report, skip_or_fail};
+use chromium::{CHROMIUM, DRIVE_WAIT, harness, missing, node_unit_tests, workspace};
 use serde_json::Value;
 use tokio::process::Command;
 use webrtc_bootstrap_server::turn::TurnConfig;
 
 const BIN: &str = env!("CARGO_BIN_EXE_bootstrap-node");
-const CHROMIUM: &str = "/usr/bin/chromium";
 const SECRET: &str = "browser-turn-root-secret";
 /// The secret the bootstrap server shares with coturn.
 const TURN_SECRET: &str = "browser-turn-shared-secret";
 /// The line typed at the root for the tab.
 const ROOT_LINE: &str = "down through the relay, from the root";
-/// Longest the browser driver may run (it gives up after 100 s itself).
-const DRIVE_WAIT: Duration = Duration::from_secs(110);
-
-fn harness() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser")
-}
-
-fn runs(program: &str, args: &[&str]) -> bool {
-    std::process::Command::new(program)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success())
-}
-
-/// What is missing to run the browser test, if anything.
-fn missing() -> Option<String> {
-    if !runs("node", &["--version"]) {
-        return Some("node is not installed".to_owned());
-    }
-    if !Path::new(CHROMIUM).exists() {
-        return Some(format!("{CHROMIUM} is not installed"));
-    }
-    if !harness().join("node_modules/playwright-core").is_dir() {
-        return Some("tests/browser/node_modules is missing".to_owned());
-    }
-    if !Coturn::installed() {
-        return Some("turnserver (Debian package coturn) is not installed".to_owned());
-    }
-    if !runs("unshare", &["--net", "--", "true"]) {
-        return Some("cannot create a network namespace (unshare --net)".to_owned());
-    }
-    None
-}
 
 #[test]
 fn ice_module_unit_tests() -> anyhow::Result<()> {
-    if !runs("node", &["--version"]) {
-        return skip_or_fail(
-            "ice_module_unit_tests",
-            "node is not installed",
-            "bash .ci/setup-browser",
-        );
-    }
-    let output = std::process::Command::new("node")
-        .args(["--test", "ice.test.mjs"])
-        .current_dir(harness())
-        .output()
-        .context("running node --test")?;
-    ensure!(
-        output.status.success(),
-        "node --test ice.test.mjs failed:\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(())
+    node_unit_tests("ice_module_unit_tests", "ice.test.mjs")
 }
 
 #[test]
 fn a_relay_only_tab_joins_a_relay_only_root_through_coturn() -> anyhow::Result<()> {
     const TEST: &str = "a_relay_only_tab_joins_a_relay_only_root_through_coturn";
     let inside = std::env::var_os(bootstrap_testkit::netns::INSIDE_ENV).is_some();
-    if let Some(what) = missing().filter(|_| !inside) {
+    let coturn = (
+        Coturn::installed(),
+        "turnserver (Debian package coturn) is not installed",
+    );
+    if let Some(what) = missing(&[coturn]).filter(|_| !inside) {
         return skip_or_fail(
             TEST,
             &what,
-            "bash .ci/setup-browser && apt-get install -y coturn",
+            "bash .ci/setup-browser && bash .ci/setup-services",
         );
     }
     bootstrap_testkit::in_loopback_netns(TEST, relay_scenario)
@@ -132,7 +83,7 @@ async fn next_step(driver: &mut Proc, deadline: Instant) -> anyhow::Result<Optio
 async fn relay_scenario() -> anyhow::Result<()> {
     let started = Instant::now();
     let coturn = Coturn::start(TURN_SECRET).await?;
-    let public = harness().join("../../web").canonicalize().context("web/")?;
+    let public = workspace().join("web").canonicalize().context("web/")?;
     let server = TestServer::with(|c| {
         c.secret = SECRET.to_owned();
         c.public = Some(public);
