@@ -28,7 +28,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use bootstrap_testkit::{Proc, TestServer};
-use chromium::{CHROMIUM, DRIVE_WAIT, SETUP, harness, missing, node_unit_tests, workspace};
+use chromium::{
+    CHROMIUM, DRIVE_WAIT, SETUP, harness, missing, next_step, node_unit_tests, workspace,
+};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::process::Command;
@@ -126,21 +128,6 @@ fn js_proc(name: &'static str, args: &[&str]) -> anyhow::Result<Proc> {
             .args(args)
             .current_dir(interop_harness()),
     )
-}
-
-/// The next `DRIVE <json>` step of a browser driver (its other lines are echoed), or
-/// `None` once it exited.
-async fn next_step(driver: &mut Proc, deadline: Instant) -> anyhow::Result<Option<Value>> {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Some(line) = driver.next_line(left).await? else {
-            return Ok(None);
-        };
-        match line.strip_prefix("DRIVE ") {
-            Some(step) => return Ok(Some(serde_json::from_str(step).context("a DRIVE line")?)),
-            None => eprintln!("[{}] {line}", driver.name),
-        }
-    }
 }
 
 /// A browser driver (`tests/browser/<script>`) for the page at `addr`.

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, ensure};
 use bootstrap_testkit::tokens::{join_token, key};
 use bootstrap_testkit::{Proc, TestServer};
-use chromium::{CHROMIUM, DRIVE_WAIT, harness, missing, workspace};
+use chromium::{CHROMIUM, DRIVE_WAIT, harness, missing, next_step, workspace};
 use serde_json::Value;
 use tokio::process::Command;
 use webrtc_bootstrap_server::{JoinAuth, OverlayConfig};
@@ -58,21 +58,6 @@ async fn root(name: &str, args: &[&str], join_token: &str) -> anyhow::Result<Pro
     )?;
     root.expect(&format!("ready root as {name}")).await?;
     Ok(root)
-}
-
-/// The next `DRIVE <json>` step of the driver (its other lines are echoed), or `None`
-/// once it exited.
-async fn next_step(driver: &mut Proc, deadline: Instant) -> anyhow::Result<Option<Value>> {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Some(line) = driver.next_line(left).await? else {
-            return Ok(None);
-        };
-        match line.strip_prefix("DRIVE ") {
-            Some(step) => return Ok(Some(serde_json::from_str(step).context("a DRIVE line")?)),
-            None => eprintln!("[{}] {line}", driver.name),
-        }
-    }
 }
 
 async fn overlays_scenario() -> anyhow::Result<()> {

@@ -24,8 +24,7 @@ use std::time::Instant;
 use anyhow::{Context as _, ensure};
 use bootstrap_testkit::turn::Coturn;
 use bootstrap_testkit::{Proc, TestServer, report, skip_or_fail};
-use chromium::{CHROMIUM, DRIVE_WAIT, harness, missing, node_unit_tests, workspace};
-use serde_json::Value;
+use chromium::{CHROMIUM, DRIVE_WAIT, harness, missing, next_step, node_unit_tests, workspace};
 use tokio::process::Command;
 use webrtc_bootstrap_server::turn::TurnConfig;
 
@@ -63,21 +62,6 @@ fn a_relay_only_tab_joins_a_relay_only_root_through_coturn() -> anyhow::Result<(
 fn successes(log: &str, request: &str) -> usize {
     let wanted = format!("incoming packet {request} processed, success");
     log.lines().filter(|line| line.contains(&wanted)).count()
-}
-
-/// The next `DRIVE <json>` step of the driver (its other lines are echoed), or `None`
-/// once it exited.
-async fn next_step(driver: &mut Proc, deadline: Instant) -> anyhow::Result<Option<Value>> {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Some(line) = driver.next_line(left).await? else {
-            return Ok(None);
-        };
-        match line.strip_prefix("DRIVE ") {
-            Some(step) => return Ok(Some(serde_json::from_str(step).context("a DRIVE line")?)),
-            None => eprintln!("[{}] {line}", driver.name),
-        }
-    }
 }
 
 async fn relay_scenario() -> anyhow::Result<()> {

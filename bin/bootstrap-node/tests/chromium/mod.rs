@@ -8,6 +8,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
+use bootstrap_testkit::Proc;
+use serde_json::Value;
+use std::time::Instant;
 
 /// Debian's Chromium.
 pub const CHROMIUM: &str = "/usr/bin/chromium";
@@ -78,4 +81,19 @@ pub fn node_unit_tests(test: &str, file: &str) -> anyhow::Result<()> {
         String::from_utf8_lossy(&output.stderr)
     );
     Ok(())
+}
+
+/// The next `DRIVE <json>` step of a browser driver (its other lines are echoed), or
+/// `None` once it exited.
+pub async fn next_step(driver: &mut Proc, deadline: Instant) -> anyhow::Result<Option<Value>> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(line) = driver.next_line(left).await? else {
+            return Ok(None);
+        };
+        match line.strip_prefix("DRIVE ") {
+            Some(step) => return Ok(Some(serde_json::from_str(step).context("a DRIVE line")?)),
+            None => eprintln!("[{}] {line}", driver.name),
+        }
+    }
 }
