@@ -20,7 +20,7 @@ use crate::chart::{Panel, pair_svg};
 use crate::procfs;
 use crate::stats::Percentiles;
 
-const SECRET: &str = "webrtc-bench";
+pub(crate) const SECRET: &str = "webrtc-bench";
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -29,8 +29,8 @@ pub struct WebrtcConfig {
     pub runs: usize,
     /// Node counts of the join storms.
     pub storms: Vec<usize>,
-    /// `max_degree` of every node in the storms.
-    pub max_degree: usize,
+    /// `max_degree` of every node in the storms: each count runs once per degree.
+    pub degrees: Vec<usize>,
     /// Longest a storm may take before it counts as failed.
     pub storm_timeout: Duration,
 }
@@ -40,7 +40,7 @@ impl Default for WebrtcConfig {
         Self {
             runs: 50,
             storms: vec![25, 50, 100],
-            max_degree: 4,
+            degrees: vec![4],
             storm_timeout: Duration::from_secs(120),
         }
     }
@@ -60,6 +60,9 @@ pub struct JoinTimes {
 pub struct Storm {
     /// Nodes joining at once.
     pub nodes: usize,
+    /// `max_degree` of every node.
+    #[serde(default)]
+    pub max_degree: usize,
     /// Nodes whose join succeeded.
     pub connected: usize,
     /// From the first `join()` to the last node connected, in milliseconds.
@@ -73,6 +76,17 @@ pub struct Storm {
     pub cpu_ms_per_node: f64,
     /// Process RSS growth once every node is connected, per node, in KiB.
     pub rss_kib_per_node: f64,
+    /// Open file descriptors added once every node is connected, per node (both ends
+    /// of its link to the parent are in this process).
+    #[serde(default)]
+    pub fds_per_node: f64,
+    /// How many such nodes one process holds within its open-file limit, at
+    /// `fds_per_node` (when a node's parent is in another process, it needs about half).
+    #[serde(default)]
+    pub nodes_per_process: usize,
+    /// The open-file limit in force.
+    #[serde(default)]
+    pub fd_limit: u64,
 }
 
 /// Everything one run measured.
@@ -95,10 +109,15 @@ pub struct WebrtcReport {
 /// # Errors
 /// When the server cannot start, or a join in the timed series fails.
 pub async fn run(config: &WebrtcConfig) -> anyhow::Result<WebrtcReport> {
+    crate::idle::raise_fd_limit(u64::MAX);
     let join = join_times(config.runs).await?;
     let mut storms = Vec::new();
-    for &nodes in &config.storms {
-        storms.push(storm(nodes, config).await?);
+    for &max_degree in &config.degrees {
+        for &nodes in &config.storms {
+            let storm = storm(nodes, max_degree, config).await?;
+            eprintln!("storm: {storm:?}");
+            storms.push(storm);
+        }
     }
     Ok(WebrtcReport {
         date: crate::report::today(),
@@ -110,7 +129,7 @@ pub async fn run(config: &WebrtcConfig) -> anyhow::Result<WebrtcReport> {
 }
 
 /// A server on 127.0.0.1:0 in this process; stops when the guard drops.
-async fn server() -> anyhow::Result<(String, tokio_util::sync::DropGuard)> {
+pub(crate) async fn server() -> anyhow::Result<(String, tokio_util::sync::DropGuard)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("ws://{}", listener.local_addr()?);
     let mut config = Config::new(SECRET);
@@ -127,7 +146,7 @@ async fn server() -> anyhow::Result<(String, tokio_util::sync::DropGuard)> {
     Ok((url, guard))
 }
 
-fn client(url: &str) -> anyhow::Result<Client> {
+pub(crate) fn client(url: &str) -> anyhow::Result<Client> {
     let mut options = Options::loopback();
     options.timeout = Duration::from_secs(60);
     Ok(Client::with_options(url, options)?)
@@ -159,16 +178,22 @@ async fn join_times(runs: usize) -> anyhow::Result<JoinTimes> {
     })
 }
 
-async fn storm(nodes: usize, config: &WebrtcConfig) -> anyhow::Result<Storm> {
+/// Open file descriptors of this process.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
+}
+
+async fn storm(nodes: usize, max_degree: usize, config: &WebrtcConfig) -> anyhow::Result<Storm> {
     let (url, _server) = server().await?;
     let options = NodeOptions {
-        max_degree: config.max_degree,
+        max_degree,
         report_topology: true,
         ..NodeOptions::default()
     };
     let mut root = Node::root(client(&url)?, SECRET, options.clone()).await?;
     let pid = std::process::id().to_string();
     let rss_before = procfs::memory(&pid)?.rss_kib;
+    let fds_before = open_fds();
     let cpu_before = procfs::cpu_time(&pid)?;
     let started = Instant::now();
     let joins: Vec<_> = (0..nodes)
@@ -194,20 +219,31 @@ async fn storm(nodes: usize, config: &WebrtcConfig) -> anyhow::Result<Storm> {
     }
     let cpu = procfs::cpu_time(&pid)?.saturating_sub(cpu_before);
     let rss_after = procfs::memory(&pid)?.rss_kib;
+    let fds_after = open_fds();
+    let fd_limit = rlimit::Resource::NOFILE.get().map_or(0, |(soft, _)| soft);
     let depth = tree_depth(&mut root, joined.len() + 1).await;
     ensure!(
         !joined.is_empty(),
         "no node of the {nodes}-node storm connected"
     );
     let per_node = nodes as f64;
+    let fds_per_node = fds_after.saturating_sub(fds_before) as f64 / per_node;
     let storm = Storm {
         nodes,
+        max_degree,
         connected: joined.len(),
         all_connected_ms: last.as_secs_f64() * 1000.0,
         join_ms: Percentiles::of(&mut samples, 1000.0),
         depth,
         cpu_ms_per_node: cpu.as_secs_f64() * 1000.0 / per_node,
         rss_kib_per_node: rss_after.saturating_sub(rss_before) as f64 / per_node,
+        fds_per_node,
+        nodes_per_process: if fds_per_node > 0.0 {
+            (fd_limit.saturating_sub(fds_before as u64) as f64 / fds_per_node) as usize
+        } else {
+            0
+        },
+        fd_limit,
     };
     for node in joined {
         node.close().await;
@@ -253,11 +289,12 @@ pub fn markdown(report: &WebrtcReport) -> String {
         "Join to an open data channel, two Rust peers through our server ({} joins): p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms.\n\n",
         report.join.runs, j.p50, j.p90, j.p99, j.max
     );
-    out.push_str("| nodes joining at once | connected | all connected after (ms) | join p50 / p90 / max (ms) | tree depth | CPU per node (ms) | RSS per node (KiB) |\n|---|---|---|---|---|---|---|\n");
+    out.push_str("| nodes joining at once | max_degree | connected | all connected after (ms) | join p50 / p90 / max (ms) | tree depth | CPU per node (ms) | RSS per node (KiB) | fds per node | nodes per process (fd limit) |\n|---|---|---|---|---|---|---|---|---|---|\n");
     for s in &report.storms {
         out.push_str(&format!(
-            "| {} | {} | {:.0} | {:.0} / {:.0} / {:.0} | {} | {:.1} | {:.0} |\n",
+            "| {} | {} | {} | {:.0} | {:.0} / {:.0} / {:.0} | {} | {:.1} | {:.0} | {:.1} | {} ({}) |\n",
             s.nodes,
+            s.max_degree,
             s.connected,
             s.all_connected_ms,
             s.join_ms.p50,
@@ -265,7 +302,10 @@ pub fn markdown(report: &WebrtcReport) -> String {
             s.join_ms.max,
             s.depth,
             s.cpu_ms_per_node,
-            s.rss_kib_per_node
+            s.rss_kib_per_node,
+            s.fds_per_node,
+            s.nodes_per_process,
+            s.fd_limit
         ));
     }
     out
@@ -287,14 +327,14 @@ pub fn svg(report: &WebrtcReport) -> String {
             groups: report
                 .storms
                 .iter()
-                .map(|s| format!("{} nodes", s.nodes))
+                .map(|s| format!("{} / d{}", s.nodes, s.max_degree))
                 .collect(),
             ours: report.storms.iter().map(|s| s.all_connected_ms).collect(),
             js: vec![None; report.storms.len()],
         },
     ];
     let subtitle = format!(
-        "{}, {}; Rust peers on loopback, max_degree 4",
+        "{}, {}; Rust peers on loopback; storms: nodes / max_degree",
         report.date, report.machine
     );
     pair_svg("WebRTC: join time and join storms", &subtitle, &panels)
