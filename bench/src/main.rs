@@ -327,6 +327,13 @@ struct CompareArgs {
 }
 
 fn main() -> ExitCode {
+    // Logs only when asked for (RUST_LOG), on standard error.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let cli = Cli::parse();
     match run(cli.command) {
         Ok(code) => code,

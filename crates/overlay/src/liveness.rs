@@ -47,6 +47,9 @@ struct Watched {
 pub(crate) struct Liveness {
     settings: Heartbeat,
     links: HashMap<Link, Watched>,
+    /// When the links were last checked: the checks come at least every interval, so a
+    /// longer gap means this process was too busy to run them, and to read what came.
+    last_check: Option<Instant>,
 }
 
 impl Liveness {
@@ -54,6 +57,7 @@ impl Liveness {
         Self {
             settings,
             links: HashMap::new(),
+            last_check: None,
         }
     }
 
@@ -102,6 +106,7 @@ impl Liveness {
     /// Forgets every link.
     pub(crate) fn clear(&mut self) {
         self.links.clear();
+        self.last_check = None;
     }
 
     /// Whether `link` is watched and has been silent for more than 1.5 intervals.
@@ -125,8 +130,22 @@ impl Liveness {
     }
 
     /// The links silent for the timeout at `now`, sorted; they are forgotten.
+    ///
+    /// When this check comes late (more than two intervals after the last one), this
+    /// process was starved: what the links sent may wait unread in its queues, so the
+    /// lateness is not counted as silence.
     pub(crate) fn take_dead(&mut self, now: Instant) -> Vec<Link> {
         let timeout = self.settings.timeout;
+        let interval = self.settings.interval;
+        if let Some(last) = self.last_check.replace(now) {
+            let gap = now.saturating_duration_since(last);
+            if gap > interval * 2 {
+                let late = gap - interval;
+                for watched in self.links.values_mut() {
+                    watched.last_heard = (watched.last_heard + late).min(now);
+                }
+            }
+        }
         let mut dead: Vec<Link> = self
             .links
             .iter()
@@ -195,6 +214,20 @@ mod tests {
             liveness.due(t1 + SETTINGS.interval),
             [Link::Parent(1), child("a")]
         );
+    }
+
+    #[test]
+    fn a_starved_process_does_not_count_its_own_lateness_as_silence() {
+        let t0 = Instant::now();
+        let mut liveness = Liveness::new(SETTINGS);
+        liveness.watch(child("a"), t0);
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert!(liveness.take_dead(at(250)).is_empty());
+        // The next check comes 3 s late: only 500 ms of the 3.5 s count as silence.
+        assert!(liveness.take_dead(at(3500)).is_empty());
+        // Checks on time again: silent for the timeout counted so, dead.
+        assert!(liveness.take_dead(at(3750)).is_empty());
+        assert_eq!(liveness.take_dead(at(4000)), [child("a")]);
     }
 
     #[test]

@@ -12,8 +12,10 @@ use tokio::time::Instant;
 
 use crate::hash::slot_for;
 
-/// Most requests stored for one empty slot; older ones are dropped past this.
-pub(crate) const MAX_STORED_PER_SLOT: usize = 256;
+/// Most requests stored for one empty slot; newer ones are dropped past this. In a join
+/// storm of 1 000 nodes the root holds about 500 requests per slot of degree 4 while
+/// its first children connect; at about 1 KiB per offer the bound is 2 MiB per slot.
+pub(crate) const MAX_STORED_PER_SLOT: usize = 2048;
 
 /// What to do with one join request.
 #[derive(Debug, PartialEq, Eq)]

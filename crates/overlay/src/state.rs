@@ -22,7 +22,7 @@ use crate::liveness::{Heartbeat, Liveness};
 use crate::node::NodeInfo;
 use crate::options::NodeOptions;
 use crate::slots::{Decision, Slots};
-use crate::topology::{SUBTREE_KEY, TREE_KEY, Topology, as_subtree_report, tree_of};
+use crate::topology::{self, SUBTREE_KEY, TREE_KEY, Topology, as_subtree_report, tree_of};
 use crate::wire::{self, BROADCAST_KEY, ChannelMessage, JoinRequest, TO_ROOT_KEY};
 
 /// One data channel of the node.
@@ -99,6 +99,10 @@ pub(crate) struct NodeState {
     rejoin_max_delay: Duration,
     /// Set when heartbeats are on.
     liveness: Option<Liveness>,
+    /// At the root: the picture of the tree waiting for `next_share`.
+    pending_share: Option<Value>,
+    /// At the root: when the tree may next be shared.
+    next_share: Option<Instant>,
     actions: VecDeque<Action>,
 }
 
@@ -121,6 +125,8 @@ impl NodeState {
                     timeout: options.heartbeat_timeout,
                 })
             }),
+            pending_share: None,
+            next_share: None,
             actions: VecDeque::new(),
         }
     }
@@ -134,11 +140,13 @@ impl NodeState {
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         let report = self.topology.as_ref().and_then(Topology::due);
         let liveness = self.liveness.as_ref().and_then(Liveness::next_deadline);
+        let share = self.pending_share.as_ref().and(self.next_share);
         self.slots
             .next_deadline()
             .into_iter()
             .chain(report)
             .chain(liveness)
+            .chain(share)
             .min()
     }
 
@@ -176,6 +184,7 @@ impl NodeState {
             debug!(count = expired.requests, "stored join requests timed out");
         }
         self.report_topology(now);
+        self.share_tree(now);
     }
 
     /// The application sends `text` (a `DATA` message).
@@ -266,7 +275,7 @@ impl NodeState {
                 self.on_request(request, now);
             }
             ChannelMessage::JoinRequest(_) => warn!(?link, "ignored a join request from a child"),
-            ChannelMessage::Data(data) => self.on_data(from, data, now),
+            ChannelMessage::Data(data) => self.on_data(from, data, bytes, now),
             // A child's heartbeats were expected (its label said so); a parent's first
             // one says it supports them: watch it, and answer at once.
             ChannelMessage::Heartbeat => {
@@ -286,7 +295,10 @@ impl NodeState {
 
     /// Routes application data: subtree reports are kept, broadcasts from the parent go
     /// on to every child, messages for the root go up, and the rest is delivered.
-    fn on_data(&mut self, from: Source, data: Value, now: Instant) {
+    ///
+    /// `frame` is the message as received: a broadcast goes on to the children as is,
+    /// without serializing it again (a tree picture can be large).
+    fn on_data(&mut self, from: Source, data: Value, frame: &[u8], now: Instant) {
         if let (Source::Child(child), Some(subtree)) = (&from, as_subtree_report(&data)) {
             let accepted = self
                 .topology
@@ -299,9 +311,10 @@ impl NodeState {
         }
         let (delivery, data) = wire::unwrap(data);
         match delivery {
-            Delivery::Broadcast if from == Source::Parent => {
-                self.send_to_children(&wire::wrapped_data(BROADCAST_KEY, &data));
-            }
+            Delivery::Broadcast if from == Source::Parent => match std::str::from_utf8(frame) {
+                Ok(text) => self.send_to_children(text),
+                Err(_) => self.send_to_children(&wire::wrapped_data(BROADCAST_KEY, &data)),
+            },
             Delivery::ToRoot if !self.is_root && matches!(from, Source::Child(_)) => {
                 match self.parent_link() {
                     Some(link) => self.actions.push_back(Action::Send {
@@ -314,9 +327,9 @@ impl NodeState {
             }
             _ => {}
         }
-        let event = match tree_of(delivery, &data) {
-            Some(tree) => Event::Tree(tree.clone()),
-            None => Event::Data {
+        let event = match tree_of(delivery, data) {
+            Ok(tree) => Event::Tree(tree),
+            Err(data) => Event::Data {
                 from,
                 delivery,
                 data,
@@ -497,6 +510,20 @@ impl NodeState {
 
     /// Sends this node's subtree to the parent or, at the root, shares the whole tree,
     /// when due and changed.
+    /// At the root: shares the pending picture of the tree with everyone, when its
+    /// time has come.
+    fn share_tree(&mut self, now: Instant) {
+        if self.next_share.is_some_and(|at| at > now) {
+            return;
+        }
+        let Some(tree) = self.pending_share.take() else {
+            return;
+        };
+        self.next_share = Some(now + share_interval(topology::size(&tree)));
+        let text = wire::wrapped_data(BROADCAST_KEY, &wire::wrap(TREE_KEY, tree));
+        self.send_to_children(&text);
+    }
+
     fn report_topology(&mut self, now: Instant) {
         let Some(topology) = &mut self.topology else {
             return;
@@ -506,14 +533,25 @@ impl NodeState {
             return;
         };
         if self.is_root {
-            let text = wire::wrapped_data(BROADCAST_KEY, &wire::wrap(TREE_KEY, tree.clone()));
-            self.send_to_children(&text);
+            // Everyone receives and parses the whole picture: a large one is shared
+            // less often (the latest one, when its time comes), so that the cost stays
+            // linear in the tree's size. The root's own picture is never held back.
+            self.pending_share = Some(tree.clone());
+            self.share_tree(now);
             self.actions.push_back(Action::Emit(Event::Tree(tree)));
         } else if let Some(link) = self.parent_link() {
             let text = wire::wrapped_data(SUBTREE_KEY, &tree);
             self.actions.push_back(Action::Send { link, text });
         }
     }
+}
+
+/// The least time between two pictures of a tree of `size` nodes shared by the root:
+/// the debounce, and 2 ms per node beyond 50 nodes (2 s for 1 000 nodes).
+fn share_interval(size: usize) -> Duration {
+    topology::DEBOUNCE.max(Duration::from_millis(
+        u64::try_from(size.saturating_mul(2)).unwrap_or(u64::MAX),
+    ))
 }
 
 #[cfg(test)]

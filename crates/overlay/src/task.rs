@@ -135,6 +135,12 @@ impl NodeTask {
                     None => break None,
                 },
                 () = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
+                    // What already arrived counts before a link is judged silent.
+                    for _ in 0..INPUT_QUEUE {
+                        let Ok(input) = inputs.try_recv() else { break };
+                        self.on_input(input);
+                        self.execute().await;
+                    }
                     self.state.handle_timeout(Instant::now());
                 }
             }
