@@ -274,15 +274,15 @@ async fn storm(nodes: usize, max_degree: usize, config: &WebrtcConfig) -> anyhow
         fd_limit,
         other_cores: others.as_secs_f64() / wall.as_secs_f64().max(1e-3),
     };
-    for node in joined {
-        node.close().await;
-    }
+    // Dropped all at once: closed one by one, the rest would re-join meanwhile.
+    drop(joined);
     root.close().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     Ok(storm)
 }
 
 /// Depth of the tree as the root's topology picture shows it once it holds `size`
-/// nodes (0 if it does not within a few seconds).
+/// nodes (0 if it does not within 20 s).
 async fn tree_depth(root: &mut Node, size: usize) -> usize {
     fn count(tree: &Value) -> usize {
         1 + children(tree).iter().map(count).sum::<usize>()
@@ -299,7 +299,7 @@ async fn tree_depth(root: &mut Node, size: usize) -> usize {
             .and_then(Value::as_array)
             .map_or(&[], Vec::as_slice)
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while let Ok(Some(event)) = tokio::time::timeout_at(deadline, root.next_event()).await {
         if let Event::Tree(tree) = event
             && count(&tree) == size
