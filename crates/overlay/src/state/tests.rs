@@ -520,3 +520,39 @@ async fn without_heartbeats_nothing_is_watched() {
     assert_eq!(actions(&mut node), NONE);
     assert_eq!(node.poll_timeout(), None);
 }
+
+#[test]
+fn a_large_tree_is_shared_less_often_but_the_root_sees_every_change() {
+    let t0 = Instant::now();
+    let mut root = node(2, true, true);
+    let child = add_child(&mut root, &origin(1), t0);
+    // A child reports a subtree of 199 nodes: a tree of 200, shared every 400 ms.
+    let big = json!({"name": "c", "children": vec![json!({"name": "x", "children": []}); 198]});
+    root.on_message(&child, &data(&json!({"subtree": big})), t0);
+    let first = t0 + DEBOUNCE;
+    root.handle_timeout(first);
+    let shared = actions(&mut root);
+    assert_eq!(shared.len(), 2, "a broadcast and the root's own picture");
+    assert!(matches!(&shared[0], Action::Send { link, .. } if *link == child));
+    // A change 100 ms later: the root sees it at once, everyone else 400 ms after the
+    // first picture.
+    let small = json!({"name": "c", "children": []});
+    root.on_message(&child, &data(&json!({"subtree": small})), first);
+    root.handle_timeout(first + DEBOUNCE);
+    let tree = json!({"name": "me", "children": [small]});
+    assert_eq!(
+        actions(&mut root),
+        [Action::Emit(Event::Tree(tree.clone()))]
+    );
+    let next = first + Duration::from_millis(400);
+    assert_eq!(root.poll_timeout(), Some(next));
+    root.handle_timeout(next);
+    assert_eq!(
+        actions(&mut root),
+        [send(
+            &child,
+            wire::data(&json!({"broadcast": {"tree": tree}}))
+        )]
+    );
+    assert_eq!(root.poll_timeout(), None);
+}
