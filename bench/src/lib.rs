@@ -12,6 +12,7 @@
 //! - [`report`]: the results file and the table; `chart` draws the SVG.
 //! - [`procfs`]: CPU time and memory of a process from `/proc`.
 //! - [`webrtc`]: join time between Rust peers and join storms of tree-overlay nodes.
+//! - [`churn`]: 10 % of a tree's nodes killed at once, and the time until it is whole.
 //! - [`turn`]: joins relayed through the real coturn next to direct joins, same run.
 //! - [`soak`]: a million verified handshakes against one server process, sampling its
 //!   memory, descriptors, threads and `/healthz`.
@@ -22,6 +23,7 @@
 
 pub mod auth;
 mod chart;
+pub mod churn;
 pub mod compare;
 pub mod echo;
 mod handshake;

@@ -50,6 +50,12 @@ enum Command {
     },
     /// WebRTC join time between Rust peers, and join storms of tree-overlay nodes.
     Webrtc(WebrtcArgs),
+    /// Kill 10 % of a tree's nodes at once; time until it is whole, with and without
+    /// heartbeats.
+    Churn(ChurnArgs),
+    /// One tree node in its own process, for `churn` to kill (internal).
+    #[command(hide = true)]
+    ChurnNode(ChurnNodeArgs),
     /// Joins relayed through the real coturn (relay-only, credentials from /ice-servers)
     /// next to direct joins, same run; runs in a loopback-only network namespace.
     Turn(TurnArgs),
@@ -140,9 +146,46 @@ struct WebrtcArgs {
     /// Node counts of the join storms, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "25,50,100")]
     storms: Vec<usize>,
+    /// `max_degree` of the storms' nodes, comma-separated: every count runs per degree.
+    #[arg(long, value_delimiter = ',', default_value = "4")]
+    degrees: Vec<usize>,
     /// Where to write webrtc.json, webrtc.md and webrtc.svg; nothing is written without it.
     #[arg(long)]
     out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ChurnArgs {
+    /// Nodes in the tree, besides the root.
+    #[arg(long, default_value_t = 200)]
+    nodes: usize,
+    /// Nodes killed at once.
+    #[arg(long, default_value_t = 20)]
+    killed: usize,
+    /// Runs with heartbeats.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Runs with heartbeats off (the reference).
+    #[arg(long, default_value_t = 3)]
+    reference_runs: usize,
+    /// Where to write churn.json and churn.md; nothing is written without it.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ChurnNodeArgs {
+    #[arg(long)]
+    url: String,
+    #[arg(long)]
+    name: String,
+    #[arg(long)]
+    max_degree: usize,
+    /// 0: heartbeats off.
+    #[arg(long)]
+    heartbeat_ms: u64,
+    #[arg(long)]
+    heartbeat_timeout_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -297,6 +340,13 @@ struct CompareArgs {
 }
 
 fn main() -> ExitCode {
+    // Logs only when asked for (RUST_LOG), on standard error.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let cli = Cli::parse();
     match run(cli.command) {
         Ok(code) => code,
@@ -324,6 +374,22 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Webrtc(args) => run_webrtc(&args),
         Command::Turn(args) => run_turn(&args),
+        Command::Churn(args) => run_churn(&args),
+        Command::ChurnNode(args) => {
+            let heartbeat = (args.heartbeat_ms > 0).then(|| {
+                (
+                    Duration::from_millis(args.heartbeat_ms),
+                    Duration::from_millis(args.heartbeat_timeout_ms),
+                )
+            });
+            tokio::runtime::Runtime::new()?.block_on(bootstrap_bench::churn::victim_node(
+                &args.url,
+                &args.name,
+                args.max_degree,
+                heartbeat,
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Auth(args) => run_auth(args),
         Command::Soak(args) => run_soak(args),
         Command::Echo(args) => run_echo(&args),
@@ -458,18 +524,16 @@ fn run_webrtc(args: &WebrtcArgs) -> anyhow::Result<ExitCode> {
     let config = bootstrap_bench::webrtc::WebrtcConfig {
         runs: args.runs,
         storms: args.storms.clone(),
+        degrees: args.degrees.clone(),
         ..bootstrap_bench::webrtc::WebrtcConfig::default()
     };
     let runtime = tokio::runtime::Runtime::new()?;
     let mut report = runtime.block_on(bootstrap_bench::webrtc::run(&config))?;
     report.command = format!(
-        "bootstrap-bench webrtc --runs {} --storms {}",
+        "bootstrap-bench webrtc --runs {} --storms {} --degrees {}",
         args.runs,
-        args.storms
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(",")
+        list(&args.storms),
+        list(&args.degrees)
     );
     println!("{}", bootstrap_bench::webrtc::markdown(&report));
     if let Some(dir) = &args.out {
@@ -487,6 +551,40 @@ fn run_webrtc(args: &WebrtcArgs) -> anyhow::Result<ExitCode> {
             bootstrap_bench::webrtc::svg(&report),
         )?;
         println!("wrote {}/webrtc.{{json,md,svg}}", dir.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list(values: &[usize]) -> String {
+    values
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn run_churn(args: &ChurnArgs) -> anyhow::Result<ExitCode> {
+    let mut config = bootstrap_bench::churn::ChurnConfig::new(std::env::current_exe()?);
+    config.nodes = args.nodes;
+    config.killed = args.killed;
+    config.runs = args.runs;
+    config.reference_runs = args.reference_runs;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut report = runtime.block_on(bootstrap_bench::churn::run(&config))?;
+    report.command = format!(
+        "bootstrap-bench churn --nodes {} --killed {} --runs {} --reference-runs {}",
+        args.nodes, args.killed, args.runs, args.reference_runs
+    );
+    let markdown = bootstrap_bench::churn::markdown(&report);
+    println!("{markdown}");
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(
+            dir.join("churn.json"),
+            serde_json::to_string_pretty(&report)? + "\n",
+        )?;
+        std::fs::write(dir.join("churn.md"), markdown)?;
+        println!("wrote {}/churn.{{json,md}}", dir.display());
     }
     Ok(ExitCode::SUCCESS)
 }

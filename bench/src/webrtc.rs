@@ -20,7 +20,7 @@ use crate::chart::{Panel, pair_svg};
 use crate::procfs;
 use crate::stats::Percentiles;
 
-const SECRET: &str = "webrtc-bench";
+pub(crate) const SECRET: &str = "webrtc-bench";
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -29,10 +29,14 @@ pub struct WebrtcConfig {
     pub runs: usize,
     /// Node counts of the join storms.
     pub storms: Vec<usize>,
-    /// `max_degree` of every node in the storms.
-    pub max_degree: usize,
+    /// `max_degree` of every node in the storms: each count runs once per degree.
+    pub degrees: Vec<usize>,
     /// Longest a storm may take before it counts as failed.
     pub storm_timeout: Duration,
+    /// The storm nodes' heartbeat timeout. A thousand nodes in one process on two
+    /// shared cores delay each other's messages by seconds, which the default (1 s,
+    /// for a node with a process of its own) would take for dead links.
+    pub heartbeat_timeout: Duration,
 }
 
 impl Default for WebrtcConfig {
@@ -40,8 +44,9 @@ impl Default for WebrtcConfig {
         Self {
             runs: 50,
             storms: vec![25, 50, 100],
-            max_degree: 4,
+            degrees: vec![4],
             storm_timeout: Duration::from_secs(120),
+            heartbeat_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -60,6 +65,9 @@ pub struct JoinTimes {
 pub struct Storm {
     /// Nodes joining at once.
     pub nodes: usize,
+    /// `max_degree` of every node.
+    #[serde(default)]
+    pub max_degree: usize,
     /// Nodes whose join succeeded.
     pub connected: usize,
     /// From the first `join()` to the last node connected, in milliseconds.
@@ -73,6 +81,20 @@ pub struct Storm {
     pub cpu_ms_per_node: f64,
     /// Process RSS growth once every node is connected, per node, in KiB.
     pub rss_kib_per_node: f64,
+    /// Open file descriptors added once every node is connected, per node (both ends
+    /// of its link to the parent are in this process).
+    #[serde(default)]
+    pub fds_per_node: f64,
+    /// How many such nodes one process holds within its open-file limit, at
+    /// `fds_per_node` (when a node's parent is in another process, it needs about half).
+    #[serde(default)]
+    pub nodes_per_process: usize,
+    /// The open-file limit in force.
+    #[serde(default)]
+    pub fd_limit: u64,
+    /// CPU other processes used meanwhile, in cores (the machine is shared).
+    #[serde(default)]
+    pub other_cores: f64,
 }
 
 /// Everything one run measured.
@@ -95,10 +117,15 @@ pub struct WebrtcReport {
 /// # Errors
 /// When the server cannot start, or a join in the timed series fails.
 pub async fn run(config: &WebrtcConfig) -> anyhow::Result<WebrtcReport> {
+    crate::idle::raise_fd_limit(u64::MAX);
     let join = join_times(config.runs).await?;
     let mut storms = Vec::new();
-    for &nodes in &config.storms {
-        storms.push(storm(nodes, config).await?);
+    for &max_degree in &config.degrees {
+        for &nodes in &config.storms {
+            let storm = storm(nodes, max_degree, config).await?;
+            eprintln!("storm: {storm:?}");
+            storms.push(storm);
+        }
     }
     Ok(WebrtcReport {
         date: crate::report::today(),
@@ -110,12 +137,17 @@ pub async fn run(config: &WebrtcConfig) -> anyhow::Result<WebrtcReport> {
 }
 
 /// A server on 127.0.0.1:0 in this process; stops when the guard drops.
-async fn server() -> anyhow::Result<(String, tokio_util::sync::DropGuard)> {
+pub(crate) async fn server() -> anyhow::Result<(String, tokio_util::sync::DropGuard)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("ws://{}", listener.local_addr()?);
     let mut config = Config::new(SECRET);
     config.rate_per_second = 100_000;
     config.rate_burst = 100_000;
+    // Every node connects from 127.0.0.1 here; the per-address limits are meant for a
+    // hostile client among many, not for a thousand honest nodes on one address.
+    config.max_pending_connections = 100_000;
+    config.max_pending_per_client = 100_000;
+    config.root_bytes_per_client = config.root_queue_bytes;
     let state = AppState::new(config)?;
     let token = state.shutdown_token();
     let guard = token.clone().drop_guard();
@@ -127,7 +159,7 @@ async fn server() -> anyhow::Result<(String, tokio_util::sync::DropGuard)> {
     Ok((url, guard))
 }
 
-fn client(url: &str) -> anyhow::Result<Client> {
+pub(crate) fn client(url: &str) -> anyhow::Result<Client> {
     let mut options = Options::loopback();
     options.timeout = Duration::from_secs(60);
     Ok(Client::with_options(url, options)?)
@@ -159,17 +191,25 @@ async fn join_times(runs: usize) -> anyhow::Result<JoinTimes> {
     })
 }
 
-async fn storm(nodes: usize, config: &WebrtcConfig) -> anyhow::Result<Storm> {
+/// Open file descriptors of this process.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
+}
+
+async fn storm(nodes: usize, max_degree: usize, config: &WebrtcConfig) -> anyhow::Result<Storm> {
     let (url, _server) = server().await?;
-    let options = NodeOptions {
-        max_degree: config.max_degree,
+    let mut options = NodeOptions {
+        max_degree,
         report_topology: true,
         ..NodeOptions::default()
     };
+    options.heartbeat_timeout = config.heartbeat_timeout;
     let mut root = Node::root(client(&url)?, SECRET, options.clone()).await?;
     let pid = std::process::id().to_string();
     let rss_before = procfs::memory(&pid)?.rss_kib;
+    let fds_before = open_fds();
     let cpu_before = procfs::cpu_time(&pid)?;
+    let busy_before = procfs::machine_busy()?;
     let started = Instant::now();
     let joins: Vec<_> = (0..nodes)
         .map(|_| {
@@ -185,39 +225,64 @@ async fn storm(nodes: usize, config: &WebrtcConfig) -> anyhow::Result<Storm> {
     let mut joined = Vec::new();
     let mut samples = Vec::new();
     let mut last = Duration::ZERO;
+    let mut failures: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
     for join in joins {
-        if let Ok(Ok(Ok((node, took)))) = tokio::time::timeout(config.storm_timeout, join).await {
-            samples.push(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
-            last = last.max(started.elapsed());
-            joined.push(node);
+        match tokio::time::timeout(config.storm_timeout, join).await {
+            Ok(Ok(Ok((node, took)))) => {
+                samples.push(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+                last = last.max(started.elapsed());
+                joined.push(node);
+            }
+            Ok(Ok(Err(error))) => *failures.entry(format!("{error:#}")).or_default() += 1,
+            Ok(Err(error)) => *failures.entry(error.to_string()).or_default() += 1,
+            Err(_) => *failures.entry("timed out".to_owned()).or_default() += 1,
         }
     }
+    if !failures.is_empty() {
+        eprintln!("storm of {nodes}: failed joins: {failures:?}");
+    }
     let cpu = procfs::cpu_time(&pid)?.saturating_sub(cpu_before);
+    let others = procfs::machine_busy()?
+        .saturating_sub(busy_before)
+        .saturating_sub(cpu);
+    let wall = started.elapsed();
     let rss_after = procfs::memory(&pid)?.rss_kib;
+    let fds_after = open_fds();
+    let fd_limit = rlimit::Resource::NOFILE.get().map_or(0, |(soft, _)| soft);
     let depth = tree_depth(&mut root, joined.len() + 1).await;
     ensure!(
         !joined.is_empty(),
         "no node of the {nodes}-node storm connected"
     );
     let per_node = nodes as f64;
+    let fds_per_node = fds_after.saturating_sub(fds_before) as f64 / per_node;
     let storm = Storm {
         nodes,
+        max_degree,
         connected: joined.len(),
         all_connected_ms: last.as_secs_f64() * 1000.0,
         join_ms: Percentiles::of(&mut samples, 1000.0),
         depth,
         cpu_ms_per_node: cpu.as_secs_f64() * 1000.0 / per_node,
         rss_kib_per_node: rss_after.saturating_sub(rss_before) as f64 / per_node,
+        fds_per_node,
+        nodes_per_process: if fds_per_node > 0.0 {
+            (fd_limit.saturating_sub(fds_before as u64) as f64 / fds_per_node) as usize
+        } else {
+            0
+        },
+        fd_limit,
+        other_cores: others.as_secs_f64() / wall.as_secs_f64().max(1e-3),
     };
-    for node in joined {
-        node.close().await;
-    }
+    // Dropped all at once: closed one by one, the rest would re-join meanwhile.
+    drop(joined);
     root.close().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     Ok(storm)
 }
 
 /// Depth of the tree as the root's topology picture shows it once it holds `size`
-/// nodes (0 if it does not within a few seconds).
+/// nodes (0 if it does not within 20 s).
 async fn tree_depth(root: &mut Node, size: usize) -> usize {
     fn count(tree: &Value) -> usize {
         1 + children(tree).iter().map(count).sum::<usize>()
@@ -234,7 +299,7 @@ async fn tree_depth(root: &mut Node, size: usize) -> usize {
             .and_then(Value::as_array)
             .map_or(&[], Vec::as_slice)
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while let Ok(Some(event)) = tokio::time::timeout_at(deadline, root.next_event()).await {
         if let Event::Tree(tree) = event
             && count(&tree) == size
@@ -253,11 +318,12 @@ pub fn markdown(report: &WebrtcReport) -> String {
         "Join to an open data channel, two Rust peers through our server ({} joins): p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms.\n\n",
         report.join.runs, j.p50, j.p90, j.p99, j.max
     );
-    out.push_str("| nodes joining at once | connected | all connected after (ms) | join p50 / p90 / max (ms) | tree depth | CPU per node (ms) | RSS per node (KiB) |\n|---|---|---|---|---|---|---|\n");
+    out.push_str("| nodes joining at once | max_degree | connected | all connected after (ms) | join p50 / p90 / max (ms) | tree depth | CPU per node (ms) | RSS per node (KiB) | fds per node | nodes per process (fd limit) |\n|---|---|---|---|---|---|---|---|---|---|\n");
     for s in &report.storms {
         out.push_str(&format!(
-            "| {} | {} | {:.0} | {:.0} / {:.0} / {:.0} | {} | {:.1} | {:.0} |\n",
+            "| {} | {} | {} | {:.0} | {:.0} / {:.0} / {:.0} | {} | {:.1} | {:.0} | {:.1} | {} ({}) |\n",
             s.nodes,
+            s.max_degree,
             s.connected,
             s.all_connected_ms,
             s.join_ms.p50,
@@ -265,7 +331,10 @@ pub fn markdown(report: &WebrtcReport) -> String {
             s.join_ms.max,
             s.depth,
             s.cpu_ms_per_node,
-            s.rss_kib_per_node
+            s.rss_kib_per_node,
+            s.fds_per_node,
+            s.nodes_per_process,
+            s.fd_limit
         ));
     }
     out
@@ -287,14 +356,14 @@ pub fn svg(report: &WebrtcReport) -> String {
             groups: report
                 .storms
                 .iter()
-                .map(|s| format!("{} nodes", s.nodes))
+                .map(|s| format!("{} / d{}", s.nodes, s.max_degree))
                 .collect(),
             ours: report.storms.iter().map(|s| s.all_connected_ms).collect(),
             js: vec![None; report.storms.len()],
         },
     ];
     let subtitle = format!(
-        "{}, {}; Rust peers on loopback, max_degree 4",
+        "{}, {}; Rust peers on loopback; storms: nodes / max_degree",
         report.date, report.machine
     );
     pair_svg("WebRTC: join time and join storms", &subtitle, &panels)

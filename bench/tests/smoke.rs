@@ -199,6 +199,25 @@ async fn webrtc_join_times_and_a_small_storm() -> anyhow::Result<()> {
         "6 nodes of degree 4 need two levels: {storm:?}"
     );
     assert!(bootstrap_bench::webrtc::svg(&report).starts_with("<svg"));
-    assert!(bootstrap_bench::webrtc::markdown(&report).contains("| 6 | 6 |"));
+    assert!(bootstrap_bench::webrtc::markdown(&report).contains("| 6 | 4 | 6 |"));
+    Ok(())
+}
+
+/// The churn benchmark on a small scale: 2 of 10 nodes killed (processes, SIGKILL), the
+/// tree whole again and a broadcast reaching every survivor; timing is not asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_kills_nodes_and_the_tree_heals() -> anyhow::Result<()> {
+    let mut config =
+        bootstrap_bench::churn::ChurnConfig::new(env!("CARGO_BIN_EXE_bootstrap-bench").into());
+    config.nodes = 10;
+    config.killed = 2;
+    config.max_degree = 2;
+    config.runs = 1;
+    config.reference_runs = 0;
+    let report = bootstrap_bench::churn::run(&config).await?;
+    assert_eq!(report.runs.len(), 1);
+    let run = &report.runs[0];
+    assert!(run.heartbeats && run.whole_ms > 0.0, "{run:?}");
+    assert!(bootstrap_bench::churn::markdown(&report).contains("| on | 1 |"));
     Ok(())
 }

@@ -12,15 +12,18 @@
 //! - `state`: the IO-free core: the parent, the child slots, the topology reports and
 //!   the routing of every message; inputs in, actions out.
 //! - `slots`: children, candidates and the requests stored for empty slots.
+//! - `liveness`: heartbeats between parent and child, and links gone silent.
 //! - `topology`: subtree reports and the shared picture of the whole tree.
 //! - `hash`: the deterministic choice of the child a request is delegated to.
-//! - `wire`: the `DATA` and `JOIN-REQUEST` data-channel messages, each parsed once.
+//! - `wire`: the `DATA`, `JOIN-REQUEST` and `HEARTBEAT` data-channel messages, each
+//!   parsed once.
 //! - `event`, `options`, `error`: [`Event`], [`NodeOptions`], [`Error`].
 
 mod error;
 mod event;
 mod hash;
 mod links;
+mod liveness;
 mod node;
 mod options;
 mod slots;
@@ -31,6 +34,7 @@ mod wire;
 
 pub use error::Error;
 pub use event::{Delivery, Event, Source};
+pub use liveness::HEARTBEAT_LABEL;
 pub use node::{Node, NodeInfo};
 pub use options::NodeOptions;
 pub use wire::{BROADCAST_KEY, TO_ROOT_KEY};

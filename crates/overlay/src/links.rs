@@ -11,8 +11,10 @@ use webrtc_bootstrap_peer::{Error as PeerError, Message, Peer, PeerState, Reques
 
 use crate::state::Link;
 
-/// Messages queued for one data channel.
-const LINK_QUEUE: usize = 256;
+/// Messages queued for one data channel. A join storm sends a burst of requests down
+/// each of the root's links (an offer and candidates per newcomer); a request dropped
+/// here is a join lost, so the queue holds a few thousand.
+const LINK_QUEUE: usize = 4096;
 
 /// How long a link may stay ICE-disconnected before it is closed.
 const DISCONNECTED_GRACE: Duration = Duration::from_secs(3);

@@ -13,6 +13,7 @@ use webrtc_bootstrap_peer::Client;
 
 use crate::error::Error;
 use crate::event::Event;
+use crate::liveness::HEARTBEAT_LABEL;
 use crate::options::NodeOptions;
 use crate::state::Target;
 use crate::task::{self, Start};
@@ -81,7 +82,16 @@ impl Node {
     /// # Errors
     /// The peer library's error when the join fails (timeout, no root, ICE failure…).
     pub async fn join(client: Client, options: NodeOptions) -> Result<Self, Error> {
-        let parent = client.join().await?;
+        let parent = if options.heartbeat_interval.is_some() {
+            // Tell the parent this node supports heartbeats.
+            let mut peer_options = client.options().clone();
+            peer_options.channel_label = Some(HEARTBEAT_LABEL.to_owned());
+            Client::with_options(client.address(), peer_options)?
+                .join()
+                .await?
+        } else {
+            client.join().await?
+        };
         Ok(Self::start(client, options, Start::Parent(parent)))
     }
 

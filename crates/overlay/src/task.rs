@@ -14,6 +14,7 @@ use webrtc_bootstrap_peer::{Client, Error as PeerError, Peer, Request, Root, Sig
 
 use crate::event::Event;
 use crate::links::{Input, feed_root, queue, spawn_link};
+use crate::liveness::HEARTBEAT_LABEL;
 use crate::node::{Command, NodeInfo};
 use crate::options::NodeOptions;
 use crate::state::{Action, Link, NodeState};
@@ -53,6 +54,7 @@ pub(crate) fn spawn(
         state,
         client,
         rejoin_timeout: options.rejoin_timeout,
+        heartbeats: options.heartbeat_interval.is_some(),
         inputs,
         events,
         info: info_tx,
@@ -96,6 +98,8 @@ struct NodeTask {
     client: Client,
     /// The longest one re-join attempt may take ([`NodeOptions::rejoin_timeout`]).
     rejoin_timeout: Duration,
+    /// Whether heartbeats are on: re-joins then label their channel so.
+    heartbeats: bool,
     inputs: mpsc::Sender<Input>,
     events: mpsc::Sender<Event>,
     info: watch::Sender<NodeInfo>,
@@ -131,6 +135,12 @@ impl NodeTask {
                     None => break None,
                 },
                 () = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
+                    // What already arrived counts before a link is judged silent.
+                    for _ in 0..INPUT_QUEUE {
+                        let Ok(input) = inputs.try_recv() else { break };
+                        self.on_input(input);
+                        self.execute().await;
+                    }
                     self.state.handle_timeout(Instant::now());
                 }
             }
@@ -171,7 +181,8 @@ impl NodeTask {
         match result {
             Ok(peer) => {
                 // `None`: it timed out meanwhile; dropping the peer closes it.
-                if let Some(link) = self.state.candidate_connected(origin, now) {
+                let heartbeats = peer.label() == HEARTBEAT_LABEL;
+                if let Some(link) = self.state.candidate_connected(origin, heartbeats, now) {
                     let tx = spawn_link(peer, link.clone(), self.inputs.clone());
                     self.links.insert(link, tx);
                 }
@@ -212,6 +223,8 @@ impl NodeTask {
                 }
                 // Dropping the candidate aborts its answer.
                 Action::DropCandidate(origin) => drop(self.candidates.remove(&origin)),
+                // Dropping its sender makes the pump close the peer.
+                Action::CloseLink(link) => drop(self.links.remove(&link)),
                 Action::Rejoin { attempt, delay } => self.start_rejoin(attempt, delay),
             }
         }
@@ -239,6 +252,9 @@ impl NodeTask {
     fn start_rejoin(&mut self, attempt: u32, delay: Duration) {
         let mut options = self.client.options().clone();
         options.timeout = options.timeout.min(self.rejoin_timeout);
+        if self.heartbeats {
+            options.channel_label = Some(HEARTBEAT_LABEL.to_owned());
+        }
         let client = Client::with_options(self.client.address(), options);
         let inputs = self.inputs.clone();
         self.rejoin = Some(AbortOnDrop(tokio::spawn(async move {

@@ -110,6 +110,14 @@ impl Topology {
     }
 }
 
+/// Nodes in a tree picture.
+pub(crate) fn size(tree: &Value) -> usize {
+    1 + tree
+        .get("children")
+        .and_then(Value::as_array)
+        .map_or(0, |children| children.iter().map(size).sum())
+}
+
 /// Deepest subtree accepted from a child, to bound the work a bad report can cause.
 const MAX_DEPTH: usize = 64;
 
@@ -129,14 +137,19 @@ pub(crate) fn as_subtree_report(data: &Value) -> Option<&Value> {
         .and_then(|o| o.get(SUBTREE_KEY))
 }
 
-/// The tree inside the root's broadcast `{"tree": T}`.
-pub(crate) fn tree_of(delivery: Delivery, data: &Value) -> Option<&Value> {
-    if delivery != Delivery::Broadcast {
-        return None;
+/// The tree inside the root's broadcast `{"tree": T}`, taken out of it; anything else
+/// comes back as it was.
+pub(crate) fn tree_of(delivery: Delivery, data: Value) -> Result<Value, Value> {
+    match data {
+        Value::Object(mut object)
+            if delivery == Delivery::Broadcast
+                && object.len() == 1
+                && object.contains_key(TREE_KEY) =>
+        {
+            Ok(object.remove(TREE_KEY).unwrap_or(Value::Null))
+        }
+        other => Err(other),
     }
-    data.as_object()
-        .filter(|o| o.len() == 1)
-        .and_then(|o| o.get(TREE_KEY))
 }
 
 #[cfg(test)]
@@ -182,6 +195,15 @@ mod tests {
             .poll(t0 + DEBOUNCE, ["0123456789abcdef"].into_iter())
             .expect("changed");
         assert_eq!(tree["children"].as_array().map(Vec::len), Some(1));
+    }
+
+    #[test]
+    fn trees_are_counted_and_taken_out_of_broadcasts() {
+        let tree = json!({"name":"r","children":[{"name":"a","children":[]}]});
+        assert_eq!(size(&tree), 2);
+        let wrapped = json!({"tree": {"name":"r","children":[{"name":"a","children":[]}]}});
+        assert_eq!(tree_of(Delivery::Broadcast, wrapped.clone()), Ok(tree));
+        assert_eq!(tree_of(Delivery::Direct, wrapped.clone()), Err(wrapped));
     }
 
     #[test]

@@ -20,6 +20,10 @@ use crate::event::Delivery;
 const DATA: &str = "DATA";
 /// The `type` of delegated join requests.
 const JOIN_REQUEST: &str = "JOIN-REQUEST";
+/// A heartbeat, only between nodes that both support them (`crate::liveness`).
+pub(crate) const HEARTBEAT: &str = r#"{"type":"HEARTBEAT"}"#;
+/// The `type` of heartbeats.
+const HEARTBEAT_TYPE: &str = "HEARTBEAT";
 
 /// Key of the `data` object that marks a broadcast: `{"broadcast": payload}`.
 pub const BROADCAST_KEY: &str = "broadcast";
@@ -33,6 +37,8 @@ pub(crate) enum ChannelMessage {
     Data(Value),
     /// A join request delegated by the parent.
     JoinRequest(JoinRequest),
+    /// A heartbeat: the sender is alive and supports heartbeats.
+    Heartbeat,
 }
 
 /// A join request as a node handles it: the typed request, and how to forward it.
@@ -83,7 +89,7 @@ pub(crate) enum WireError {
     /// Not a JSON object, or a field of the wrong shape.
     #[error("not a JSON object: {0}")]
     Malformed(String),
-    /// A JSON object whose `type` is neither `DATA` nor `JOIN-REQUEST`.
+    /// A JSON object whose `type` is not `DATA`, `JOIN-REQUEST` or `HEARTBEAT`.
     #[error("unknown message type {0:?}")]
     UnknownType(String),
     /// A `JOIN-REQUEST` without a `signal`.
@@ -98,7 +104,7 @@ pub(crate) enum WireError {
 /// pass over the text.
 ///
 /// # Errors
-/// [`WireError`] for anything that is not one of the two message kinds; the JS
+/// [`WireError`] for anything that is not one of the three message kinds; the JS
 /// overlay throws on these, a Rust node logs and ignores them.
 pub(crate) fn parse(bytes: &[u8]) -> Result<ChannelMessage, WireError> {
     let text = std::str::from_utf8(bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
@@ -117,6 +123,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<ChannelMessage, WireError> {
                 frame: Some(text.to_owned()),
             }))
         }
+        Some(HEARTBEAT_TYPE) => Ok(ChannelMessage::Heartbeat),
         Some(other) => Err(WireError::UnknownType(other.to_owned())),
         None => Err(WireError::UnknownType(String::new())),
     }
@@ -242,6 +249,11 @@ mod tests {
             Ok(ChannelMessage::JoinRequest(request)) => request,
             other => panic!("not a join request: {other:?}"),
         }
+    }
+
+    #[test]
+    fn heartbeats_parse() {
+        assert_eq!(parse(HEARTBEAT.as_bytes()), Ok(ChannelMessage::Heartbeat));
     }
 
     #[test]

@@ -295,12 +295,13 @@ impl Rtc {
         &self.mid
     }
 
-    /// Creates the one in-band, ordered, reliable data channel (newcomer side), with a
-    /// 40-hex-character random label like simple-peer's.
-    pub(crate) async fn create_data_channel(&self) -> Result<Channel, Error> {
+    /// Creates the one in-band, ordered, reliable data channel (newcomer side), labelled
+    /// `label`, or with a 40-hex-character random label like simple-peer's.
+    pub(crate) async fn create_data_channel(&self, label: Option<&str>) -> Result<Channel, Error> {
+        let label = label.map_or_else(random_label, str::to_owned);
         let dc = self
             .pc
-            .create_data_channel(&random_label(), None)
+            .create_data_channel(&label, None)
             .await
             .map_err(|e| Error::webrtc("creating the data channel", e))?;
         Ok(Channel { dc })
@@ -518,6 +519,11 @@ impl Channel {
                 Some(_) => {}
             }
         }
+    }
+
+    /// The channel's label (empty if the stack cannot say).
+    pub(crate) async fn label(&self) -> String {
+        self.dc.label().await.unwrap_or_default()
     }
 
     /// Sends a text message.

@@ -95,6 +95,11 @@ pub struct Options {
     /// Send candidates as they are gathered (default). When off, the description is
     /// sent once gathering completes and carries every candidate (JS `trickle: false`).
     pub trickle: bool,
+    /// The label of the data channel a newcomer creates. Default: `None`, 20 random
+    /// bytes as 40 hex characters, as simple-peer does. An application may mark its
+    /// own peers with a label of its choosing ([`crate::Peer::label`] reads it on both
+    /// sides); JS peers take any label and ignore it.
+    pub channel_label: Option<String>,
     /// Pacing of ICE connectivity checks. Default: 50 ms (RFC 8445's Ta); the
     /// `webrtc` crate's own default, 200 ms, makes the data channel open ~4× later.
     pub ice_check_interval: Duration,
@@ -140,6 +145,7 @@ impl fmt::Debug for Options {
             .field("mdns", &self.mdns)
             .field("timeout", &self.timeout)
             .field("trickle", &self.trickle)
+            .field("channel_label", &self.channel_label)
             .field("ice_check_interval", &self.ice_check_interval)
             .field("connect_timeout", &self.connect_timeout)
             .field("reconnect", &self.reconnect)
@@ -161,6 +167,7 @@ impl Default for Options {
             mdns: false,
             timeout: Duration::from_secs(30),
             trickle: true,
+            channel_label: None,
             ice_check_interval: Duration::from_millis(50),
             connect_timeout: Duration::from_secs(10),
             reconnect: Reconnect::default(),

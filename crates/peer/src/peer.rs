@@ -59,6 +59,7 @@ pub enum CloseReason {
 #[derive(Debug)]
 pub struct Peer {
     remote_id: Option<String>,
+    label: String,
     channel: Channel,
     max_message_size: usize,
     incoming: mpsc::Receiver<Message>,
@@ -86,6 +87,7 @@ impl Peer {
             .max_message_size()
             .await
             .map_or(MAX_MESSAGE_SIZE, |n| n.min(MAX_MESSAGE_SIZE));
+        let label = channel.label().await;
         let (message_tx, incoming) = mpsc::channel(RECEIVE_QUEUE);
         if let Some(message) = first_message {
             // The queue is new and empty: this cannot fail.
@@ -104,6 +106,7 @@ impl Peer {
         ));
         Self {
             remote_id,
+            label,
             channel,
             max_message_size,
             incoming,
@@ -120,6 +123,13 @@ impl Peer {
     #[must_use]
     pub fn remote_id(&self) -> Option<&str> {
         self.remote_id.as_deref()
+    }
+
+    /// The data channel's label: [`crate::Options::channel_label`] of the newcomer that
+    /// created it (simple-peer picks 40 random hex characters).
+    #[must_use]
+    pub fn label(&self) -> &str {
+        &self.label
     }
 
     /// The largest message this connection sends: [`MAX_MESSAGE_SIZE`], or less if the

@@ -47,7 +47,9 @@ pub(crate) async fn join(endpoint: &Endpoint) -> Result<Peer, Error> {
     let deadline = Instant::now() + options.timeout;
     let (socket, mut rtc, events) = open(endpoint).await?;
     let setup = async {
-        let channel = rtc.create_data_channel().await?;
+        let channel = rtc
+            .create_data_channel(options.channel_label.as_deref())
+            .await?;
         let offer = rtc.create_offer().await?;
         Ok::<_, Error>((channel, offer))
     }

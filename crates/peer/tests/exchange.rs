@@ -62,6 +62,10 @@ async fn hundred_text_and_binary_messages_each_way_in_order() {
     assert!(answerer.remote_id().is_some_and(|id| id.len() == 32));
     assert_ne!(newcomer.remote_id(), answerer.remote_id());
     assert_eq!(newcomer.state(), PeerState::Connected);
+    // The default label is simple-peer's: 40 random hex characters, seen by both sides.
+    assert_eq!(newcomer.label().len(), 40);
+    assert!(newcomer.label().bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(answerer.label(), newcomer.label());
 
     tokio::join!(
         send_all(&newcomer, "newcomer", 0x5a),
@@ -115,4 +119,23 @@ async fn largest_message_passes_and_larger_is_refused() {
         within("big text", answerer.recv()).await,
         Some(Message::Text(text))
     );
+}
+
+#[tokio::test]
+async fn the_newcomer_chooses_the_channel_label() {
+    init_tracing();
+    let server = start_server().await;
+    let mut labelled = options();
+    labelled.channel_label = Some("my-app/1".to_owned());
+    let client = Client::with_options(&server.base_url(), labelled).expect("client");
+    let mut root = within("root", client.root(SECRET)).await.expect("root");
+    let answering = async {
+        let incoming = root.next().await.expect("a newcomer");
+        incoming.accept().connected().await
+    };
+    let (newcomer, answerer) =
+        within("connect", async { tokio::join!(client.join(), answering) }).await;
+    let (newcomer, answerer) = (newcomer.expect("newcomer"), answerer.expect("answerer"));
+    assert_eq!(newcomer.label(), "my-app/1");
+    assert_eq!(answerer.label(), "my-app/1");
 }
