@@ -15,10 +15,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, ensure};
 use bootstrap_testkit::turn::Coturn;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
 use webrtc_bootstrap_peer::{CandidateKind, Client, Options, Peer};
 use webrtc_bootstrap_server::turn::TurnConfig;
-use webrtc_bootstrap_server::{AppState, Config, OverlayConfig};
+use webrtc_bootstrap_server::{Config, OverlayConfig};
 
 use crate::procfs;
 use crate::stats::Percentiles;
@@ -129,8 +128,6 @@ fn per_join(cpu: Duration, runs: usize) -> f64 {
 /// A server on 127.0.0.1:0 in this process with overlays `direct` and `relay`, handing
 /// out credentials for coturn at `turn_uri`; stops when the guard drops.
 async fn server(turn_uri: &str) -> anyhow::Result<(String, tokio_util::sync::DropGuard)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("ws://{}", listener.local_addr()?);
     let mut config = Config::new(SECRET);
     for name in [DIRECT, RELAY] {
         config
@@ -138,15 +135,7 @@ async fn server(turn_uri: &str) -> anyhow::Result<(String, tokio_util::sync::Dro
             .insert(name.to_owned(), OverlayConfig::new(SECRET));
     }
     config.turn = Some(TurnConfig::new(TURN_SECRET, vec![turn_uri.to_owned()]));
-    let state = AppState::new(config)?;
-    let token = state.shutdown_token();
-    let guard = token.clone().drop_guard();
-    tokio::spawn(webrtc_bootstrap_server::serve(
-        listener,
-        state,
-        async move { token.cancelled().await },
-    ));
-    Ok((url, guard))
+    crate::webrtc::serve_in_process(config).await
 }
 
 fn client(url: &str, overlay: &str, mut options: Options) -> anyhow::Result<Client> {

@@ -138,8 +138,6 @@ pub async fn run(config: &WebrtcConfig) -> anyhow::Result<WebrtcReport> {
 
 /// A server on 127.0.0.1:0 in this process; stops when the guard drops.
 pub(crate) async fn server() -> anyhow::Result<(String, tokio_util::sync::DropGuard)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("ws://{}", listener.local_addr()?);
     let mut config = Config::new(SECRET);
     config.rate_per_second = 100_000;
     config.rate_burst = 100_000;
@@ -148,6 +146,16 @@ pub(crate) async fn server() -> anyhow::Result<(String, tokio_util::sync::DropGu
     config.max_pending_connections = 100_000;
     config.max_pending_per_client = 100_000;
     config.root_bytes_per_client = config.root_queue_bytes;
+    serve_in_process(config).await
+}
+
+/// A server with `config` on 127.0.0.1:0 in this process: its `ws://` URL, and a guard
+/// that stops it when dropped.
+pub(crate) async fn serve_in_process(
+    config: Config,
+) -> anyhow::Result<(String, tokio_util::sync::DropGuard)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("ws://{}", listener.local_addr()?);
     let state = AppState::new(config)?;
     let token = state.shutdown_token();
     let guard = token.clone().drop_guard();
