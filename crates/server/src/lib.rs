@@ -43,6 +43,7 @@
 
 pub mod admission;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 mod edge;
 mod files;
@@ -96,6 +97,9 @@ pub enum Error {
     /// The TLS certificate or key cannot be used.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The cluster's backplane cannot be reached.
+    #[error(transparent)]
+    Backplane(#[from] cluster::BackplaneError),
     /// Binding or serving the listener failed.
     #[error("server I/O error: {0}")]
     Serve(#[source] std::io::Error),
@@ -166,6 +170,8 @@ pub async fn serve(
     let watcher = tokio::spawn(async move {
         tokio::select! {
             () = shutdown => {
+                // In a cluster, the roots move to other instances at once.
+                cluster::hand_over(&drained.0).await;
                 drain(&drained).await;
                 trigger.cancel();
             }
