@@ -12,6 +12,8 @@
 //! - [`report`]: the results file and the table; `chart` draws the SVG.
 //! - [`procfs`]: CPU time and memory of a process from `/proc`.
 //! - [`webrtc`]: join time between Rust peers and join storms of tree-overlay nodes.
+//! - [`cluster`]: the same verified load over a cluster of instances joined by Redis,
+//!   next to a single instance, same run.
 //! - [`turn`]: joins relayed through the real coturn next to direct joins, same run.
 //! - [`soak`]: a million verified handshakes against one server process, sampling its
 //!   memory, descriptors, threads and `/healthz`.
@@ -22,6 +24,7 @@
 
 pub mod auth;
 mod chart;
+pub mod cluster;
 pub mod compare;
 pub mod echo;
 mod handshake;

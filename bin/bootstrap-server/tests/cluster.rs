@@ -7,7 +7,6 @@
 //! Without `redis-server` (or `nginx` for its test) each test prints a loud SKIPPED
 //! line, or fails when `CI` is set (`.ci/setup-services` installs them).
 
-#[allow(dead_code, unreachable_pub)]
 #[path = "../../../tests/tests/js/mod.rs"]
 mod js;
 
@@ -23,7 +22,6 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 const BIN: &str = env!("CARGO_BIN_EXE_bootstrap-server");
 const SECRET: &str = "cluster-secret-0123456789";
@@ -841,9 +839,4 @@ fn js_root_on_instance_1_and_js_newcomer_on_instance_2_exchange_data() -> anyhow
             root.expect_no_uncaught(Duration::ZERO).await
         },
     )
-}
-
-#[allow(dead_code)]
-fn _close_code_is_used(code: CloseCode) -> u16 {
-    u16::from(code)
 }

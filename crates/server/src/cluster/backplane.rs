@@ -111,10 +111,13 @@ pub trait Backplane: Send + Sync + std::fmt::Debug + 'static {
 pub struct InProcess {
     hub: Arc<Hub>,
     /// This clone's tag and counters, once started.
-    me: Arc<Mutex<Option<(InstanceTag, Arc<BackplaneStats>)>>>,
+    me: Arc<Mutex<Option<Me>>>,
     /// Killed: every operation of this clone fails.
     dead: Arc<AtomicBool>,
 }
+
+/// A started instance: its tag and counters.
+type Me = (InstanceTag, Arc<BackplaneStats>);
 
 #[derive(Debug, Default)]
 struct Hub {
@@ -173,7 +176,7 @@ impl InProcess {
         }
     }
 
-    fn me(&self) -> Option<(InstanceTag, Arc<BackplaneStats>)> {
+    fn me(&self) -> Option<Me> {
         self.me
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -201,19 +204,14 @@ impl InProcess {
     }
 
     fn deliver(&self, to: InstanceTag, frame: Vec<u8>, state: &HubState, count: bool) -> bool {
-        match state.instances.get(&to) {
-            Some((inbox, stats)) => {
-                if inbox.try_send(frame).is_ok() {
-                    if count {
-                        BackplaneStats::bump(&stats.received);
-                    }
-                    true
-                } else {
-                    false
-                }
-            }
-            None => false,
+        let Some((inbox, stats)) = state.instances.get(&to) else {
+            return false;
+        };
+        let taken = inbox.try_send(frame).is_ok();
+        if taken && count {
+            BackplaneStats::bump(&stats.received);
         }
+        taken
     }
 }
 

@@ -247,7 +247,7 @@ mod tests {
             Frame::decode(&[1, 0, 0, 1, 0xff]),
             Err(FrameError::Malformed)
         );
-        let mut bad_text = good.clone();
+        let mut bad_text = good;
         bad_text.push(0xff);
         assert_eq!(Frame::decode(&bad_text), Err(FrameError::Malformed));
         // Arbitrary bytes.
