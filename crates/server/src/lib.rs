@@ -29,6 +29,8 @@
 //! - `transport`: the socket's future: bytes and timers only.
 //! - `files`: static files that stay inside `--public` (regular files only), and
 //!   `WriteDeadline`, the write timeout of plain HTTP connections.
+//! - [`cluster`]: several instances joined by a [`cluster::Backplane`] (in-process or
+//!   Redis): instance tags in ids, root leases with epochs, frames that cross verbatim.
 //! - [`turn`]: ephemeral TURN credentials (the TURN REST API) for `/ice-servers`.
 //! - `upgrade`: the WebSocket opening handshake. `routes`: [`router`], the HTTP
 //!   handlers. This file: the accept loop and graceful shutdown.
