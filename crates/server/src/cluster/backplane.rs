@@ -52,8 +52,8 @@ impl BackplaneStats {
 /// How the instances of a cluster reach each other.
 ///
 /// An instance calls [`start`](Backplane::start) once; from then on every frame
-/// published to its tag, and every broadcast, lands in its inbox. [`publish`]
-/// (Backplane::publish) is called on the relay's hot path: it never waits, keeps the
+/// published to its tag, and every broadcast, lands in its inbox.
+/// [`publish`](Backplane::publish) is called on the relay's hot path: it never waits, keeps the
 /// order of the frames given to it, and drops (and counts) what it cannot send rather
 /// than queue without bound. Leases take the time of a broker round trip.
 pub trait Backplane: Send + Sync + std::fmt::Debug + 'static {

@@ -9,11 +9,11 @@
 //!   reading the leases every third of their time to live), so a root-bound message
 //!   costs one publish too.
 //! - What crosses is the relayed text as the sending instance rewrote it (`origin` set by
-//!   the instance owning the sender), behind a small binary header ([`frame`]).
+//!   the instance owning the sender), behind a small binary header (`frame.rs`).
 //! - Without a backplane none of this runs: a single server pays one `Option` check per
 //!   message.
 //!
-//! The decisions are IO-free (`frame`, `lease`); this module applies them to the
+//! The decisions are IO-free (`frame.rs`, [`lease`]); this module applies them to the
 //! server's state, and spawns the two tasks of an instance: its inbox and its leases.
 
 mod backplane;
@@ -44,8 +44,9 @@ use crate::stats::Stats;
 use frame::{Body, Frame};
 use lease::{Held, Renewal, on_renewal, replaces};
 
-/// Frames received and not yet handled, at most; more are dropped and counted.
-const INBOX: usize = 8192;
+/// Frames received and not yet handled, at most (at most 128 MiB of 64 KiB frames;
+/// signaling frames are a few KiB); more are dropped and counted.
+const INBOX: usize = 2048;
 
 /// Default time to live of a root lease.
 pub const DEFAULT_ROOT_LEASE: Duration = Duration::from_secs(6);

@@ -7,7 +7,7 @@
 //! subscription reconnects by itself, and the leases are taken again when Redis comes
 //! back empty.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -23,6 +23,10 @@ use crate::cluster::lease::{InstanceTag, RootAt};
 
 /// Frames waiting to be published, at most; more are dropped and counted.
 const PUBLISH_QUEUE: usize = 8192;
+
+/// Bytes of the frames waiting to be published, at most (with 64 KiB frames the count
+/// alone would allow 512 MiB); more are dropped and counted.
+const PUBLISH_QUEUE_BYTES: usize = 16 << 20;
 
 /// Frames sent in one pipeline, at most.
 const BATCH: usize = 256;
@@ -98,6 +102,8 @@ struct Scripts {
 
 struct Started {
     queue: mpsc::Sender<Outbound>,
+    /// Bytes in `queue`, against [`PUBLISH_QUEUE_BYTES`].
+    queued: Arc<AtomicUsize>,
     stats: Arc<BackplaneStats>,
 }
 
@@ -204,13 +210,21 @@ impl RedisBackplane {
         let Some(started) = self.started.get() else {
             return false;
         };
-        match started.queue.try_send(outbound) {
-            Ok(()) => true,
-            Err(_) => {
-                BackplaneStats::bump(&started.stats.dropped_unreachable);
-                false
-            }
+        let len = outbound.frame.len();
+        let fits = started
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used + len <= PUBLISH_QUEUE_BYTES).then_some(used + len)
+            })
+            .is_ok();
+        if fits && started.queue.try_send(outbound).is_ok() {
+            return true;
         }
+        if fits {
+            started.queued.fetch_sub(len, Ordering::AcqRel);
+        }
+        BackplaneStats::bump(&started.stats.dropped_unreachable);
+        false
     }
 }
 
@@ -249,8 +263,10 @@ impl Backplane for RedisBackplane {
                 return Err(BackplaneError::NoFreeTag);
             };
             let (queue, rx) = mpsc::channel(PUBLISH_QUEUE);
+            let queued = Arc::new(AtomicUsize::new(0));
             let started = Started {
                 queue,
+                queued: Arc::clone(&queued),
                 stats: Arc::clone(&stats),
             };
             if self.started.set(started).is_err() {
@@ -259,6 +275,7 @@ impl Backplane for RedisBackplane {
             tokio::spawn(publisher(
                 self.conn.clone(),
                 rx,
+                queued,
                 Arc::clone(&stats),
                 Arc::clone(&self.reachable),
             ));
@@ -406,11 +423,14 @@ impl Backplane for RedisBackplane {
 async fn publisher(
     mut conn: ConnectionManager,
     mut rx: mpsc::Receiver<Outbound>,
+    queued: Arc<AtomicUsize>,
     stats: Arc<BackplaneStats>,
     reachable: Arc<AtomicBool>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let bytes: usize = batch.iter().map(|o| o.frame.len()).sum();
+        queued.fetch_sub(bytes, Ordering::AcqRel);
         let mut pipe = redis::pipe();
         for outbound in &batch {
             pipe.cmd("PUBLISH")
