@@ -21,8 +21,11 @@ use crate::ws::{Arrival, Frame, WsClient, WsError};
 /// Everything the generator's tasks share.
 #[derive(Debug)]
 pub(crate) struct Ctx {
-    /// The server under test.
-    pub(crate) server: SocketAddr,
+    /// Where newcomers open their `/join` socket (the server under test, or a
+    /// cluster's other instance).
+    pub(crate) newcomer_server: SocketAddr,
+    /// Where answerers open theirs.
+    pub(crate) answerer_server: SocketAddr,
     /// The path newcomers and answerers open (`/join`, or one carrying a token).
     pub(crate) join_path: String,
     /// Message content.
@@ -118,7 +121,7 @@ impl<'a> Handshake<'a> {
         let started = Instant::now();
         let deadline = started + ctx.timeout;
         let seed = self.n.wrapping_mul(2_654_435_761);
-        let mut newcomer = connect(ctx, seed, deadline)
+        let mut newcomer = connect(ctx, ctx.newcomer_server, seed, deadline)
             .await
             .map_err(self.connection("newcomer"))?;
         ctx.board.register(self.n, tx);
@@ -145,9 +148,10 @@ impl<'a> Handshake<'a> {
                     self.at_root = 1;
                     self.newcomer_id = Some(origin);
                     // The root answers with a fresh `/join` socket.
-                    let mut socket = connect(ctx, seed.rotate_left(16), deadline)
-                        .await
-                        .map_err(self.connection("answerer"))?;
+                    let mut socket =
+                        connect(ctx, ctx.answerer_server, seed.rotate_left(16), deadline)
+                            .await
+                            .map_err(self.connection("answerer"))?;
                     for rank in 0..=ctx.script.candidates {
                         self.send(&mut socket, Side::Answerer, rank, Some(origin))
                             .await?;
@@ -383,8 +387,13 @@ enum Event {
 }
 
 /// Opens a `/join` socket, giving up at `deadline`.
-async fn connect(ctx: &Ctx, seed: u32, deadline: Instant) -> Result<WsClient, WsError> {
-    let connect = WsClient::connect(ctx.server, &ctx.join_path, None, seed);
+async fn connect(
+    ctx: &Ctx,
+    server: SocketAddr,
+    seed: u32,
+    deadline: Instant,
+) -> Result<WsClient, WsError> {
+    let connect = WsClient::connect(server, &ctx.join_path, None, seed);
     tokio::time::timeout_at(deadline, connect)
         .await
         .unwrap_or(Err(WsError::TimedOut))

@@ -13,6 +13,8 @@
 //! - [`procfs`]: CPU time and memory of a process from `/proc`.
 //! - [`webrtc`]: join time between Rust peers and join storms of tree-overlay nodes.
 //! - [`churn`]: 10 % of a tree's nodes killed at once, and the time until it is whole.
+//! - [`cluster`]: the same verified load over a cluster of instances joined by Redis,
+//!   next to a single instance, same run.
 //! - [`turn`]: joins relayed through the real coturn next to direct joins, same run.
 //! - [`soak`]: a million verified handshakes against one server process, sampling its
 //!   memory, descriptors, threads and `/healthz`.
@@ -24,6 +26,7 @@
 pub mod auth;
 mod chart;
 pub mod churn;
+pub mod cluster;
 pub mod compare;
 pub mod echo;
 mod handshake;

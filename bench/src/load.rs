@@ -53,6 +53,16 @@ pub struct LoadConfig {
     /// Start handshakes at this rate (per second) instead of as fast as the concurrency
     /// allows: an open-loop load, to compare latencies at equal load.
     pub rate: Option<f64>,
+    /// Where newcomers connect, if not to `server` (a cluster's other instance).
+    pub newcomer_server: Option<SocketAddr>,
+    /// Where answerers connect, if not to `server`.
+    pub answerer_server: Option<SocketAddr>,
+    /// More processes whose CPU time counts (a cluster's other instances and its
+    /// broker): reported as `all_processes_us_per_handshake`.
+    pub extra_pids: Vec<u32>,
+    /// Pause after the root connects, before the first handshake (a cluster's other
+    /// instances learn where the root is).
+    pub settle: Duration,
 }
 
 impl LoadConfig {
@@ -73,6 +83,10 @@ impl LoadConfig {
             handshake_timeout: Duration::from_secs(30),
             server_pid: None,
             rate: None,
+            newcomer_server: None,
+            answerer_server: None,
+            extra_pids: Vec::new(),
+            settle: Duration::ZERO,
         }
     }
 }
@@ -141,6 +155,10 @@ pub struct LoadReport {
     pub failed_handshakes: u64,
     /// Failures outside any one handshake (at the root).
     pub stray_failures: u64,
+    /// CPU time of the server and of `extra_pids` together, per measured handshake, in
+    /// microseconds (a cluster: every instance and its broker).
+    #[serde(default)]
+    pub all_processes_us_per_handshake: Option<f64>,
     /// The first few failures, for the report.
     pub failure_samples: Vec<String>,
 }
@@ -188,7 +206,8 @@ pub async fn run(config: &LoadConfig) -> anyhow::Result<LoadReport> {
         .unwrap_or(config.candidates / 2)
         .min(config.candidates);
     let ctx = Arc::new(Ctx {
-        server: config.server,
+        newcomer_server: config.newcomer_server.unwrap_or(config.server),
+        answerer_server: config.answerer_server.unwrap_or(config.server),
         join_path: config.join_path.clone(),
         script: Script::new(config.candidates, early, config.sdp_bytes),
         board: Board::default(),
@@ -200,10 +219,15 @@ pub async fn run(config: &LoadConfig) -> anyhow::Result<LoadReport> {
         .with_context(|| format!("cannot connect the root to {}", config.server))?;
     let (stop, stopped) = oneshot::channel();
     let root = tokio::spawn(crate::root::run(Arc::clone(&ctx), root_ws, stopped));
+    tokio::time::sleep(config.settle).await;
 
     let mut warm = phase(&ctx, 0, config.warmup, config.concurrency, config.rate).await;
     let pid = config.server_pid.map(|p| p.to_string());
     let server_before = pid.as_deref().map(procfs::cpu_times).transpose()?;
+    let extra: Vec<String> = config.extra_pids.iter().map(u32::to_string).collect();
+    let extra_cpu =
+        || -> anyhow::Result<Duration> { extra.iter().map(|p| procfs::cpu_time(p)).sum() };
+    let extra_before = extra_cpu()?;
     let own_before = procfs::cpu_time("self")?;
     let busy_before = procfs::machine_busy()?;
     let started = Instant::now();
@@ -217,6 +241,7 @@ pub async fn run(config: &LoadConfig) -> anyhow::Result<LoadReport> {
     .await;
     let seconds = started.elapsed().as_secs_f64();
     let own_cpu = procfs::cpu_time("self")?.saturating_sub(own_before);
+    let extra_used = extra_cpu()?.saturating_sub(extra_before);
     let busy = procfs::machine_busy()?.saturating_sub(busy_before);
     let per_handshake = |d: Duration| d.as_secs_f64() * 1e6 / f64::from(config.handshakes.max(1));
     let server = match (pid.as_deref(), server_before) {
@@ -237,7 +262,12 @@ pub async fn run(config: &LoadConfig) -> anyhow::Result<LoadReport> {
     };
     let server_cpu = server.map_or(0.0, |s| s.cpu_seconds);
     let background_cores =
-        ((busy.as_secs_f64() - server_cpu - own_cpu.as_secs_f64()) / seconds).max(0.0);
+        ((busy.as_secs_f64() - server_cpu - extra_used.as_secs_f64() - own_cpu.as_secs_f64())
+            / seconds)
+            .max(0.0);
+    let all_processes_us_per_handshake = server.map(|s| {
+        (s.cpu_seconds + extra_used.as_secs_f64()) * 1e6 / f64::from(config.handshakes.max(1))
+    });
     let _ = stop.send(());
     let stray = root.await.context("the root task panicked")?;
 
@@ -275,6 +305,7 @@ pub async fn run(config: &LoadConfig) -> anyhow::Result<LoadReport> {
         failed_handshakes: failed,
         stray_failures: stray.len() as u64,
         failure_samples,
+        all_processes_us_per_handshake,
     })
 }
 

@@ -61,6 +61,10 @@ enum Command {
     Turn(TurnArgs),
     /// What token auth costs: the same load point with and without join tokens.
     Auth(AuthArgs),
+    /// The verified load over a cluster of instances joined by a real redis-server
+    /// (root, newcomers and answerers on different instances) next to a single
+    /// instance, same run.
+    Cluster(ClusterArgs),
     /// A million verified handshakes against one server process, sampling its memory,
     /// descriptors, threads and /healthz: flat after warm-up, nothing lost.
     Soak(SoakArgs),
@@ -169,6 +173,34 @@ struct ChurnArgs {
     #[arg(long, default_value_t = 3)]
     reference_runs: usize,
     /// Where to write churn.json and churn.md; nothing is written without it.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ClusterArgs {
+    /// Our server binary [default: next to this one, else target/release].
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Instances in the cluster (2 or 3).
+    #[arg(long, default_value_t = 3)]
+    instances: usize,
+    /// Measured handshakes per point (N).
+    #[arg(short = 'n', long, default_value_t = 5000)]
+    handshakes: u32,
+    /// Most handshakes in flight (C).
+    #[arg(short = 'c', long, default_value_t = 50)]
+    concurrency: u32,
+    /// Unmeasured handshakes first.
+    #[arg(long, default_value_t = 500)]
+    warmup: u32,
+    /// Worker threads of each server process (0: one per core).
+    #[arg(long, default_value_t = 1)]
+    server_workers: usize,
+    /// The redis-server program.
+    #[arg(long, default_value = "redis-server")]
+    redis_server: String,
+    /// Where to write cluster.json and cluster.md; nothing is written without it.
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -391,6 +423,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Auth(args) => run_auth(args),
+        Command::Cluster(args) => run_cluster(args),
         Command::Soak(args) => run_soak(args),
         Command::Echo(args) => run_echo(&args),
     }
@@ -613,6 +646,41 @@ fn run_turn(args: &TurnArgs) -> anyhow::Result<ExitCode> {
         println!("wrote {}/turn.{{json,md}}", dir.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn run_cluster(args: ClusterArgs) -> anyhow::Result<ExitCode> {
+    let config = bootstrap_bench::cluster::ClusterConfig {
+        programs: Programs {
+            server_bin: args.server_bin.unwrap_or_else(default_server_bin),
+            node: "node".into(),
+            js_dir: PathBuf::from("bench/js"),
+            node_heap_mib: 0,
+            server_workers: (args.server_workers > 0).then_some(args.server_workers),
+        },
+        instances: args.instances,
+        handshakes: args.handshakes,
+        concurrency: args.concurrency,
+        warmup: args.warmup,
+        redis_server: args.redis_server,
+    };
+    let report = bootstrap_bench::cluster::run(&config)?;
+    let text = bootstrap_bench::cluster::markdown(&report);
+    println!("{text}");
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(
+            dir.join("cluster.json"),
+            serde_json::to_string_pretty(&report)? + "\n",
+        )?;
+        std::fs::write(dir.join("cluster.md"), text)?;
+        println!("wrote {}/cluster.{{json,md}}", dir.display());
+    }
+    Ok(if report.single.verified() && report.cluster.verified() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("verification FAILED");
+        ExitCode::FAILURE
+    })
 }
 
 fn parse_url(url: &str) -> anyhow::Result<SocketAddr> {

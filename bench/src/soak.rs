@@ -252,7 +252,8 @@ pub async fn run(config: &SoakConfig) -> anyhow::Result<SoakReport> {
     }
     let probe = Probe::new(config.server, config.server_pid);
     let ctx = Arc::new(Ctx {
-        server: config.server,
+        newcomer_server: config.server,
+        answerer_server: config.server,
         join_path: "/join".to_owned(),
         script: Script::new(4, 2, 1500),
         board: Board::default(),

@@ -21,6 +21,7 @@ use tracing_subscriber::EnvFilter;
 use webrtc_bootstrap_server::TlsFiles;
 use webrtc_bootstrap_server::admission::caps_for_fd_limit;
 use webrtc_bootstrap_server::auth::TokenKey;
+use webrtc_bootstrap_server::cluster::{RedisBackplane, RedisOptions};
 use webrtc_bootstrap_server::config::IpNet;
 use webrtc_bootstrap_server::config::MIN_SECRET_LEN;
 use webrtc_bootstrap_server::turn::TurnConfig;
@@ -114,6 +115,19 @@ struct Cli {
     /// Bad messages after which a socket is closed [default: 10].
     #[arg(long)]
     max_bad_messages: Option<u32>,
+    /// Join a cluster of instances through this Redis: redis://HOST:PORT/ or
+    /// redis+unix:///PATH (a password in the URL is never logged). Without it the
+    /// server runs alone, as always.
+    #[arg(long, value_name = "URL", env = "REDIS_URL", hide_env_values = true)]
+    redis: Option<String>,
+    /// The cluster's name: the prefix of its Redis keys and channels, so several
+    /// clusters can share one Redis [default: default].
+    #[arg(long, value_name = "NAME")]
+    cluster: Option<String>,
+    /// Time to live of a root lease in Redis, in milliseconds: how long the cluster may
+    /// take to forget the root of an instance that died [default: 6000].
+    #[arg(long, value_name = "MS")]
+    root_lease: Option<u64>,
     /// Grace period for sockets to close on shutdown, in milliseconds [default: 5000].
     #[arg(long)]
     shutdown_grace: Option<u64>,
@@ -264,6 +278,9 @@ struct FileConfig {
     allowed_origins: Option<Vec<String>>,
     require_origin: Option<bool>,
     log_format: Option<LogFormat>,
+    redis: Option<String>,
+    cluster: Option<String>,
+    root_lease: Option<u64>,
 }
 
 /// Everything `main` needs, resolved from flags, environment, file and defaults.
@@ -275,6 +292,51 @@ struct Settings {
     log_format: LogFormat,
     /// Overlays whose (allowed) weak secret is warned about once logging is set up.
     weak_secrets: Vec<String>,
+    /// The cluster to join, if any, and the root leases' time to live.
+    cluster: Option<(RedisOptions, Duration)>,
+}
+
+/// Reads `--redis`, `--cluster` and `--root-lease`.
+fn cluster_settings(
+    redis: Option<String>,
+    cluster: Option<String>,
+    root_lease: Option<u64>,
+) -> anyhow::Result<Option<(RedisOptions, Duration)>> {
+    let Some(url) = redis else {
+        anyhow::ensure!(
+            cluster.is_none() && root_lease.is_none(),
+            "--cluster and --root-lease need --redis"
+        );
+        return Ok(None);
+    };
+    anyhow::ensure!(
+        ["redis://", "rediss://", "redis+unix://", "unix://"]
+            .iter()
+            .any(|scheme| url.starts_with(scheme)),
+        "--redis must be a redis://HOST:PORT/ or redis+unix:///PATH URL"
+    );
+    let name = cluster.unwrap_or_else(|| "default".to_owned());
+    anyhow::ensure!(
+        (1..=64).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)),
+        "--cluster must be 1 to 64 of A-Z a-z 0-9 - _ ."
+    );
+    let lease = root_lease.unwrap_or(6000);
+    anyhow::ensure!(
+        (300..=600_000).contains(&lease),
+        "--root-lease must be from 300 to 600000 ms"
+    );
+    let lease = Duration::from_millis(lease);
+    Ok(Some((
+        RedisOptions {
+            url,
+            cluster: name,
+            instance_lease: lease.max(Duration::from_secs(10)),
+        },
+        lease,
+    )))
 }
 
 fn settings(cli: Cli) -> anyhow::Result<Settings> {
@@ -282,6 +344,11 @@ fn settings(cli: Cli) -> anyhow::Result<Settings> {
         Some(path) => read_config(path)?,
         None => FileConfig::default(),
     };
+    let cluster = cluster_settings(
+        cli.redis.clone().or(file.redis.clone()),
+        cli.cluster.clone().or(file.cluster.clone()),
+        cli.root_lease.or(file.root_lease),
+    )?;
     let mut config = Config::new(cli.secret.or(file.secret).unwrap_or_default());
     let ms = Duration::from_millis;
     if let Some(v) = cli.timeout.or(file.timeout) {
@@ -437,6 +504,7 @@ fn settings(cli: Cli) -> anyhow::Result<Settings> {
             .or(file.log_format)
             .unwrap_or(LogFormat::Text),
         weak_secrets,
+        cluster,
     })
 }
 
@@ -694,8 +762,24 @@ fn main() -> ExitCode {
             }
         };
         tracing::info!(config = ?settings.config, "starting");
-        let state = match AppState::new(settings.config) {
+        let state = match settings.cluster {
+            None => AppState::new(settings.config),
+            Some((redis, root_lease)) => {
+                tracing::info!(cluster = %redis.cluster, ?root_lease, "joining the cluster");
+                match RedisBackplane::connect(redis).await {
+                    Ok(backplane) => {
+                        AppState::clustered(settings.config, Arc::new(backplane), root_lease).await
+                    }
+                    Err(error) => Err(error.into()),
+                }
+            }
+        };
+        let state = match state {
             Ok(state) => state,
+            Err(error @ webrtc_bootstrap_server::Error::Backplane(_)) => {
+                eprintln!("bootstrap-server: {error}");
+                return ExitCode::FAILURE;
+            }
             Err(error) => {
                 eprintln!("bootstrap-server: {error}");
                 return ExitCode::from(EX_USAGE);

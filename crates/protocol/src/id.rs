@@ -10,6 +10,9 @@ use rand_core::{Rng, SeedableRng};
 /// Length of an id in hex characters.
 pub const ID_LEN: usize = 32;
 
+/// Hex characters of an id that name a cluster instance (see [`PeerId::tagged`]).
+pub const TAG_LEN: usize = 4;
+
 /// The id of one `/join` socket, as 32 lowercase hex ASCII bytes.
 ///
 /// Kept as fixed-size bytes rather than a `String`: ids are hashed and compared on every
@@ -33,6 +36,32 @@ impl PeerId {
             out[2 * i + 1] = HEX[usize::from(b & 0x0f)];
         }
         Self(out)
+    }
+
+    /// The same id with its first [`TAG_LEN`] hex characters replaced by `tag`: a
+    /// cluster names the instance that holds a socket inside the socket's id, so a
+    /// message for it is routed with no lookup. The other 112 bits stay random.
+    #[must_use]
+    pub fn tagged(mut self, tag: u16) -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for (i, slot) in self.0[..TAG_LEN].iter_mut().enumerate() {
+            let nibble = (tag >> (12 - 4 * i)) & 0x0f;
+            *slot = HEX[usize::from(nibble)];
+        }
+        self
+    }
+
+    /// The instance tag in the first [`TAG_LEN`] hex characters (see
+    /// [`PeerId::tagged`]). Every id has one; only a cluster gives it a meaning.
+    #[must_use]
+    pub fn tag(&self) -> u16 {
+        self.0[..TAG_LEN].iter().fold(0u16, |tag, &c| {
+            let nibble = match c {
+                b'0'..=b'9' => c - b'0',
+                _ => c - b'a' + 10,
+            };
+            (tag << 4) | u16::from(nibble)
+        })
     }
 
     /// The id as text.
@@ -133,6 +162,18 @@ impl IdGenerator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tag_replaces_the_first_four_hex_characters_only() {
+        let id = IdGenerator::seeded(3).next_id();
+        for tag in [0u16, 1, 0x00ff, 0xabcd, u16::MAX] {
+            let tagged = id.tagged(tag);
+            assert_eq!(tagged.tag(), tag);
+            assert_eq!(tagged.as_str()[TAG_LEN..], id.as_str()[TAG_LEN..]);
+            assert_eq!(&tagged.as_str()[..TAG_LEN], format!("{tag:04x}"));
+            assert_eq!(tagged.as_str().parse::<PeerId>(), Ok(tagged));
+        }
+    }
 
     #[test]
     fn ids_are_32_lowercase_hex() {

@@ -8,11 +8,12 @@
 
 use std::ops::ControlFlow;
 
-use bootstrap_protocol::{Destination, PeerId, close, paths::HEARTBEAT, relay};
+use bootstrap_protocol::{Destination, PeerId, Relayed, close, paths::HEARTBEAT, relay};
 use bootstrap_ws::{Decoder, FrameError, Inbound, OpCode, encode_frame};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::cluster::Cluster;
 use crate::handle::{Command, Outgoing};
 use crate::policy::{Offence, Policy, Verdict};
 use crate::queue::TrySendError;
@@ -206,6 +207,13 @@ fn on_join_text(
             return offend(policy, Offence::InvalidPayload, registration);
         }
     };
+    // In a cluster, a message for a socket or root on another instance is published
+    // to that instance, which queues it (taking the root's share there).
+    if let Some(cluster) = registration.shared().cluster.as_deref()
+        && let Some(end) = to_other_instance(cluster, &relayed, id, registration)
+    {
+        return end;
+    }
     // A message for the root holds a share of its sender's allowance in the root's
     // queue until it leaves the queue: a flood from one client leaves room for others.
     let share = match relayed.destination {
@@ -263,6 +271,48 @@ fn on_join_text(
         }
     }
     None
+}
+
+/// Publishes `relayed` when its destination is on another instance of the cluster:
+/// `Some` when it was handled so (published, or dropped and counted), `None` when it is
+/// for this instance.
+fn to_other_instance(
+    cluster: &Cluster,
+    relayed: &Relayed,
+    id: &PeerId,
+    registration: &Registration,
+) -> Option<Option<End>> {
+    let overlay = registration.overlay();
+    let sent = match relayed.destination {
+        Destination::Peer(to) if cluster.is_remote(&to) => {
+            let sent = cluster.to_peer(&overlay.name, &to, &relayed.text);
+            if sent {
+                registration.bump(|s| &s.relayed_to_peer);
+            }
+            sent
+        }
+        Destination::Root => {
+            let remote = {
+                let slot = overlay.registry();
+                if slot.has_root() {
+                    None
+                } else {
+                    slot.remote_root.get()
+                }
+            };
+            let at = remote?;
+            let sent = cluster.to_root(at, &overlay.name, registration.client(), &relayed.text);
+            if sent {
+                registration.bump(|s| &s.relayed_to_root);
+            }
+            sent
+        }
+        _ => return None,
+    };
+    if !sent {
+        debug!(%id, destination = ?relayed.destination, "the cluster broker did not take it; dropped");
+    }
+    Some(None)
 }
 
 /// A message from the root: its heartbeat answer is expected; anything else is

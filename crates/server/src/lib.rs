@@ -29,6 +29,8 @@
 //! - `transport`: the socket's future: bytes and timers only.
 //! - `files`: static files that stay inside `--public` (regular files only), and
 //!   `WriteDeadline`, the write timeout of plain HTTP connections.
+//! - [`cluster`]: several instances joined by a [`cluster::Backplane`] (in-process or
+//!   Redis): instance tags in ids, root leases with epochs, frames that cross verbatim.
 //! - [`turn`]: ephemeral TURN credentials (the TURN REST API) for `/ice-servers`.
 //! - `upgrade`: the WebSocket opening handshake. `routes`: [`router`], the HTTP
 //!   handlers. This file: the accept loop and graceful shutdown.
@@ -43,6 +45,7 @@
 
 pub mod admission;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 mod edge;
 mod files;
@@ -96,6 +99,9 @@ pub enum Error {
     /// The TLS certificate or key cannot be used.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The cluster's backplane cannot be reached.
+    #[error(transparent)]
+    Backplane(#[from] cluster::BackplaneError),
     /// Binding or serving the listener failed.
     #[error("server I/O error: {0}")]
     Serve(#[source] std::io::Error),
@@ -166,6 +172,8 @@ pub async fn serve(
     let watcher = tokio::spawn(async move {
         tokio::select! {
             () = shutdown => {
+                // In a cluster, the roots move to other instances at once.
+                cluster::hand_over(&drained.0).await;
                 drain(&drained).await;
                 trigger.cancel();
             }

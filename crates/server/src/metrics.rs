@@ -307,7 +307,30 @@ impl Collector for ServerCollector {
             "bootstrap_pending_connections",
             "Connections accepted and not upgraded or answered yet",
             shared.pending.count() as f64,
-        )
+        )?;
+        if let Some(cluster) = &shared.cluster {
+            let c = cluster.health();
+            gauge(
+                e,
+                "bootstrap_cluster_broker_up",
+                "1 while the cluster's broker (Redis) answers",
+                if c.broker_reachable { 1.0 } else { 0.0 },
+            )?;
+            family(
+                e,
+                "bootstrap_cluster_frames",
+                "Frames across the cluster's broker: published (taken for another instance), received, undeliverable (no such instance or destination), dropped_unreachable (broker down or its queue full)",
+                MetricType::Counter,
+                "outcome",
+                &[
+                    ("published", c.published),
+                    ("received", c.received),
+                    ("undeliverable", c.undeliverable),
+                    ("dropped_unreachable", c.dropped_unreachable),
+                ],
+            )?;
+        }
+        Ok(())
     }
 }
 

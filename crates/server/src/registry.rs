@@ -19,6 +19,8 @@ pub(crate) struct Registry<T> {
     next_ticket: RootTicket,
     prospects: HashMap<PeerId, T>,
     max_prospects: usize,
+    /// In a cluster, this instance's tag, written into every id it hands out.
+    tag: Option<u16>,
 }
 
 /// Why a message was not delivered.
@@ -42,7 +44,18 @@ impl<T> Registry<T> {
             next_ticket: 0,
             prospects: HashMap::new(),
             max_prospects,
+            tag: None,
         }
+    }
+
+    /// Ids handed out from now on carry `tag` (a cluster instance's tag).
+    pub(crate) fn set_tag(&mut self, tag: u16) {
+        self.tag = Some(tag);
+    }
+
+    /// The root's ticket, if a root is connected.
+    pub(crate) fn root_ticket(&self) -> Option<RootTicket> {
+        self.root.as_ref().map(|(ticket, _)| *ticket)
     }
 
     /// Registers a new `/join` socket and gives it a fresh id, never one in use.
@@ -52,6 +65,7 @@ impl<T> Registry<T> {
         }
         let id = loop {
             let id = self.ids.next_id();
+            let id = self.tag.map_or(id, |tag| id.tagged(tag));
             if !self.prospects.contains_key(&id) {
                 break id;
             }
@@ -156,6 +170,17 @@ mod tests {
         assert_eq!(r.route(&Destination::Root), Ok(&"r2"));
         r.root_left(second);
         assert!(!r.has_root());
+    }
+
+    #[test]
+    fn a_tagged_registry_writes_its_tag_into_every_id() {
+        let mut r = registry(10);
+        r.set_tag(0x0a0b);
+        for handle in ["a", "b", "c"] {
+            let id = r.admit(handle).expect("room");
+            assert_eq!(id.tag(), 0x0a0b);
+            assert!(id.as_str().starts_with("0a0b"));
+        }
     }
 
     #[test]

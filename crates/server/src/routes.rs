@@ -65,8 +65,13 @@ async fn healthz(State(state): State<AppState>) -> Json<Health> {
 
 /// 200 while the server accepts joins; 503 while it drains or shuts down.
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.0.is_ready() {
+    if state.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
+    } else if state.0.is_ready() {
+        refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cluster broker unreachable\n",
+        )
     } else {
         refuse(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
     }

@@ -23,6 +23,8 @@ use tokio_util::task::TaskTracker;
 use crate::Error;
 use crate::admission::Pending;
 use crate::auth::FailureThrottle;
+use crate::cluster::lease::{Held, RootView};
+use crate::cluster::{self, Backplane, Cluster, ClusterHealth};
 use crate::config::{Config, OverlayConfig};
 use crate::edge::{Edge, JoinLimiter};
 use crate::handle::{self, Command, Inbox, Outbox, SocketHandle};
@@ -89,6 +91,8 @@ pub(crate) struct Shared {
     started: Instant,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
+    /// This instance's place in a cluster; `None` for a single server.
+    pub(crate) cluster: Option<Arc<Cluster>>,
 }
 
 /// One overlay: its root, its `/join` sockets and their ids, its limits and counters.
@@ -116,6 +120,10 @@ pub(crate) struct Slot {
     pub(crate) registry: Registry<SocketHandle>,
     /// Removed from the server: nothing may register in it any more.
     retired: bool,
+    /// In a cluster: where the root is when it is connected to another instance.
+    pub(crate) remote_root: RootView,
+    /// In a cluster: the root lease this instance holds for its local root.
+    pub(crate) held: Option<Held>,
 }
 
 impl std::ops::Deref for Slot {
@@ -152,6 +160,9 @@ pub struct Health {
     pub turn_credentials: bool,
     /// Every overlay, by name (never a secret).
     pub overlays: Vec<OverlayHealth>,
+    /// In a cluster: this instance, the broker, and what crossed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterHealth>,
 }
 
 /// One overlay in [`Health`].
@@ -170,6 +181,10 @@ pub struct OverlayHealth {
     pub dynamic: bool,
     /// Its counters.
     pub stats: StatsSnapshot,
+    /// In a cluster: the instance its root is connected to (this one or another),
+    /// `null` when no root is known anywhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root_instance: Option<Option<String>>,
 }
 
 /// Why a `/join` socket was not admitted.
@@ -198,11 +213,37 @@ impl AppState {
     /// # Errors
     /// An invalid configuration, or no OS randomness to seed ids with.
     pub fn new(config: Config) -> Result<Self, Error> {
+        Self::build(config, None)
+    }
+
+    /// Like [`AppState::new`], for one instance of a cluster joined by `backplane`
+    /// (see [`crate::cluster`]): leases its instance tag, subscribes, and spawns its
+    /// inbox and lease tasks, which end with the server. `root_lease` is the time to
+    /// live of a root lease: how long the cluster may take to forget a root whose
+    /// instance died.
+    ///
+    /// # Errors
+    /// An invalid configuration, no OS randomness, or the backplane unreachable.
+    pub async fn clustered(
+        config: Config,
+        backplane: Arc<dyn Backplane>,
+        root_lease: Duration,
+    ) -> Result<Self, Error> {
         config.validate()?;
+        let (cluster, inbox) = Cluster::join(backplane, root_lease).await?;
+        let state = Self::build(config, Some(Arc::new(cluster)))?;
+        tokio::spawn(cluster::inbox_task(Arc::clone(&state.0), inbox));
+        tokio::spawn(cluster::lease_task(Arc::clone(&state.0)));
+        Ok(state)
+    }
+
+    fn build(config: Config, cluster: Option<Arc<Cluster>>) -> Result<Self, Error> {
+        config.validate()?;
+        let tag = cluster.as_ref().map(|c| c.tag.0);
         let mut overlays = HashMap::new();
         let default = OverlayConfig::new(config.secret.clone());
         let mut add = |name: &str, overlay: &OverlayConfig| -> Result<(), Error> {
-            let overlay = Overlay::new(&config, name, overlay, false)?;
+            let overlay = Overlay::new(&config, name, overlay, false, tag)?;
             overlays.insert(Arc::clone(&overlay.name), Arc::new(overlay));
             Ok(())
         };
@@ -246,6 +287,7 @@ impl AppState {
             started: Instant::now(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            cluster,
         })))
     }
 
@@ -260,6 +302,17 @@ impl AppState {
     #[must_use]
     pub fn is_ready(&self) -> bool {
         self.0.is_ready()
+            && self
+                .0
+                .cluster
+                .as_ref()
+                .is_none_or(|cluster| cluster.backplane.reachable())
+    }
+
+    /// In a cluster, this instance's tag (the first four hex characters of its ids).
+    #[must_use]
+    pub fn instance(&self) -> Option<String> {
+        self.0.cluster.as_ref().map(|c| c.tag.to_string())
     }
 
     /// Starts draining: `/readyz` answers 503 and new `/join` upgrades get 503 with
@@ -364,7 +417,7 @@ impl AppState {
         let mut overlays: Vec<OverlayHealth> = shared
             .all_overlays()
             .iter()
-            .map(|overlay| overlay.health())
+            .map(|overlay| overlay.health(shared.cluster.as_deref()))
             .collect();
         overlays.sort_by(|a, b| a.name.cmp(&b.name));
         let root_connected = overlays
@@ -382,6 +435,7 @@ impl AppState {
             pending_connections: shared.pending.count(),
             turn_credentials: shared.config.turn.is_some(),
             overlays,
+            cluster: shared.cluster.as_ref().map(|c| c.health()),
         }
     }
 
@@ -399,6 +453,7 @@ impl Overlay {
         name: &str,
         overlay: &OverlayConfig,
         dynamic: bool,
+        tag: Option<u16>,
     ) -> Result<Self, bootstrap_protocol::id::SeedError> {
         // The default overlay draws the ids a seed has always given; a named one draws
         // its own sequence from the seed and its name.
@@ -408,6 +463,10 @@ impl Overlay {
             None => IdGenerator::from_os()?,
         };
         let max_prospects = overlay.max_prospects.unwrap_or(config.max_prospects);
+        let mut registry = Registry::new(ids, max_prospects);
+        if let Some(tag) = tag {
+            registry.set_tag(tag);
+        }
         Ok(Self {
             name: name.into(),
             secret: overlay.secret.clone(),
@@ -415,8 +474,10 @@ impl Overlay {
             timeout: overlay.timeout.unwrap_or(config.timeout),
             dynamic,
             registry: Mutex::new(Slot {
-                registry: Registry::new(ids, max_prospects),
+                registry,
                 retired: false,
+                remote_root: RootView::default(),
+                held: None,
             }),
             stats: Stats::default(),
             root_shares: Shares::new(config.root_bytes_per_client.max(config.max_frame_bytes)),
@@ -430,10 +491,17 @@ impl Overlay {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn health(&self) -> OverlayHealth {
-        let (root_connected, prospects) = {
+    fn health(&self, cluster: Option<&Cluster>) -> OverlayHealth {
+        let (root_connected, prospects, root_instance) = {
             let slot = self.registry();
-            (slot.has_root(), slot.prospect_count())
+            let root_instance = cluster.map(|cluster| {
+                if slot.has_root() {
+                    Some(cluster.tag.to_string())
+                } else {
+                    slot.remote_root.get().map(|at| at.instance.to_string())
+                }
+            });
+            (slot.has_root(), slot.prospect_count(), root_instance)
         };
         OverlayHealth {
             name: self.name.to_string(),
@@ -442,6 +510,7 @@ impl Overlay {
             max_prospects: self.max_prospects,
             dynamic: self.dynamic,
             stats: self.stats.snapshot(),
+            root_instance,
         }
     }
 }
@@ -469,7 +538,8 @@ impl Shared {
         if overlays.len() >= self.config.max_overlays {
             return Err(NoOverlay::TooMany);
         }
-        let overlay = Overlay::new(&self.config, name, &OverlayConfig::default(), true)
+        let tag = self.cluster.as_ref().map(|c| c.tag.0);
+        let overlay = Overlay::new(&self.config, name, &OverlayConfig::default(), true, tag)
             .map_err(|_| NoOverlay::NoSeed)?;
         let overlay = Arc::new(overlay);
         overlays.insert(Arc::clone(&overlay.name), Arc::clone(&overlay));
@@ -489,6 +559,11 @@ impl Shared {
 
     fn overlays(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<Overlay>>> {
         self.overlays.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every overlay now.
+    pub(crate) fn overlay_list(&self) -> Vec<Arc<Overlay>> {
+        self.all_overlays()
     }
 
     fn all_overlays(&self) -> Vec<Arc<Overlay>> {
@@ -609,6 +684,7 @@ impl Shared {
         } else {
             tracing::info!(overlay = %overlay.name, "root connected");
         }
+        cluster::claim(self, overlay, ticket);
         Some((registration, rx, heartbeats))
     }
 
@@ -725,7 +801,10 @@ impl Registration {
                     self.shared.prospects.fetch_sub(1, Ordering::AcqRel);
                 }
             }
-            Role::Root(ticket) => self.overlay.registry().registry.root_left(ticket),
+            Role::Root(ticket) => {
+                self.overlay.registry().registry.root_left(ticket);
+                cluster::release(&self.shared, &self.overlay, ticket);
+            }
         }
         self.shared.remove_if_empty(&self.overlay);
     }

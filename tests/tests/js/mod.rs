@@ -18,8 +18,14 @@ use tokio::sync::mpsc;
 /// The longest any single JS event is waited for.
 pub const WAIT: Duration = Duration::from_secs(30);
 
+/// `tests/interop` of the workspace, from whichever package includes this module.
 pub fn interop_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop")
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .ancestors()
+        .map(|dir| dir.join("tests/interop"))
+        .find(|dir| dir.is_dir())
+        .unwrap_or_else(|| manifest.join("interop"))
 }
 
 /// Runs `body` inside a loopback-only network namespace (a re-executed copy of this
