@@ -9,6 +9,8 @@
 //! - [`compare`]: runs the same points against both servers and writes the results.
 //! - [`auth`]: what token auth costs: the same load point with and without join
 //!   tokens, on fresh server processes, alternating.
+//! - [`tls`]: what TLS and `/metrics` scrapes cost: the same load point plain, over
+//!   `wss://` and while scraped, on fresh server processes, alternating.
 //! - [`report`]: the results file and the table; `chart` draws the SVG.
 //! - [`procfs`]: CPU time and memory of a process from `/proc`.
 //! - [`webrtc`]: join time between Rust peers and join storms of tree-overlay nodes.
@@ -34,6 +36,7 @@ mod script;
 pub mod servers;
 pub mod soak;
 pub mod stats;
+pub mod tls;
 pub mod turn;
 mod verify;
 pub mod webrtc;

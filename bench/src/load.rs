@@ -14,6 +14,7 @@ use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+use tokio_rustls::rustls::ClientConfig;
 
 use crate::handshake::{self, Ctx, Samples};
 use crate::procfs;
@@ -53,6 +54,9 @@ pub struct LoadConfig {
     /// Start handshakes at this rate (per second) instead of as fast as the concurrency
     /// allows: an open-loop load, to compare latencies at equal load.
     pub rate: Option<f64>,
+    /// Speak `wss://` with this TLS client configuration (it must trust the server's
+    /// certificate, valid for `localhost`); `None` speaks `ws://`.
+    pub tls: Option<Arc<ClientConfig>>,
 }
 
 impl LoadConfig {
@@ -73,6 +77,7 @@ impl LoadConfig {
             handshake_timeout: Duration::from_secs(30),
             server_pid: None,
             rate: None,
+            tls: None,
         }
     }
 }
@@ -193,11 +198,13 @@ pub async fn run(config: &LoadConfig) -> anyhow::Result<LoadReport> {
         script: Script::new(config.candidates, early, config.sdp_bytes),
         board: Board::default(),
         timeout: config.handshake_timeout,
+        tls: config.tls.clone(),
     });
     let root_path = format!("/{}/webrtc-bootstrap-root", config.secret);
-    let root_ws = WsClient::connect(config.server, &root_path, None, 0x5eed)
-        .await
-        .with_context(|| format!("cannot connect the root to {}", config.server))?;
+    let root_ws =
+        WsClient::connect_with(config.server, &root_path, None, 0x5eed, config.tls.as_ref())
+            .await
+            .with_context(|| format!("cannot connect the root to {}", config.server))?;
     let (stop, stopped) = oneshot::channel();
     let root = tokio::spawn(crate::root::run(Arc::clone(&ctx), root_ws, stopped));
 

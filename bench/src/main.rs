@@ -8,6 +8,7 @@
 //! target/release/bootstrap-bench compare --quick    # smoke run, writes nothing
 //! target/release/bootstrap-bench echo --listen 127.0.0.1:9001  # Autobahn cases: docs/conformance.md
 //! target/release/bootstrap-bench load --url ws://127.0.0.1:5000 --secret S -n 20000 -c 50
+//! target/release/bootstrap-bench tls                  # TLS and /metrics costs, docs/bench/tls.*
 //! target/release/bootstrap-bench soak --out docs/bench   # 1 000 000 handshakes, one server
 //! ```
 
@@ -55,6 +56,9 @@ enum Command {
     Turn(TurnArgs),
     /// What token auth costs: the same load point with and without join tokens.
     Auth(AuthArgs),
+    /// What TLS and metrics cost: the same load point plain, over wss:// and while
+    /// /metrics is scraped, alternating.
+    Tls(TlsArgs),
     /// A million verified handshakes against one server process, sampling its memory,
     /// descriptors, threads and /healthz: flat after warm-up, nothing lost.
     Soak(SoakArgs),
@@ -125,6 +129,40 @@ struct AuthArgs {
     #[arg(long, default_value_t = 1)]
     server_workers: usize,
     /// Output directory for auth.json and auth.md [default: docs/bench].
+    #[arg(long, default_value = "docs/bench")]
+    out: PathBuf,
+    /// Write nothing.
+    #[arg(long)]
+    no_out: bool,
+}
+
+#[derive(Debug, Args)]
+struct TlsArgs {
+    /// Handshakes in flight.
+    #[arg(short = 'c', long, default_value_t = 50)]
+    concurrency: u32,
+    /// Measured handshakes per run.
+    #[arg(short = 'n', long, default_value_t = 20_000)]
+    handshakes: u32,
+    /// Unmeasured handshakes first.
+    #[arg(long, default_value_t = 1000)]
+    warmup: u32,
+    /// Runs per mode.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Time between two scrapes of /metrics in the scraped mode, e.g. 100ms or 15s.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    scrape_every: Duration,
+    /// Back-to-back scrapes of an idle server, for the cost of one (0: skip).
+    #[arg(long, default_value_t = 2000)]
+    idle_scrapes: u32,
+    /// Our server binary [default: next to this binary].
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Worker threads of our server (0: one per core).
+    #[arg(long, default_value_t = 1)]
+    server_workers: usize,
+    /// Output directory for tls.json and tls.md [default: docs/bench].
     #[arg(long, default_value = "docs/bench")]
     out: PathBuf,
     /// Write nothing.
@@ -325,6 +363,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Webrtc(args) => run_webrtc(&args),
         Command::Turn(args) => run_turn(&args),
         Command::Auth(args) => run_auth(args),
+        Command::Tls(args) => run_tls(args),
         Command::Soak(args) => run_soak(args),
         Command::Echo(args) => run_echo(&args),
     }
@@ -451,6 +490,31 @@ fn run_auth(args: AuthArgs) -> anyhow::Result<ExitCode> {
     };
     let report = bootstrap_bench::auth::run(&config)?;
     println!("{}", bootstrap_bench::auth::markdown(&report));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_tls(args: TlsArgs) -> anyhow::Result<ExitCode> {
+    if args.scrape_every.is_zero() {
+        bail!("--scrape-every must be more than 0");
+    }
+    let config = bootstrap_bench::tls::TlsConfig {
+        programs: Programs {
+            server_bin: args.server_bin.unwrap_or_else(default_server_bin),
+            node: "node".into(),
+            js_dir: PathBuf::from("bench/js"),
+            node_heap_mib: 0,
+            server_workers: (args.server_workers > 0).then_some(args.server_workers),
+        },
+        concurrency: args.concurrency,
+        handshakes: args.handshakes,
+        warmup: args.warmup,
+        rounds: args.rounds,
+        scrape_every: args.scrape_every,
+        idle_scrapes: args.idle_scrapes,
+        out_dir: (!args.no_out).then_some(args.out),
+    };
+    let report = bootstrap_bench::tls::run(&config)?;
+    println!("{}", bootstrap_bench::tls::markdown(&report));
     Ok(ExitCode::SUCCESS)
 }
 
