@@ -4,6 +4,10 @@
 //! # Layout
 //! - [`load`]: the load generator: whole handshakes over the wire protocol only, every
 //!   message verified, figures for one load point.
+//! - [`pairs`]: the pair generator: one signaling exchange in three wire protocols
+//!   (ours, matchbox_server's, peerjs-server's), every message verified.
+//! - [`peers`]: `compare --peers`: ours next to matchbox_server and peerjs-server,
+//!   one core each, through the pair generator.
 //! - [`idle`]: memory per idle `/join` socket, and the most sockets within an RSS budget.
 //! - [`servers`]: starting our server binary and the JS server on free loopback ports.
 //! - [`compare`]: runs the same points against both servers and writes the results.
@@ -29,6 +33,8 @@ pub mod echo;
 mod handshake;
 pub mod idle;
 pub mod load;
+pub mod pairs;
+pub mod peers;
 pub mod procfs;
 pub mod report;
 mod root;

@@ -6,6 +6,7 @@
 //! (cd bench/js && npm ci --ignore-scripts)
 //! target/release/bootstrap-bench compare            # full run, writes docs/bench/
 //! target/release/bootstrap-bench compare --quick    # smoke run, writes nothing
+//! bench/install-peers && target/release/bootstrap-bench compare --peers   # matchbox, peerjs
 //! target/release/bootstrap-bench echo --listen 127.0.0.1:9001  # Autobahn cases: docs/conformance.md
 //! target/release/bootstrap-bench load --url ws://127.0.0.1:5000 --secret S -n 20000 -c 50
 //! target/release/bootstrap-bench tls                  # TLS and /metrics costs, docs/bench/tls.*
@@ -327,6 +328,28 @@ struct CompareArgs {
     /// before each run [default: 60; quick: 0].
     #[arg(long)]
     quiet_wait: Option<u64>,
+    /// Compare the signaling servers users would pick instead (matchbox_server 0.15.0,
+    /// peerjs-server 1.0.2; install them with bench/install-peers) instead of the JS
+    /// webrtc-bootstrap server; writes peers.{json,md,svg}.
+    #[arg(long)]
+    peers: bool,
+    /// matchbox_server binary (with --peers).
+    #[arg(long, default_value = "bench/peers/root/bin/matchbox_server")]
+    matchbox_bin: PathBuf,
+    /// Messages each client of a pair sends (with --peers).
+    #[arg(long, default_value_t = 5)]
+    pair_messages: u32,
+    /// Payload bytes of each message (with --peers).
+    #[arg(long, default_value_t = 500)]
+    payload_bytes: usize,
+    /// Seconds after which a run starts no more pairs (with --peers) [default: 30;
+    /// quick: 10]: a server that serves few pairs per second does not hold the run.
+    #[arg(long)]
+    max_seconds: Option<u64>,
+    /// Idle clients per server for the memory figure (with --peers) [default: 10000;
+    /// quick: 500].
+    #[arg(long)]
+    idle_clients: Option<usize>,
     /// Open-loop points: offered handshakes per second at the largest concurrency, so
     /// both servers are compared at the same load, comma-separated [default: 1000,1500
     /// (60 % and 90 % of what the JS server manages here); quick: none].
@@ -637,6 +660,9 @@ fn run_idle(args: &IdleArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
+    if args.peers {
+        return run_peers(args);
+    }
     let quick = args.quick;
     let server_bin = args.server_bin.unwrap_or_else(default_server_bin);
     let idle = (!args.no_idle).then(|| IdleSettings {
@@ -717,6 +743,57 @@ fn run_compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .all(|p| p.ours.verified() && p.js.as_ref().is_none_or(load::LoadReport::verified));
     Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("verification FAILED: messages were lost, duplicated or misrouted");
+        ExitCode::FAILURE
+    })
+}
+
+fn run_peers(args: CompareArgs) -> anyhow::Result<ExitCode> {
+    use bootstrap_bench::peers::{self, PeerPrograms, PeersConfig};
+    let quick = args.quick;
+    let config = PeersConfig {
+        programs: PeerPrograms {
+            server_bin: args.server_bin.unwrap_or_else(default_server_bin),
+            matchbox_bin: args.matchbox_bin,
+            node: args.node,
+            js_dir: args.js_dir,
+        },
+        points: args
+            .points
+            .unwrap_or_else(|| if quick { vec![1, 10] } else { vec![1, 50] }),
+        pairs: args.handshakes.unwrap_or(if quick { 300 } else { 20_000 }),
+        warmup: args.warmup.unwrap_or(if quick { 50 } else { 1000 }),
+        messages: args.pair_messages,
+        payload_bytes: args.payload_bytes,
+        repeat: args.repeat.unwrap_or(if quick { 1 } else { 2 }),
+        idle_clients: if args.no_idle {
+            0
+        } else {
+            args.idle_clients
+                .unwrap_or(if quick { 500 } else { 10_000 })
+        },
+        max_time: Some(Duration::from_secs(args.max_seconds.unwrap_or(if quick {
+            10
+        } else {
+            30
+        }))),
+        command: std::iter::once("bootstrap-bench".to_owned())
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    let report = peers::run(&config)?;
+    println!("{}", peers::markdown(&report));
+    let out = args
+        .out
+        .or_else(|| (!quick).then(|| PathBuf::from("docs/bench")));
+    if let Some(dir) = &out {
+        peers::write(&report, dir)?;
+        eprintln!("wrote {}/peers.{{json,md,svg}}", dir.display());
+    }
+    Ok(if report.verified() {
         ExitCode::SUCCESS
     } else {
         eprintln!("verification FAILED: messages were lost, duplicated or misrouted");
