@@ -157,6 +157,10 @@ struct TlsArgs {
     /// Back-to-back scrapes of an idle server, for the cost of one (0: skip).
     #[arg(long, default_value_t = 2000)]
     idle_scrapes: u32,
+    /// Seconds to wait for a quiet machine (other processes under 0.2 cores) before
+    /// each run.
+    #[arg(long, default_value_t = 60)]
+    quiet_wait: u64,
     /// Our server binary [default: next to this binary].
     #[arg(long)]
     server_bin: Option<PathBuf>,
@@ -535,6 +539,7 @@ fn run_tls(args: TlsArgs) -> anyhow::Result<ExitCode> {
         scrape_every: args.scrape_every,
         idle_scrapes: args.idle_scrapes,
         out_dir: (!args.no_out).then_some(args.out),
+        quiet_wait: Duration::from_secs(args.quiet_wait),
     };
     let report = bootstrap_bench::tls::run(&config)?;
     println!("{}", bootstrap_bench::tls::markdown(&report));
@@ -779,6 +784,7 @@ fn run_peers(args: CompareArgs) -> anyhow::Result<ExitCode> {
         } else {
             30
         }))),
+        quiet_wait: Duration::from_secs(args.quiet_wait.unwrap_or(if quick { 0 } else { 60 })),
         command: std::iter::once("bootstrap-bench".to_owned())
             .chain(std::env::args().skip(1))
             .collect::<Vec<_>>()

@@ -149,6 +149,9 @@ pub struct PeersConfig {
     pub idle_clients: usize,
     /// Longest measured part of one run ([`PairsConfig::max_time`]).
     pub max_time: Option<Duration>,
+    /// Longest wait for a quiet machine (other processes under 0.2 cores) before each
+    /// run.
+    pub quiet_wait: Duration,
     /// The command line, for the report.
     pub command: String,
 }
@@ -238,6 +241,7 @@ pub fn run(config: &PeersConfig) -> anyhow::Result<PeersReport> {
             for k in 0..Peer::ALL.len() {
                 let index = (k + i + round as usize) % Peer::ALL.len();
                 let peer = Peer::ALL[index];
+                crate::compare::wait_quiet(config.quiet_wait);
                 let report = load_point(config, peer, concurrency, server_cpu)?;
                 let slot = &mut kept[index];
                 let replace = match slot {
@@ -269,6 +273,7 @@ pub fn run(config: &PeersConfig) -> anyhow::Result<PeersReport> {
     let mut idle_entries = Vec::new();
     if config.idle_clients > 0 {
         for peer in Peer::ALL {
+            crate::compare::wait_quiet(config.quiet_wait);
             idle_entries.push(idle_run(config, peer, server_cpu)?);
         }
     }

@@ -1,8 +1,10 @@
 //! `tls`: what TLS and metrics cost the server. The same load point (C = 50 by default)
-//! runs against our server in three modes, alternating, each run on a fresh server
+//! runs against our server in four modes, alternating, each run on a fresh server
 //! process: plain `ws://`; `wss://` (the server's `--tls-cert`/`--tls-key`, a CA and leaf
-//! minted for the run, every `/join` socket and the root a TLS connection of its own);
-//! and plain while a scraper reads `GET /metrics` at a fixed interval. The server has no
+//! minted for the run, every `/join` socket and the root a TLS connection of its own)
+//! with full handshakes only (client resumption off: new visitors); `wss://` with
+//! rustls's default client session resumption (returning visitors); and plain while a
+//! scraper reads `GET /metrics` at a fixed interval. The server has no
 //! switch that turns its metrics off (they are the same relaxed counters `/healthz`
 //! reads), so "metrics on" means being scraped. The figures are the medians of each
 //! mode; the costs are their ratios to plain. A last step measures one scrape on its
@@ -46,6 +48,9 @@ pub struct TlsConfig {
     pub idle_scrapes: u32,
     /// Where `tls.json` and `tls.md` go; `None` writes nothing.
     pub out_dir: Option<PathBuf>,
+    /// Longest wait for a quiet machine (other processes under 0.2 cores) before each
+    /// run.
+    pub quiet_wait: Duration,
 }
 
 /// How the server ran.
@@ -54,14 +59,16 @@ pub struct TlsConfig {
 pub enum Mode {
     /// `ws://`, nobody reading `/metrics`.
     Plain,
-    /// `wss://` for the root and every `/join` socket.
+    /// `wss://` for the root and every `/join` socket, full handshakes only.
     Tls,
+    /// `wss://`, resuming sessions where the server allows it.
+    TlsResumed,
     /// `ws://` while `/metrics` is scraped every `scrape_every`.
     Scraped,
 }
 
 impl Mode {
-    const ALL: [Self; 3] = [Self::Plain, Self::Tls, Self::Scraped];
+    const ALL: [Self; 4] = [Self::Plain, Self::Tls, Self::TlsResumed, Self::Scraped];
 }
 
 /// One run.
@@ -83,6 +90,13 @@ pub struct TlsRun {
     pub peak_rss_kib: u64,
     /// Scrapes of `/metrics` during the run (whole run, warm-up included).
     pub scrapes: u64,
+    /// TLS handshakes of the generator that resumed a session, of all (whole run).
+    #[serde(default)]
+    pub tls_resumed: [u64; 2],
+    /// The generator's CPU use, in cores (with TLS it pays the client side of every
+    /// TLS handshake).
+    #[serde(default)]
+    pub generator_cores: f64,
 }
 
 /// The medians of one mode.
@@ -100,6 +114,9 @@ pub struct Medians {
     pub relay_p99_us: f64,
     /// Server peak RSS (KiB).
     pub peak_rss_kib: f64,
+    /// Generator CPU (cores).
+    #[serde(default)]
+    pub generator_cores: f64,
 }
 
 /// The cost of one scrape of an idle server.
@@ -128,8 +145,11 @@ pub struct TlsReport {
     pub runs: Vec<TlsRun>,
     /// Medians: plain, TLS, scraped.
     pub plain: Medians,
-    /// Medians with TLS.
+    /// Medians with TLS, full handshakes.
     pub tls: Medians,
+    /// Medians with TLS, sessions resumed.
+    #[serde(default)]
+    pub tls_resumed: Medians,
     /// Medians while scraped.
     pub scraped: Medians,
     /// One scrape on its own, if measured.
@@ -144,7 +164,10 @@ pub fn run(config: &TlsConfig) -> anyhow::Result<TlsReport> {
     let dir = bootstrap_testkit::tls::tempdir("bootstrap-bench-tls")?;
     let ca = TestCa::new()?;
     let files = ca.leaf(1)?.write(&dir, "server")?;
-    let client = ca.client_config()?;
+    let resuming = ca.client_config()?;
+    let mut full = (*resuming).clone();
+    full.resumption = tokio_rustls::rustls::client::Resumption::disabled();
+    let full = Arc::new(full);
     let tls_flags: Vec<String> = vec![
         "--tls-cert".into(),
         files.cert.to_str().context("temporary path")?.to_owned(),
@@ -154,15 +177,22 @@ pub fn run(config: &TlsConfig) -> anyhow::Result<TlsReport> {
     let mut runs = Vec::new();
     for round in 0..config.rounds {
         for mode in Mode::ALL {
-            let extra: &[String] = if mode == Mode::Tls { &tls_flags } else { &[] };
+            let tls = match mode {
+                Mode::Tls => Some(&full),
+                Mode::TlsResumed => Some(&resuming),
+                Mode::Plain | Mode::Scraped => None,
+            };
+            let extra: &[String] = if tls.is_some() { &tls_flags } else { &[] };
+            crate::compare::wait_quiet(config.quiet_wait);
             let server = Spawned::start_with(Kind::Ours, &config.programs, SECRET, extra)?;
             let mut load = LoadConfig::new(server.addr, SECRET, config.concurrency);
             load.handshakes = config.handshakes;
             load.warmup = config.warmup;
             load.server_pid = Some(server.pid());
-            if mode == Mode::Tls {
-                load.tls = Some(Arc::clone(&client));
-            }
+            load.tls = tls.map(Arc::clone);
+            let handshakes_before = crate::ws::TLS_HANDSHAKES
+                .each_ref()
+                .map(|c| c.load(std::sync::atomic::Ordering::Relaxed));
             let scraper =
                 (mode == Mode::Scraped).then(|| Scraper::start(server.addr, config.scrape_every));
             let report = load::run_blocking(&load);
@@ -176,7 +206,13 @@ pub fn run(config: &TlsConfig) -> anyhow::Result<TlsReport> {
                 );
             }
             let usage = report.server.context("no server CPU figures")?;
+            let [full_before, resumed_before] = handshakes_before;
+            let [full_after, resumed_after] = crate::ws::TLS_HANDSHAKES
+                .each_ref()
+                .map(|c| c.load(std::sync::atomic::Ordering::Relaxed));
+            let resumed = resumed_after - resumed_before;
             let run = TlsRun {
+                tls_resumed: [resumed, resumed + full_after - full_before],
                 mode,
                 handshakes_per_second: report.handshakes_per_second,
                 cpu_us_per_handshake: usage.cpu_us_per_handshake,
@@ -185,11 +221,14 @@ pub fn run(config: &TlsConfig) -> anyhow::Result<TlsReport> {
                 relay_p99_us: report.relay_latency_us.p99,
                 peak_rss_kib: usage.peak_rss_kib,
                 scrapes,
+                generator_cores: report.generator_cores,
             };
             eprintln!(
-                "round {round} {mode:?}: {:.0} handshakes/s, {:.1} µs CPU per handshake{}",
+                "round {round} {mode:?}: {:.0} handshakes/s, {:.1} µs CPU per handshake, {} of {} TLS handshakes resumed{}",
                 run.handshakes_per_second,
                 run.cpu_us_per_handshake,
+                run.tls_resumed[0],
+                run.tls_resumed[1],
                 if scrapes > 0 {
                     format!(", {scrapes} scrapes")
                 } else {
@@ -213,6 +252,7 @@ pub fn run(config: &TlsConfig) -> anyhow::Result<TlsReport> {
         scrape_every_ms: u64::try_from(config.scrape_every.as_millis()).unwrap_or(u64::MAX),
         plain: medians(&runs, Mode::Plain),
         tls: medians(&runs, Mode::Tls),
+        tls_resumed: medians(&runs, Mode::TlsResumed),
         scraped: medians(&runs, Mode::Scraped),
         scrape,
         runs,
@@ -243,6 +283,7 @@ fn medians(runs: &[TlsRun], mode: Mode) -> Medians {
         handshake_p50_ms: median(|r| r.handshake_p50_ms),
         relay_p99_us: median(|r| r.relay_p99_us),
         peak_rss_kib: median(|r| r.peak_rss_kib as f64),
+        generator_cores: median(|r| r.generator_cores),
     }
 }
 
@@ -333,31 +374,49 @@ fn scrape_cost(programs: &Programs, count: u32) -> anyhow::Result<ScrapeCost> {
 /// The results as a Markdown table.
 #[must_use]
 pub fn markdown(report: &TlsReport) -> String {
-    let (p, t, s) = (&report.plain, &report.tls, &report.scraped);
+    let (p, t, r, s) = (
+        &report.plain,
+        &report.tls,
+        &report.tls_resumed,
+        &report.scraped,
+    );
+    let resumed: [u64; 2] = report
+        .runs
+        .iter()
+        .filter(|run| run.mode == Mode::TlsResumed)
+        .fold([0, 0], |[a, b], run| {
+            [a + run.tls_resumed[0], b + run.tls_resumed[1]]
+        });
     let mut md = String::new();
     let _ = writeln!(
         md,
         "TLS and metrics at C = {}, {} handshakes per run, median of {} runs per mode \
-         (fresh server each, alternating plain, TLS, scraped). TLS: `wss://` with \
-         `--tls-cert`/`--tls-key`, every `/join` socket a TLS connection of its own (two per \
-         handshake). Scraped: plain, with `GET /metrics` every {} ms on a new connection.\n",
+         (fresh server each, alternating plain, TLS, TLS resumed, scraped). TLS: `wss://` \
+         with `--tls-cert`/`--tls-key`, every `/join` socket a TLS connection of its own \
+         (two per handshake), full handshakes only. TLS resumed: the client resumes \
+         sessions as rustls does by default ({} of {} TLS handshakes resumed). Scraped: \
+         plain, with `GET /metrics` every {} ms on a new connection.\n",
         report.concurrency,
         report.handshakes,
         report.runs.len() / Mode::ALL.len(),
+        resumed[0],
+        resumed[1],
         report.scrape_every_ms
     );
     let _ = writeln!(
         md,
-        "| | plain | TLS | TLS ÷ plain | scraped | scraped ÷ plain |"
+        "| | plain | TLS | TLS ÷ plain | TLS resumed | resumed ÷ plain | scraped | scraped ÷ plain |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
     let row = |md: &mut String, name: &str, f: fn(&Medians) -> f64, digits: usize| {
         let _ = writeln!(
             md,
-            "| {name} | {:.digits$} | {:.digits$} | {:.2} | {:.digits$} | {:.2} |",
+            "| {name} | {:.digits$} | {:.digits$} | {:.2} | {:.digits$} | {:.2} | {:.digits$} | {:.2} |",
             f(p),
             f(t),
             f(t) / f(p),
+            f(r),
+            f(r) / f(p),
             f(s),
             f(s) / f(p),
         );
@@ -383,6 +442,7 @@ pub fn markdown(report: &TlsReport) -> String {
         |m| m.peak_rss_kib / 1024.0,
         1,
     );
+    row(&mut md, "generator CPU (cores)", |m| m.generator_cores, 2);
     if let Some(scrape) = &report.scrape {
         let _ = writeln!(
             md,

@@ -21,6 +21,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd as _, RawFd};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bootstrap_ws::{self as ws, OpCode, encode_frame};
@@ -104,6 +105,10 @@ pub(crate) struct Arrival {
     pub(crate) read: Instant,
 }
 
+/// TLS handshakes this process completed as a client: full, resumed (for the TLS
+/// benchmark, which runs one load at a time).
+pub(crate) static TLS_HANDSHAKES: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
 /// The connection under the WebSocket: plain TCP, or TLS over it.
 #[derive(Debug)]
 enum Stream {
@@ -180,6 +185,9 @@ impl WsClient {
                 let tls = TlsConnector::from(Arc::clone(config))
                     .connect(name, tcp)
                     .await?;
+                let resumed = tls.get_ref().1.handshake_kind()
+                    == Some(tokio_rustls::rustls::HandshakeKind::Resumed);
+                TLS_HANDSHAKES[usize::from(resumed)].fetch_add(1, Ordering::Relaxed);
                 Stream::Tls(Box::new(tls))
             }
         };

@@ -75,6 +75,7 @@ fn the_report_gives_the_ratios() {
         handshake_p50_ms: 1.0,
         relay_p99_us: 100.0,
         peak_rss_kib: 8192.0,
+        generator_cores: 0.5,
     };
     let run = |mode| TlsRun {
         mode,
@@ -85,25 +86,33 @@ fn the_report_gives_the_ratios() {
         relay_p99_us: 1.0,
         peak_rss_kib: 1,
         scrapes: 0,
+        tls_resumed: [0, 0],
+        generator_cores: 0.5,
     };
     let report = TlsReport {
         date: "2026-12-03".to_owned(),
         concurrency: 50,
         handshakes: 1000,
         scrape_every_ms: 100,
-        runs: vec![run(Mode::Plain), run(Mode::Tls), run(Mode::Scraped)],
+        runs: vec![
+            run(Mode::Plain),
+            run(Mode::Tls),
+            run(Mode::TlsResumed),
+            run(Mode::Scraped),
+        ],
         plain: medians(5000.0, 100.0),
         tls: medians(2500.0, 300.0),
+        tls_resumed: medians(3000.0, 200.0),
         scraped: medians(4900.0, 101.0),
         scrape: None,
     };
     let md = markdown(&report);
     assert!(
-        md.contains("| handshakes/s | 5000 | 2500 | 0.50 | 4900 | 0.98 |"),
+        md.contains("| handshakes/s | 5000 | 2500 | 0.50 | 3000 | 0.60 | 4900 | 0.98 |"),
         "{md}"
     );
     assert!(
-        md.contains("| 100.0 | 300.0 | 3.00 | 101.0 | 1.01 |"),
+        md.contains("| 100.0 | 300.0 | 3.00 | 200.0 | 2.00 | 101.0 | 1.01 |"),
         "{md}"
     );
 }
