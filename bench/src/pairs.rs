@@ -362,8 +362,13 @@ async fn phase(
     all
 }
 
-/// Smallest payload: the tag that names pair, side and sequence number.
-pub const MIN_PAYLOAD: usize = 16;
+/// Length of the tag that opens a payload and names pair, side and sequence number:
+/// `"p`, 10 digits, a letter, 4 digits.
+const TAG_LEN: usize = 17;
+
+/// Smallest payload in bytes (a JSON string, quotes included): the tag and its closing
+/// quote.
+pub const MIN_PAYLOAD: usize = TAG_LEN + 1;
 
 /// How long a finished pair waits for the server to confirm each close.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
@@ -676,7 +681,7 @@ impl Pair<'_> {
             return Ok(());
         }
         let tag = payload(self.n, from, seq, self.ctx.payload_bytes);
-        let kind = if !contains(frame, &tag[..MIN_PAYLOAD]) {
+        let kind = if !contains(frame, &tag[..TAG_LEN]) {
             // Another pair's, another side's or another sequence number's message.
             if contains(frame, &tag[..12]) {
                 FailureKind::Duplicated
@@ -790,7 +795,7 @@ fn peerjs_type(side: Side, seq: u32) -> &'static [u8] {
 fn payload(n: u32, side: Side, seq: u32, bytes: usize) -> Vec<u8> {
     let letter = if side == Side::A { 'a' } else { 'b' };
     let mut out = format!("\"p{n:010}{letter}{:04}", seq % 10_000).into_bytes();
-    out.resize(bytes.max(MIN_PAYLOAD + 1) - 1, b'x');
+    out.resize(bytes.max(MIN_PAYLOAD) - 1, b'x');
     out.push(b'"');
     out
 }
@@ -934,7 +939,8 @@ mod tests {
 
     #[test]
     fn payloads_have_the_size_asked_for() {
-        for bytes in [17, 100, 500] {
+        assert_eq!(payload(1, Side::A, 0, 1).len(), MIN_PAYLOAD);
+        for bytes in [18, 100, 500] {
             let p = payload(7, Side::B, 3, bytes);
             assert_eq!(p.len(), bytes);
             assert!(p.starts_with(b"\"p0000000007b0003"));
