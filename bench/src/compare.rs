@@ -230,7 +230,7 @@ fn keep_cleanest(slot: &mut Option<load::LoadReport>, report: load::LoadReport) 
 
 /// Waits up to `max` for the machine to be quiet: less than [`QUIET_CORES`] of CPU used
 /// by other processes over one second (nothing of the bench runs between runs).
-fn wait_quiet(max: Duration) {
+pub(crate) fn wait_quiet(max: Duration) {
     let deadline = std::time::Instant::now() + max;
     loop {
         let busy = || crate::procfs::machine_busy().unwrap_or_default();

@@ -8,11 +8,13 @@
 //! exact bytes expected next on its stream; then both sockets close.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
+use tokio_rustls::rustls::ClientConfig;
 
 use crate::script::{Id, Script, Side, Tag, origin_of};
 use crate::verify::{Board, Failure, FailureKind, RootNote};
@@ -34,6 +36,8 @@ pub(crate) struct Ctx {
     pub(crate) board: Board,
     /// Longest a handshake may take before its missing messages count as lost.
     pub(crate) timeout: Duration,
+    /// TLS client configuration for `wss://`; `None` for `ws://`.
+    pub(crate) tls: Option<Arc<ClientConfig>>,
 }
 
 /// Timings collected by one worker, in nanoseconds.
@@ -393,7 +397,7 @@ async fn connect(
     seed: u32,
     deadline: Instant,
 ) -> Result<WsClient, WsError> {
-    let connect = WsClient::connect(server, &ctx.join_path, None, seed);
+    let connect = WsClient::connect_with(server, &ctx.join_path, None, seed, ctx.tls.as_ref());
     tokio::time::timeout_at(deadline, connect)
         .await
         .unwrap_or(Err(WsError::TimedOut))

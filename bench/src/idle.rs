@@ -37,6 +37,9 @@ pub struct IdleConfig {
     pub connect_concurrency: usize,
     /// Wait before reading RSS at a checkpoint (the JS server's heap settles).
     pub settle: Duration,
+    /// The path each socket opens; `{i}` is replaced by the socket's number (for
+    /// servers that want a room or an id per client). `/join` for ours.
+    pub path: String,
 }
 
 impl IdleConfig {
@@ -53,6 +56,7 @@ impl IdleConfig {
             source_ips: 8,
             connect_concurrency: 128,
             settle: Duration::from_secs(2),
+            path: "/join".to_owned(),
         }
     }
 }
@@ -254,6 +258,7 @@ const FD_RESERVE: u64 = 100;
 /// Opens sockets and keeps them.
 struct Opener {
     server: SocketAddr,
+    path: String,
     sources: Vec<Option<IpAddr>>,
     concurrency: usize,
     sockets: Vec<WsClient>,
@@ -271,6 +276,7 @@ impl Opener {
         };
         Self {
             server: config.server,
+            path: config.path.clone(),
             sources,
             concurrency: config.connect_concurrency.max(1),
             sockets: Vec::new(),
@@ -288,6 +294,7 @@ impl Opener {
             left -= n;
             let server = self.server;
             let sources = self.sources.clone();
+            let template = self.path.clone();
             let first = self.opened;
             self.opened += n;
             tasks.spawn(async move {
@@ -295,7 +302,8 @@ impl Opener {
                 for i in first..first + n {
                     let source = sources[i % sources.len()];
                     let seed = u32::try_from(i).unwrap_or(u32::MAX);
-                    let connect = WsClient::connect(server, "/join", source, seed);
+                    let path = template.replace("{i}", &i.to_string());
+                    let connect = WsClient::connect(server, &path, source, seed);
                     match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
                         Ok(Ok(socket)) => sockets.push(socket),
                         Ok(Err(e)) => return (sockets, Some(format!("{e} (from {source:?})"))),

@@ -4,11 +4,17 @@
 //! # Layout
 //! - [`load`]: the load generator: whole handshakes over the wire protocol only, every
 //!   message verified, figures for one load point.
+//! - [`pairs`]: the pair generator: one signaling exchange in three wire protocols
+//!   (ours, matchbox_server's, peerjs-server's), every message verified.
+//! - [`peers`]: `compare --peers`: ours next to matchbox_server and peerjs-server,
+//!   one core each, through the pair generator.
 //! - [`idle`]: memory per idle `/join` socket, and the most sockets within an RSS budget.
 //! - [`servers`]: starting our server binary and the JS server on free loopback ports.
 //! - [`compare`]: runs the same points against both servers and writes the results.
 //! - [`auth`]: what token auth costs: the same load point with and without join
 //!   tokens, on fresh server processes, alternating.
+//! - [`tls`]: what TLS and `/metrics` scrapes cost: the same load point plain, over
+//!   `wss://` and while scraped, on fresh server processes, alternating.
 //! - [`report`]: the results file and the table; `chart` draws the SVG.
 //! - [`procfs`]: CPU time and memory of a process from `/proc`.
 //! - [`webrtc`]: join time between Rust peers and join storms of tree-overlay nodes.
@@ -32,6 +38,8 @@ pub mod echo;
 mod handshake;
 pub mod idle;
 pub mod load;
+pub mod pairs;
+pub mod peers;
 pub mod procfs;
 pub mod report;
 mod root;
@@ -39,6 +47,7 @@ mod script;
 pub mod servers;
 pub mod soak;
 pub mod stats;
+pub mod tls;
 pub mod turn;
 mod verify;
 pub mod webrtc;

@@ -14,6 +14,7 @@ use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+use tokio_rustls::rustls::ClientConfig;
 
 use crate::handshake::{self, Ctx, Samples};
 use crate::procfs;
@@ -63,6 +64,9 @@ pub struct LoadConfig {
     /// Pause after the root connects, before the first handshake (a cluster's other
     /// instances learn where the root is).
     pub settle: Duration,
+    /// Speak `wss://` with this TLS client configuration (it must trust the server's
+    /// certificate, valid for `localhost`); `None` speaks `ws://`.
+    pub tls: Option<Arc<ClientConfig>>,
 }
 
 impl LoadConfig {
@@ -87,6 +91,7 @@ impl LoadConfig {
             answerer_server: None,
             extra_pids: Vec::new(),
             settle: Duration::ZERO,
+            tls: None,
         }
     }
 }
@@ -212,11 +217,13 @@ pub async fn run(config: &LoadConfig) -> anyhow::Result<LoadReport> {
         script: Script::new(config.candidates, early, config.sdp_bytes),
         board: Board::default(),
         timeout: config.handshake_timeout,
+        tls: config.tls.clone(),
     });
     let root_path = format!("/{}/webrtc-bootstrap-root", config.secret);
-    let root_ws = WsClient::connect(config.server, &root_path, None, 0x5eed)
-        .await
-        .with_context(|| format!("cannot connect the root to {}", config.server))?;
+    let root_ws =
+        WsClient::connect_with(config.server, &root_path, None, 0x5eed, config.tls.as_ref())
+            .await
+            .with_context(|| format!("cannot connect the root to {}", config.server))?;
     let (stop, stopped) = oneshot::channel();
     let root = tokio::spawn(crate::root::run(Arc::clone(&ctx), root_ws, stopped));
     tokio::time::sleep(config.settle).await;

@@ -6,8 +6,10 @@
 //! (cd bench/js && npm ci --ignore-scripts)
 //! target/release/bootstrap-bench compare            # full run, writes docs/bench/
 //! target/release/bootstrap-bench compare --quick    # smoke run, writes nothing
+//! bench/install-peers && target/release/bootstrap-bench compare --peers   # matchbox, peerjs
 //! target/release/bootstrap-bench echo --listen 127.0.0.1:9001  # Autobahn cases: docs/conformance.md
 //! target/release/bootstrap-bench load --url ws://127.0.0.1:5000 --secret S -n 20000 -c 50
+//! target/release/bootstrap-bench tls                  # TLS and /metrics costs, docs/bench/tls.*
 //! target/release/bootstrap-bench soak --out docs/bench   # 1 000 000 handshakes, one server
 //! ```
 
@@ -65,6 +67,9 @@ enum Command {
     /// (root, newcomers and answerers on different instances) next to a single
     /// instance, same run.
     Cluster(ClusterArgs),
+    /// What TLS and metrics cost: the same load point plain, over wss:// and while
+    /// /metrics is scraped, alternating.
+    Tls(TlsArgs),
     /// A million verified handshakes against one server process, sampling its memory,
     /// descriptors, threads and /healthz: flat after warm-up, nothing lost.
     Soak(SoakArgs),
@@ -135,6 +140,44 @@ struct AuthArgs {
     #[arg(long, default_value_t = 1)]
     server_workers: usize,
     /// Output directory for auth.json and auth.md [default: docs/bench].
+    #[arg(long, default_value = "docs/bench")]
+    out: PathBuf,
+    /// Write nothing.
+    #[arg(long)]
+    no_out: bool,
+}
+
+#[derive(Debug, Args)]
+struct TlsArgs {
+    /// Handshakes in flight.
+    #[arg(short = 'c', long, default_value_t = 50)]
+    concurrency: u32,
+    /// Measured handshakes per run.
+    #[arg(short = 'n', long, default_value_t = 20_000)]
+    handshakes: u32,
+    /// Unmeasured handshakes first.
+    #[arg(long, default_value_t = 1000)]
+    warmup: u32,
+    /// Runs per mode.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Time between two scrapes of /metrics in the scraped mode, e.g. 100ms or 15s.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    scrape_every: Duration,
+    /// Back-to-back scrapes of an idle server, for the cost of one (0: skip).
+    #[arg(long, default_value_t = 2000)]
+    idle_scrapes: u32,
+    /// Seconds to wait for a quiet machine (other processes under 0.2 cores) before
+    /// each run.
+    #[arg(long, default_value_t = 60)]
+    quiet_wait: u64,
+    /// Our server binary [default: next to this binary].
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Worker threads of our server (0: one per core).
+    #[arg(long, default_value_t = 1)]
+    server_workers: usize,
+    /// Output directory for tls.json and tls.md [default: docs/bench].
     #[arg(long, default_value = "docs/bench")]
     out: PathBuf,
     /// Write nothing.
@@ -364,6 +407,28 @@ struct CompareArgs {
     /// before each run [default: 60; quick: 0].
     #[arg(long)]
     quiet_wait: Option<u64>,
+    /// Compare the signaling servers users would pick instead (matchbox_server 0.15.0,
+    /// peerjs-server 1.0.2; install them with bench/install-peers) instead of the JS
+    /// webrtc-bootstrap server; writes peers.{json,md,svg}.
+    #[arg(long)]
+    peers: bool,
+    /// matchbox_server binary (with --peers).
+    #[arg(long, default_value = "bench/peers/root/bin/matchbox_server")]
+    matchbox_bin: PathBuf,
+    /// Messages each client of a pair sends (with --peers).
+    #[arg(long, default_value_t = 5)]
+    pair_messages: u32,
+    /// Payload bytes of each message (with --peers).
+    #[arg(long, default_value_t = 500)]
+    payload_bytes: usize,
+    /// Seconds after which a run starts no more pairs (with --peers) [default: 30;
+    /// quick: 10]: a server that serves few pairs per second does not hold the run.
+    #[arg(long)]
+    max_seconds: Option<u64>,
+    /// Idle clients per server for the memory figure (with --peers) [default: 10000;
+    /// quick: 500].
+    #[arg(long)]
+    idle_clients: Option<usize>,
     /// Open-loop points: offered handshakes per second at the largest concurrency, so
     /// both servers are compared at the same load, comma-separated [default: 1000,1500
     /// (60 % and 90 % of what the JS server manages here); quick: none].
@@ -424,6 +489,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Auth(args) => run_auth(args),
         Command::Cluster(args) => run_cluster(args),
+        Command::Tls(args) => run_tls(args),
         Command::Soak(args) => run_soak(args),
         Command::Echo(args) => run_echo(&args),
     }
@@ -550,6 +616,32 @@ fn run_auth(args: AuthArgs) -> anyhow::Result<ExitCode> {
     };
     let report = bootstrap_bench::auth::run(&config)?;
     println!("{}", bootstrap_bench::auth::markdown(&report));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_tls(args: TlsArgs) -> anyhow::Result<ExitCode> {
+    if args.scrape_every.is_zero() {
+        bail!("--scrape-every must be more than 0");
+    }
+    let config = bootstrap_bench::tls::TlsConfig {
+        programs: Programs {
+            server_bin: args.server_bin.unwrap_or_else(default_server_bin),
+            node: "node".into(),
+            js_dir: PathBuf::from("bench/js"),
+            node_heap_mib: 0,
+            server_workers: (args.server_workers > 0).then_some(args.server_workers),
+        },
+        concurrency: args.concurrency,
+        handshakes: args.handshakes,
+        warmup: args.warmup,
+        rounds: args.rounds,
+        scrape_every: args.scrape_every,
+        idle_scrapes: args.idle_scrapes,
+        out_dir: (!args.no_out).then_some(args.out),
+        quiet_wait: Duration::from_secs(args.quiet_wait),
+    };
+    let report = bootstrap_bench::tls::run(&config)?;
+    println!("{}", bootstrap_bench::tls::markdown(&report));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -739,6 +831,9 @@ fn run_idle(args: &IdleArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
+    if args.peers {
+        return run_peers(args);
+    }
     let quick = args.quick;
     let server_bin = args.server_bin.unwrap_or_else(default_server_bin);
     let idle = (!args.no_idle).then(|| IdleSettings {
@@ -819,6 +914,58 @@ fn run_compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .all(|p| p.ours.verified() && p.js.as_ref().is_none_or(load::LoadReport::verified));
     Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("verification FAILED: messages were lost, duplicated or misrouted");
+        ExitCode::FAILURE
+    })
+}
+
+fn run_peers(args: CompareArgs) -> anyhow::Result<ExitCode> {
+    use bootstrap_bench::peers::{self, PeerPrograms, PeersConfig};
+    let quick = args.quick;
+    let config = PeersConfig {
+        programs: PeerPrograms {
+            server_bin: args.server_bin.unwrap_or_else(default_server_bin),
+            matchbox_bin: args.matchbox_bin,
+            node: args.node,
+            js_dir: args.js_dir,
+        },
+        points: args
+            .points
+            .unwrap_or_else(|| if quick { vec![1, 10] } else { vec![1, 50] }),
+        pairs: args.handshakes.unwrap_or(if quick { 300 } else { 20_000 }),
+        warmup: args.warmup.unwrap_or(if quick { 50 } else { 1000 }),
+        messages: args.pair_messages,
+        payload_bytes: args.payload_bytes,
+        repeat: args.repeat.unwrap_or(if quick { 1 } else { 2 }),
+        idle_clients: if args.no_idle {
+            0
+        } else {
+            args.idle_clients
+                .unwrap_or(if quick { 500 } else { 10_000 })
+        },
+        max_time: Some(Duration::from_secs(args.max_seconds.unwrap_or(if quick {
+            10
+        } else {
+            30
+        }))),
+        quiet_wait: Duration::from_secs(args.quiet_wait.unwrap_or(if quick { 0 } else { 60 })),
+        command: std::iter::once("bootstrap-bench".to_owned())
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    let report = peers::run(&config)?;
+    println!("{}", peers::markdown(&report));
+    let out = args
+        .out
+        .or_else(|| (!quick).then(|| PathBuf::from("docs/bench")));
+    if let Some(dir) = &out {
+        peers::write(&report, dir)?;
+        eprintln!("wrote {}/peers.{{json,md,svg}}", dir.display());
+    }
+    Ok(if report.verified() {
         ExitCode::SUCCESS
     } else {
         eprintln!("verification FAILED: messages were lost, duplicated or misrouted");

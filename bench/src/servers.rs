@@ -209,7 +209,10 @@ impl Drop for Spawned {
 }
 
 /// A port of 127.0.0.1 that was free a moment ago.
-fn free_port() -> anyhow::Result<u16> {
+///
+/// # Errors
+/// When no port can be bound.
+pub fn free_port() -> anyhow::Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
     Ok(listener.local_addr()?.port())
 }

@@ -258,6 +258,7 @@ pub async fn run(config: &SoakConfig) -> anyhow::Result<SoakReport> {
         script: Script::new(4, 2, 1500),
         board: Board::default(),
         timeout: config.handshake_timeout,
+        tls: None,
     });
     let root_path = format!("/{}/webrtc-bootstrap-root", config.secret);
     let root_ws = WsClient::connect(config.server, &root_path, None, 0x5eed)

@@ -7,6 +7,10 @@
 //! client (tokio-tungstenite) costs several times more CPU per message; on 2 cores the
 //! generator competes with the server, so it has to be cheap.
 //!
+//! With a TLS configuration the same client speaks `wss://` (rustls with the ring
+//! provider, through tokio-rustls): the bytes then come out of rustls, so there is no
+//! kernel receive timestamp and "delivered" is the read time.
+//!
 //! Not supported, and reported as errors: fragmented messages, masked server frames,
 //! extensions. Neither server under test sends those. The `Sec-WebSocket-Accept` answer
 //! is not checked here (the check would only add generator CPU): the end-to-end tests
@@ -16,6 +20,8 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd as _, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bootstrap_ws::{self as ws, OpCode, encode_frame};
@@ -26,6 +32,10 @@ use tokio::io::Interest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::ClientConfig;
+use tokio_rustls::rustls::pki_types::ServerName;
 
 /// Largest frame accepted from a server.
 const MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -95,10 +105,36 @@ pub(crate) struct Arrival {
     pub(crate) read: Instant,
 }
 
+/// TLS handshakes this process completed as a client: full, resumed (for the TLS
+/// benchmark, which runs one load at a time).
+pub(crate) static TLS_HANDSHAKES: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
+/// The connection under the WebSocket: plain TCP, or TLS over it.
+#[derive(Debug)]
+enum Stream {
+    /// `ws://`: reads through `recvmsg`, with kernel receive timestamps.
+    Plain(TcpStream),
+    /// `wss://`: reads and writes through rustls.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Self::Plain(s) => s.write_all(bytes).await,
+            Self::Tls(s) => {
+                s.write_all(bytes).await?;
+                // rustls buffers the records until flushed.
+                s.flush().await
+            }
+        }
+    }
+}
+
 /// One client WebSocket connection.
 #[derive(Debug)]
 pub(crate) struct WsClient {
-    stream: TcpStream,
+    stream: Stream,
     read: BytesMut,
     arrival: Arrival,
     write: Vec<u8>,
@@ -114,6 +150,18 @@ impl WsClient {
         local: Option<IpAddr>,
         seed: u32,
     ) -> Result<Self, WsError> {
+        Self::connect_with(server, path, local, seed, None).await
+    }
+
+    /// [`Self::connect`], over TLS when `tls` is given (the server's certificate must
+    /// be valid for `localhost`).
+    pub(crate) async fn connect_with(
+        server: SocketAddr,
+        path: &str,
+        local: Option<IpAddr>,
+        seed: u32,
+        tls: Option<&Arc<ClientConfig>>,
+    ) -> Result<Self, WsError> {
         let socket = if server.is_ipv4() {
             TcpSocket::new_v4()?
         } else {
@@ -122,10 +170,27 @@ impl WsClient {
         if let Some(ip) = local {
             socket.bind(SocketAddr::new(ip, 0))?;
         }
-        let stream = socket.connect(server).await?;
-        stream.set_nodelay(true)?;
-        // Kernel receive timestamps, to tell the relay's latency from the generator's.
-        setsockopt(&stream, sockopt::ReceiveTimestampns, &true).map_err(io::Error::from)?;
+        let tcp = socket.connect(server).await?;
+        tcp.set_nodelay(true)?;
+        let stream = match tls {
+            None => {
+                // Kernel receive timestamps, to tell the relay's latency from the
+                // generator's.
+                setsockopt(&tcp, sockopt::ReceiveTimestampns, &true).map_err(io::Error::from)?;
+                Stream::Plain(tcp)
+            }
+            Some(config) => {
+                let name = ServerName::try_from("localhost")
+                    .map_err(|_| WsError::Protocol("server name"))?;
+                let tls = TlsConnector::from(Arc::clone(config))
+                    .connect(name, tcp)
+                    .await?;
+                let resumed = tls.get_ref().1.handshake_kind()
+                    == Some(tokio_rustls::rustls::HandshakeKind::Resumed);
+                TLS_HANDSHAKES[usize::from(resumed)].fetch_add(1, Ordering::Relaxed);
+                Stream::Tls(Box::new(tls))
+            }
+        };
         let mut client = Self {
             stream,
             read: BytesMut::new(),
@@ -164,7 +229,11 @@ impl WsClient {
                 return Err(WsError::Protocol("oversized HTTP response head"));
             }
             self.read.reserve(1024);
-            if self.stream.read_buf(&mut self.read).await? == 0 {
+            let n = match &mut self.stream {
+                Stream::Plain(s) => s.read_buf(&mut self.read).await?,
+                Stream::Tls(s) => s.read_buf(&mut self.read).await?,
+            };
+            if n == 0 {
                 return Err(WsError::Closed);
             }
         }
@@ -192,11 +261,27 @@ impl WsClient {
     /// Reads more bytes from the socket and notes when they arrived ([`Self::arrival`]).
     /// Cancel-safe: nothing is lost if the future is dropped before it completes.
     pub(crate) async fn fill(&mut self) -> Result<(), WsError> {
+        let stream = match &mut self.stream {
+            Stream::Plain(stream) => stream,
+            Stream::Tls(stream) => {
+                // Cancel-safe too: `read_buf` appends only what it read.
+                self.read.reserve(READ_CHUNK);
+                if stream.read_buf(&mut self.read).await? == 0 {
+                    return Err(WsError::Closed);
+                }
+                let now = Instant::now();
+                self.arrival = Arrival {
+                    delivered: now,
+                    read: now,
+                };
+                return Ok(());
+            }
+        };
         loop {
-            self.stream.readable().await?;
-            let fd = self.stream.as_raw_fd();
+            stream.readable().await?;
+            let fd = stream.as_raw_fd();
             let read = &mut self.read;
-            match self.stream.try_io(Interest::READABLE, || receive(fd, read)) {
+            match stream.try_io(Interest::READABLE, || receive(fd, read)) {
                 Ok((0, _)) => return Err(WsError::Closed),
                 Ok((_, stamp)) => {
                     let now = Instant::now();
