@@ -66,13 +66,15 @@ pub(crate) fn serve(
         )),
         Err(upgraded) => Either::Right(
             match upgraded.downcast::<TokioIo<WriteDeadline<TlsStream<TcpStream>>>>() {
-                // TLS: the stream keeps its TLS state (and rustls's buffers).
-                Ok(parts) => Either::Left(SocketTask::new(
+                // TLS: the stream keeps its TLS state (and rustls's buffers). Boxed:
+                // rustls's connection state is over a kilobyte, and the future of
+                // every plain socket would otherwise be as large as this variant.
+                Ok(parts) => Either::Left(Box::pin(SocketTask::new(
                     parts.io.into_inner().into_inner(),
                     registration,
                     rx,
                     parts.read_buf.to_vec(),
-                )),
+                ))),
                 Err(upgraded) => Either::Right(SocketTask::new(
                     TokioIo::new(upgraded),
                     registration,
