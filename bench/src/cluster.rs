@@ -165,11 +165,12 @@ pub fn markdown(report: &ClusterReport) -> String {
     let cpu = |r: &LoadReport| r.all_processes_us_per_handshake.unwrap_or(f64::NAN);
     let row = |name: &str, r: &LoadReport| {
         format!(
-            "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {} |\n",
+            "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {} |\n",
             r.handshakes_per_second,
             r.relay_latency_us.p50,
             r.relay_latency_us.p99,
             cpu(r),
+            r.background_cores,
             if r.verified() { "yes" } else { "**no**" },
         )
     };
@@ -191,8 +192,8 @@ pub fn markdown(report: &ClusterReport) -> String {
          answer crosses Redis once. CPU counts every process (all instances and Redis), not the generator.\n\n",
         report.instances, report.instances
     ));
-    out.push_str("| point | handshakes/s | relay p50 (µs) | relay p99 (µs) | CPU per handshake, all processes (µs) | verified |\n");
-    out.push_str("|---|---|---|---|---|---|\n");
+    out.push_str("| point | handshakes/s | relay p50 (µs) | relay p99 (µs) | CPU per handshake, all processes (µs) | other load on the machine (cores) | verified |\n");
+    out.push_str("|---|---|---|---|---|---|---|\n");
     out.push_str(&row("single instance", &report.single));
     out.push_str(&row("cluster", &report.cluster));
     out.push_str(&format!(

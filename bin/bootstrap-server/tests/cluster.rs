@@ -452,6 +452,36 @@ async fn three_instances_relay_every_rule_of_the_single_server() -> anyhow::Resu
     assert_eq!(health["cluster"]["broker_reachable"], json!(true));
     assert!(health["cluster"]["published"].as_u64() >= Some(21));
     assert_eq!(i[1].readyz().await?, 200);
+    // The same counters in /metrics, valid for promtool when it is installed.
+    let (status, metrics) = http_get(i[1].port, "/metrics").await?;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("bootstrap_cluster_broker_up 1"),
+        "{metrics}"
+    );
+    let published = format!(
+        "bootstrap_cluster_frames_total{{outcome=\"published\"}} {}",
+        i[1].cluster_stat("published").await?
+    );
+    assert!(metrics.contains(&published), "{published} not in {metrics}");
+    if have("promtool") {
+        let mut check = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        std::io::Write::write_all(
+            &mut check.stdin.take().context("stdin")?,
+            metrics.as_bytes(),
+        )?;
+        let output = check.wait_with_output()?;
+        assert!(
+            output.status.success(),
+            "promtool: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
     Ok(())
 }
 

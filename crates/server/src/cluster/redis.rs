@@ -71,8 +71,9 @@ end
 return 0
 ";
 
-/// Settings of a [`RedisBackplane`].
-#[derive(Debug, Clone)]
+/// Settings of a [`RedisBackplane`]. Its `Debug` never shows the URL (it may hold a
+/// password).
+#[derive(Clone)]
 pub struct RedisOptions {
     /// `redis://host:port/` or `redis+unix:///path`.
     pub url: String,
@@ -81,6 +82,16 @@ pub struct RedisOptions {
     pub cluster: String,
     /// Time to live of the instance tag's lease (renewed every third of it).
     pub instance_lease: Duration,
+}
+
+impl std::fmt::Debug for RedisOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisOptions")
+            .field("url", &"<redacted>")
+            .field("cluster", &self.cluster)
+            .field("instance_lease", &self.instance_lease)
+            .finish()
+    }
 }
 
 /// The [`Backplane`] on Redis.
