@@ -703,15 +703,26 @@ fn run_churn(args: &ChurnArgs) -> anyhow::Result<ExitCode> {
     let markdown = bootstrap_bench::churn::markdown(&report);
     println!("{markdown}");
     if let Some(dir) = &args.out {
-        std::fs::create_dir_all(dir)?;
-        std::fs::write(
-            dir.join("churn.json"),
-            serde_json::to_string_pretty(&report)? + "\n",
-        )?;
-        std::fs::write(dir.join("churn.md"), markdown)?;
-        println!("wrote {}/churn.{{json,md}}", dir.display());
+        write_report(dir, "churn", &report, &markdown)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `NAME.json` (the report) and `NAME.md` (its table) into `dir`.
+fn write_report(
+    dir: &std::path::Path,
+    name: &str,
+    report: &impl serde::Serialize,
+    markdown: &str,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join(format!("{name}.json")),
+        serde_json::to_string_pretty(report)? + "\n",
+    )?;
+    std::fs::write(dir.join(format!("{name}.md")), markdown)?;
+    println!("wrote {}/{name}.{{json,md}}", dir.display());
+    Ok(())
 }
 
 fn run_turn(args: &TurnArgs) -> anyhow::Result<ExitCode> {
@@ -729,13 +740,7 @@ fn run_turn(args: &TurnArgs) -> anyhow::Result<ExitCode> {
     let text = bootstrap_bench::turn::markdown(&report);
     println!("{text}");
     if let Some(dir) = &args.out {
-        std::fs::create_dir_all(dir)?;
-        std::fs::write(
-            dir.join("turn.json"),
-            serde_json::to_string_pretty(&report)? + "\n",
-        )?;
-        std::fs::write(dir.join("turn.md"), text)?;
-        println!("wrote {}/turn.{{json,md}}", dir.display());
+        write_report(dir, "turn", &report, &text)?;
     }
     Ok(ExitCode::SUCCESS)
 }
