@@ -407,7 +407,10 @@ mod tests {
         let shared = shared(|_| {});
         let now = Instant::now();
         let (_root, mut root_rx, _) = shared
-            .register_root(&shared.overlay(DEFAULT_OVERLAY).expect("default overlay"))
+            .register_root(
+                &shared.overlay(DEFAULT_OVERLAY).expect("default overlay"),
+                false,
+            )
             .expect("open");
         let (mut handler, id, _rx) = join(&shared, now);
         let text = r#"{"origin":"forged","signal":{"type":"offer"},"rank":3}"#;
@@ -545,7 +548,10 @@ mod tests {
         let shared = shared(|c| c.root_ping_timeout = Duration::from_secs(30));
         let start = Instant::now();
         let (registration, _rx, _) = shared
-            .register_root(&shared.overlay(DEFAULT_OVERLAY).expect("default overlay"))
+            .register_root(
+                &shared.overlay(DEFAULT_OVERLAY).expect("default overlay"),
+                false,
+            )
             .expect("open");
         let mut root = Handler::new(registration, start);
         let mut out = Vec::new();
@@ -575,7 +581,10 @@ mod tests {
         let shared = shared(|c| c.max_bad_messages = 1);
         let now = Instant::now();
         let (registration, _rx, _) = shared
-            .register_root(&shared.overlay(DEFAULT_OVERLAY).expect("default overlay"))
+            .register_root(
+                &shared.overlay(DEFAULT_OVERLAY).expect("default overlay"),
+                false,
+            )
             .expect("open");
         let mut root = Handler::new(registration, now);
         assert_eq!(

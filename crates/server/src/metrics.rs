@@ -19,7 +19,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::state::Shared;
+use crate::state::{OverlayGauges, Shared};
 
 /// The `Content-Type` of `GET /metrics` (Prometheus text format 0.0.4).
 pub(crate) const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -153,8 +153,11 @@ impl Collector for ServerCollector {
         let e = &mut encoder;
         let s = shared.stats.snapshot();
         let overlays = shared.overlay_gauges();
-        let each = |pick: fn(&(String, u64, bool)) -> u64| -> Vec<(&str, u64)> {
-            overlays.iter().map(|o| (o.0.as_str(), pick(o))).collect()
+        let each = |pick: fn(&OverlayGauges) -> u64| -> Vec<(&str, u64)> {
+            overlays
+                .iter()
+                .map(|o| (o.name.as_str(), pick(o)))
+                .collect()
         };
         gauge(
             e,
@@ -168,7 +171,7 @@ impl Collector for ServerCollector {
             "Open /join sockets",
             MetricType::Gauge,
             "overlay",
-            &each(|o| o.1),
+            &each(|o| o.joins),
         )?;
         family(
             e,
@@ -176,7 +179,15 @@ impl Collector for ServerCollector {
             "1 when the overlay's root is connected",
             MetricType::Gauge,
             "overlay",
-            &each(|o| u64::from(o.2)),
+            &each(|o| u64::from(o.root)),
+        )?;
+        family(
+            e,
+            "bootstrap_standby_roots",
+            "Standby roots waiting to take over",
+            MetricType::Gauge,
+            "overlay",
+            &each(|o| o.standbys),
         )?;
         counter(e, "bootstrap_joins_opened", "/join sockets opened", s.joins)?;
         family(
@@ -253,6 +264,18 @@ impl Collector for ServerCollector {
             "bootstrap_roots_replaced",
             "Roots that replaced a connected root",
             s.roots_replaced,
+        )?;
+        counter(
+            e,
+            "bootstrap_roots_standby",
+            "Root connections accepted as standby (?standby=1)",
+            s.roots_standby,
+        )?;
+        counter(
+            e,
+            "bootstrap_roots_promoted",
+            "Standby roots that became the active root",
+            s.roots_promoted,
         )?;
         family(
             e,

@@ -1,10 +1,11 @@
-//! The relay's state: the root and the prospects (`/join` sockets by id).
+//! The relay's state: the root, the standby roots waiting to take over, and the
+//! prospects (`/join` sockets by id).
 //!
 //! Pure bookkeeping, generic over the handle `T` used to reach a socket (a queue sender
 //! in the server, a plain value in unit tests). No IO, no clock: callers do the sends
 //! after releasing the lock that guards a `Registry`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use bootstrap_protocol::{Destination, IdGenerator, PeerId};
 
@@ -16,6 +17,8 @@ pub(crate) type RootTicket = u64;
 pub(crate) struct Registry<T> {
     ids: IdGenerator,
     root: Option<(RootTicket, T)>,
+    /// Standby roots, oldest first: the next to be promoted is at the front.
+    standbys: VecDeque<(RootTicket, T)>,
     next_ticket: RootTicket,
     prospects: HashMap<PeerId, T>,
     max_prospects: usize,
@@ -41,6 +44,7 @@ impl<T> Registry<T> {
         Self {
             ids,
             root: None,
+            standbys: VecDeque::new(),
             next_ticket: 0,
             prospects: HashMap::new(),
             max_prospects,
@@ -86,11 +90,53 @@ impl<T> Registry<T> {
         (self.next_ticket, old.map(|(_, h)| h))
     }
 
-    /// Unregisters the root with this ticket; a no-op if it was already replaced.
-    pub(crate) fn root_left(&mut self, ticket: RootTicket) {
+    /// Registers `handle` as a standby root. With no active root (`may_promote`: and none
+    /// elsewhere, in a cluster) it becomes the root at once; otherwise it waits behind
+    /// the standbys before it. Returns its ticket and whether it is the root now.
+    pub(crate) fn add_standby(&mut self, handle: T, may_promote: bool) -> (RootTicket, bool) {
+        self.next_ticket += 1;
+        let ticket = self.next_ticket;
+        if self.root.is_none() && may_promote {
+            self.root = Some((ticket, handle));
+            (ticket, true)
+        } else {
+            self.standbys.push_back((ticket, handle));
+            (ticket, false)
+        }
+    }
+
+    /// Unregisters the root or standby with this ticket; a no-op if it was already
+    /// replaced or gone. When the active root leaves, the oldest standby becomes the root
+    /// if `may_promote` (in a cluster: no root is known elsewhere): its ticket and handle
+    /// are returned, so the caller tells it.
+    pub(crate) fn root_left(
+        &mut self,
+        ticket: RootTicket,
+        may_promote: bool,
+    ) -> Option<(RootTicket, &T)> {
         if self.root.as_ref().is_some_and(|(t, _)| *t == ticket) {
             self.root = None;
+            if may_promote {
+                return self.promote();
+            }
+        } else if let Some(at) = self.standbys.iter().position(|(t, _)| *t == ticket) {
+            self.standbys.remove(at);
         }
+        None
+    }
+
+    /// With no active root, makes the oldest standby the root; its ticket and handle.
+    pub(crate) fn promote(&mut self) -> Option<(RootTicket, &T)> {
+        if self.root.is_some() {
+            return None;
+        }
+        self.root = self.standbys.pop_front();
+        self.root.as_ref().map(|(ticket, handle)| (*ticket, handle))
+    }
+
+    /// Number of standby roots waiting.
+    pub(crate) fn standby_count(&self) -> usize {
+        self.standbys.len()
     }
 
     /// The handle a message for `destination` goes to. Borrowed, not cloned: the caller
@@ -110,10 +156,11 @@ impl<T> Registry<T> {
         }
     }
 
-    /// Every registered socket: the root, then the prospects.
+    /// Every registered socket: the root, the standbys, then the prospects.
     pub(crate) fn handles(&self) -> impl Iterator<Item = &T> {
         self.root
             .iter()
+            .chain(&self.standbys)
             .map(|(_, root)| root)
             .chain(self.prospects.values())
     }
@@ -166,10 +213,55 @@ mod tests {
         assert_eq!(none, None);
         let (second, old) = r.set_root("r2");
         assert_eq!(old, Some("r1"));
-        r.root_left(first);
+        assert_eq!(r.root_left(first, true), None);
         assert_eq!(r.route(&Destination::Root), Ok(&"r2"));
-        r.root_left(second);
+        assert_eq!(r.root_left(second, true), None);
         assert!(!r.has_root());
+    }
+
+    #[test]
+    fn standbys_wait_in_order_and_the_oldest_takes_over() {
+        let mut r = registry(10);
+        let (active, _) = r.set_root("active");
+        let (s1, now) = r.add_standby("s1", true);
+        assert!(!now, "a root is active: s1 waits");
+        let (s2, _) = r.add_standby("s2", true);
+        assert_eq!(r.standby_count(), 2);
+        // Standbys get no requests.
+        assert_eq!(r.route(&Destination::Root), Ok(&"active"));
+        // A newer root replaces the active one; the standbys keep waiting.
+        let (newer, old) = r.set_root("newer");
+        assert_eq!(old, Some("active"));
+        assert_eq!(r.root_left(active, true), None, "the replaced root left");
+        assert_eq!(r.standby_count(), 2);
+        // The active root leaves: the oldest standby is the root.
+        assert_eq!(r.root_left(newer, true), Some((s1, &"s1")));
+        assert_eq!(r.route(&Destination::Root), Ok(&"s1"));
+        assert_eq!(r.standby_count(), 1);
+        // A standby leaving is only removed.
+        assert_eq!(r.root_left(s2, true), None);
+        assert_eq!(r.standby_count(), 0);
+        assert_eq!(r.route(&Destination::Root), Ok(&"s1"));
+        let mut all: Vec<_> = r.handles().copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, ["s1"]);
+    }
+
+    #[test]
+    fn a_standby_with_no_root_is_the_root_at_once_unless_one_is_elsewhere() {
+        let mut r = registry(10);
+        let (elsewhere, now) = r.add_standby("s0", false);
+        assert!(!now, "a root is known elsewhere: wait");
+        assert!(!r.has_root());
+        let (first, now) = r.add_standby("s1", true);
+        assert!(now);
+        assert_eq!(r.route(&Destination::Root), Ok(&"s1"));
+        // The root leaves while one is known elsewhere: nobody is promoted here...
+        assert_eq!(r.root_left(first, false), None);
+        assert!(!r.has_root());
+        // ...until that root is gone too.
+        assert_eq!(r.promote(), Some((elsewhere, &"s0")));
+        assert_eq!(r.promote(), None, "a root is active");
     }
 
     #[test]

@@ -21,6 +21,7 @@ use axum::http::header::{
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
+use bootstrap_protocol::paths::is_standby_query;
 use futures_util::FutureExt as _;
 use futures_util::future::Either;
 use subtle::ConstantTimeEq;
@@ -461,6 +462,8 @@ fn root(shared: &Arc<Shared>, name: &str, credential: &str, mut request: Request
             }
         },
     };
+    // A standby root (`?standby=1`) waits, without requests, for the active one to go.
+    let standby = request.uri().query().is_some_and(is_standby_query);
     let upgrade = match Upgrade::accept(&mut request) {
         Ok(upgrade) => upgrade,
         Err(refused) => {
@@ -480,7 +483,7 @@ fn root(shared: &Arc<Shared>, name: &str, credential: &str, mut request: Request
         if let RootAuth::Token(sub) = &auth {
             info!(overlay = %overlay.name, ?sub, "root token accepted");
         }
-        let Some((registration, rx, tx)) = shared.register_root(&overlay) else {
+        let Some((registration, rx, tx)) = shared.register_root(&overlay, standby) else {
             // A dynamic overlay emptied and removed meanwhile: the root reconnects.
             return;
         };

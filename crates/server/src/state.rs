@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use bootstrap_protocol::paths::{PROMOTED, STANDBY};
 use bootstrap_protocol::{IdGenerator, PeerId};
 use serde::Serialize;
 use tokio::time::Instant;
@@ -27,7 +28,7 @@ use crate::cluster::lease::{Held, RootView};
 use crate::cluster::{self, Backplane, Cluster, ClusterHealth};
 use crate::config::{Config, OverlayConfig};
 use crate::edge::{Edge, JoinLimiter};
-use crate::handle::{self, Command, Inbox, Outbox, SocketHandle};
+use crate::handle::{self, Command, Inbox, Outbox, Outgoing, SocketHandle};
 use crate::metrics::{Closes, Metrics};
 use crate::queue::Budget;
 use crate::registry::{Registry, RootTicket};
@@ -179,12 +180,26 @@ pub struct OverlayHealth {
     pub max_prospects: usize,
     /// Whether a root token created it.
     pub dynamic: bool,
+    /// Standby roots waiting to take over (on this instance).
+    pub standby_roots: usize,
     /// Its counters.
     pub stats: StatsSnapshot,
     /// In a cluster: the instance its root is connected to (this one or another),
     /// `null` when no root is known anywhere.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub root_instance: Option<Option<String>>,
+}
+
+/// One overlay's gauges in the metrics.
+#[derive(Debug)]
+pub(crate) struct OverlayGauges {
+    pub(crate) name: String,
+    /// Open `/join` sockets.
+    pub(crate) joins: u64,
+    /// Whether its root is connected.
+    pub(crate) root: bool,
+    /// Standby roots waiting.
+    pub(crate) standbys: u64,
 }
 
 /// Why a `/join` socket was not admitted.
@@ -492,7 +507,7 @@ impl Overlay {
     }
 
     fn health(&self, cluster: Option<&Cluster>) -> OverlayHealth {
-        let (root_connected, prospects, root_instance) = {
+        let (root_connected, standby_roots, prospects, root_instance) = {
             let slot = self.registry();
             let root_instance = cluster.map(|cluster| {
                 if slot.has_root() {
@@ -501,7 +516,12 @@ impl Overlay {
                     slot.remote_root.get().map(|at| at.instance.to_string())
                 }
             });
-            (slot.has_root(), slot.prospect_count(), root_instance)
+            (
+                slot.has_root(),
+                slot.standby_count(),
+                slot.prospect_count(),
+                root_instance,
+            )
         };
         OverlayHealth {
             name: self.name.to_string(),
@@ -509,6 +529,7 @@ impl Overlay {
             prospects,
             max_prospects: self.max_prospects,
             dynamic: self.dynamic,
+            standby_roots,
             stats: self.stats.snapshot(),
             root_instance,
         }
@@ -570,19 +591,22 @@ impl Shared {
         self.overlays().values().cloned().collect()
     }
 
-    /// Each overlay's name, open `/join` sockets and whether its root is connected,
-    /// sorted by name (for the metrics).
-    pub(crate) fn overlay_gauges(&self) -> Vec<(String, u64, bool)> {
-        let mut gauges: Vec<(String, u64, bool)> = self
+    /// Each overlay's gauges, sorted by name (for the metrics).
+    pub(crate) fn overlay_gauges(&self) -> Vec<OverlayGauges> {
+        let mut gauges: Vec<OverlayGauges> = self
             .all_overlays()
             .iter()
             .map(|overlay| {
                 let slot = overlay.registry();
-                let open = u64::try_from(slot.prospect_count()).unwrap_or(u64::MAX);
-                (overlay.name.to_string(), open, slot.has_root())
+                OverlayGauges {
+                    name: overlay.name.to_string(),
+                    joins: u64::try_from(slot.prospect_count()).unwrap_or(u64::MAX),
+                    root: slot.has_root(),
+                    standbys: u64::try_from(slot.standby_count()).unwrap_or(u64::MAX),
+                }
             })
             .collect();
-        gauges.sort();
+        gauges.sort_by(|a, b| a.name.cmp(&b.name));
         gauges
     }
 
@@ -652,12 +676,16 @@ impl Shared {
         Ok((registration, rx))
     }
 
-    /// Makes a new socket the root of `overlay`, telling the root it replaces (if any)
-    /// to close. Returns its registration, its queue, and a sender for its heartbeats;
-    /// `None` if the overlay was removed meanwhile.
+    /// Registers a new root socket in `overlay`. An active root (`standby` false) is
+    /// the root at once, telling the root it replaces (if any) to close. A standby root
+    /// waits without requests while a root is active (here or, in a cluster, on another
+    /// instance) and is told `"standby"`; with none it is the root at once and is told
+    /// `"promoted"`. Returns its registration, its queue, and a sender for its
+    /// heartbeats; `None` if the overlay was removed meanwhile.
     pub(crate) fn register_root(
         self: &Arc<Self>,
         overlay: &Arc<Overlay>,
+        standby: bool,
     ) -> Option<(Registration, Inbox, Outbox)> {
         let (handle, rx) = handle::channel(
             self.config.root_queue,
@@ -667,25 +695,72 @@ impl Shared {
             Arc::clone(&self.budget),
         );
         let heartbeats = handle.tx.clone();
-        let (ticket, old) = {
+        let (ticket, old, active) = {
             let mut slot = overlay.registry();
             if slot.retired {
                 return None;
             }
-            slot.registry.set_root(handle)
+            if standby {
+                let may_promote = slot.remote_root.get().is_none();
+                let (ticket, active) = slot.registry.add_standby(handle, may_promote);
+                (ticket, None, active)
+            } else {
+                let (ticket, old) = slot.registry.set_root(handle);
+                (ticket, old, true)
+            }
         };
         let registration =
             Registration::new(Arc::clone(self), Arc::clone(overlay), Role::Root(ticket));
         registration.bump(|s| &s.roots);
+        if standby {
+            registration.bump(|s| &s.roots_standby);
+            // Nothing is queued for it yet: this is its first frame.
+            let word = if active { PROMOTED } else { STANDBY };
+            let _ = heartbeats.try_send(Outgoing::from(word.to_owned()));
+        }
         if let Some(old) = old {
             registration.bump(|s| &s.roots_replaced);
             let _ = old.tx.control(Command::Replaced);
             tracing::info!(overlay = %overlay.name, "root connected, replacing the previous root");
+        } else if !active {
+            tracing::info!(overlay = %overlay.name, "standby root connected; a root is active");
+        } else if standby {
+            registration.bump(|s| &s.roots_promoted);
+            tracing::info!(overlay = %overlay.name, "standby root connected and promoted: no root was active");
         } else {
             tracing::info!(overlay = %overlay.name, "root connected");
         }
-        cluster::claim(self, overlay, ticket);
+        if active {
+            cluster::claim(self, overlay, ticket);
+        }
         Some((registration, rx, heartbeats))
+    }
+
+    /// With no root active in `overlay` (here or, in a cluster, anywhere), makes its
+    /// oldest standby root the root and tells it `"promoted"`; in a cluster it claims
+    /// the root's lease.
+    pub(crate) fn promote_standby(&self, overlay: &Arc<Overlay>) {
+        let promoted = {
+            let mut slot = overlay.registry();
+            if slot.remote_root.get().is_some() {
+                return;
+            }
+            slot.registry.promote().map(|(ticket, handle)| {
+                let _ = handle.tx.try_send(Outgoing::from(PROMOTED.to_owned()));
+                ticket
+            })
+        };
+        if let Some(ticket) = promoted {
+            self.promoted(overlay, ticket);
+        }
+    }
+
+    /// Counts and announces the standby root `ticket` promoted in `overlay`.
+    fn promoted(&self, overlay: &Arc<Overlay>, ticket: RootTicket) {
+        Stats::bump(&overlay.stats.roots_promoted);
+        Stats::bump(&self.stats.roots_promoted);
+        tracing::info!(overlay = %overlay.name, "the root left; a standby root is promoted");
+        cluster::claim(self, overlay, ticket);
     }
 
     /// Removes a dynamic overlay once its root and its last `/join` socket have left.
@@ -695,7 +770,8 @@ impl Shared {
         }
         let mut overlays = self.overlays();
         let mut slot = overlay.registry();
-        if slot.retired || slot.has_root() || slot.prospect_count() > 0 {
+        if slot.retired || slot.has_root() || slot.standby_count() > 0 || slot.prospect_count() > 0
+        {
             return;
         }
         slot.retired = true;
@@ -802,8 +878,23 @@ impl Registration {
                 }
             }
             Role::Root(ticket) => {
-                self.overlay.registry().registry.root_left(ticket);
-                cluster::release(&self.shared, &self.overlay, ticket);
+                let promoted = {
+                    let mut slot = self.overlay.registry();
+                    let may_promote = slot.remote_root.get().is_none();
+                    slot.registry
+                        .root_left(ticket, may_promote)
+                        .map(|(promoted, handle)| {
+                            // Queued ahead of any request: nothing reached it before.
+                            let _ = handle.tx.try_send(Outgoing::from(PROMOTED.to_owned()));
+                            promoted
+                        })
+                };
+                match promoted {
+                    // The promoted root claims the lease over ours: no other instance
+                    // hears the root is gone, so none promotes a standby of its own.
+                    Some(promoted) => self.shared.promoted(&self.overlay, promoted),
+                    None => cluster::release(&self.shared, &self.overlay, ticket),
+                }
             }
         }
         self.shared.remove_if_empty(&self.overlay);
@@ -829,6 +920,7 @@ mod tests {
 
     use super::*;
     use crate::queue::Received;
+    use bootstrap_protocol::Destination;
 
     fn shared(adjust: impl FnOnce(&mut Config)) -> Arc<Shared> {
         let mut config = Config::new("s");
@@ -865,8 +957,8 @@ mod tests {
     async fn a_new_root_replaces_the_old_one_which_cannot_unregister_it() {
         let shared = shared(|_| {});
         let overlay = default(&shared);
-        let (first, mut first_rx, _) = shared.register_root(&overlay).expect("open");
-        let (second, _second_rx, _) = shared.register_root(&overlay).expect("open");
+        let (first, mut first_rx, _) = shared.register_root(&overlay, false).expect("open");
+        let (second, _second_rx, _) = shared.register_root(&overlay, false).expect("open");
         assert_eq!(
             first_rx.recv().await,
             Some(Received::Control(Command::Replaced))
@@ -878,6 +970,71 @@ mod tests {
         );
         drop(second);
         assert!(!overlay.registry().has_root());
+    }
+
+    /// The text of the next queued message, if one is queued now.
+    fn queued(rx: &mut Inbox) -> Option<String> {
+        match rx.recv().now_or_never()?? {
+            Received::Message(message) => Some(message.text),
+            Received::Control(_) => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_standby_root_waits_without_requests_and_takes_over_when_the_root_leaves() {
+        let shared = shared(|_| {});
+        let overlay = default(&shared);
+        let (active, mut active_rx, _) = shared.register_root(&overlay, false).expect("open");
+        let (standby, mut standby_rx, _) = shared.register_root(&overlay, true).expect("open");
+        let (_later, mut later_rx, _) = shared.register_root(&overlay, true).expect("open");
+        assert_eq!(queued(&mut standby_rx).as_deref(), Some(STANDBY));
+        assert_eq!(queued(&mut later_rx).as_deref(), Some(STANDBY));
+        assert!(
+            queued(&mut active_rx).is_none(),
+            "standbys do not replace the root"
+        );
+        assert_eq!(overlay.health(None).standby_roots, 2);
+        // A join request goes to the active root only.
+        let (join, _join_rx) = shared.admit_join(&overlay).expect("room");
+        let relayed = {
+            let slot = overlay.registry();
+            let root = slot.route(&Destination::Root).expect("a root");
+            root.tx.try_send(Outgoing::from("request".to_owned()))
+        };
+        assert_eq!(relayed, Ok(()));
+        assert_eq!(queued(&mut active_rx).as_deref(), Some("request"));
+        assert!(queued(&mut standby_rx).is_none());
+        // The active root goes: the oldest standby is the root and is told first.
+        drop(active);
+        assert_eq!(queued(&mut standby_rx).as_deref(), Some(PROMOTED));
+        assert!(queued(&mut later_rx).is_none(), "the younger standby waits");
+        assert_eq!(overlay.health(None).standby_roots, 1);
+        let snapshot = shared.stats.snapshot();
+        assert_eq!(
+            (
+                snapshot.roots,
+                snapshot.roots_standby,
+                snapshot.roots_promoted
+            ),
+            (3, 2, 1)
+        );
+        // The promoted root leaving promotes the next one; the overlay stays whole.
+        drop(standby);
+        assert_eq!(queued(&mut later_rx).as_deref(), Some(PROMOTED));
+        drop(join);
+    }
+
+    #[tokio::test]
+    async fn a_standby_root_with_no_root_active_is_promoted_at_once() {
+        let shared = shared(|_| {});
+        let overlay = default(&shared);
+        let (_standby, mut rx, _) = shared.register_root(&overlay, true).expect("open");
+        assert_eq!(queued(&mut rx).as_deref(), Some(PROMOTED));
+        assert!(overlay.registry().has_root());
+        // A root that is not standby replaces it, as any root (newest root wins).
+        let (_active, _active_rx, _) = shared.register_root(&overlay, false).expect("open");
+        assert_eq!(rx.recv().await, Some(Received::Control(Command::Replaced)));
+        assert_eq!(shared.stats.snapshot().roots_promoted, 1);
     }
 
     #[tokio::test]
@@ -902,8 +1059,8 @@ mod tests {
             (a.timeout, b.timeout),
             (Duration::from_secs(5), Duration::from_secs(30))
         );
-        let (_root_a, mut root_a_rx, _) = shared.register_root(&a).expect("open");
-        let (_root_b, _root_b_rx, _) = shared.register_root(&b).expect("open");
+        let (_root_a, mut root_a_rx, _) = shared.register_root(&a, false).expect("open");
+        let (_root_b, _root_b_rx, _) = shared.register_root(&b, false).expect("open");
         // Each overlay has its root: no replacement across overlays.
         assert!(root_a_rx.recv().now_or_never().is_none());
         let (_join_a, _) = shared.admit_join(&a).expect("room in a");
@@ -948,7 +1105,7 @@ mod tests {
             shared.overlay_or_create("y", true).err(),
             Some(NoOverlay::TooMany)
         );
-        let (root, _rx, _) = shared.register_root(&x).expect("open");
+        let (root, _rx, _) = shared.register_root(&x, false).expect("open");
         let (join, _rx) = shared.admit_join(&x).expect("room");
         drop(root);
         assert!(
@@ -957,7 +1114,7 @@ mod tests {
         );
         drop(join);
         assert!(shared.overlay("x").is_none(), "removed once empty");
-        assert!(shared.register_root(&x).is_none(), "retired");
+        assert!(shared.register_root(&x, false).is_none(), "retired");
         assert_eq!(shared.admit_join(&x).err(), Some(Refusal::OverlayFull));
         assert_eq!(shared.prospects.load(Ordering::Relaxed), 0);
         shared.overlay_or_create("y", true).expect("room again");
@@ -969,7 +1126,7 @@ mod tests {
             c.overlays.insert("a".into(), OverlayConfig::new("ka"));
         });
         let (a, d) = (shared.overlay("a").expect("a"), default(&shared));
-        let (_root, mut root_rx, _) = shared.register_root(&d).expect("open");
+        let (_root, mut root_rx, _) = shared.register_root(&d, false).expect("open");
         let (_join, mut join_rx) = shared.admit_join(&a).expect("room");
         shared.close_all(Command::Shutdown);
         assert_eq!(

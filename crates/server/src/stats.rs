@@ -51,8 +51,12 @@ counters! {
     refused_origin,
     /// Roots that replaced a connected root.
     roots_replaced,
-    /// Root connections accepted.
+    /// Root connections accepted (standby roots included).
     roots,
+    /// Root connections accepted as standby (`?standby=1`).
+    roots_standby,
+    /// Standby roots that became the active root.
+    roots_promoted,
     /// Messages forwarded to the root.
     relayed_to_root,
     /// Messages forwarded to a `/join` socket.

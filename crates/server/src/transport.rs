@@ -565,7 +565,7 @@ mod tests {
     /// The root's task, with the sender of its queue (for heartbeats).
     fn root(shared: &Arc<Shared>, buffer: usize) -> (JoinHandle<()>, DuplexStream, Outbox) {
         let overlay = shared.overlay(DEFAULT_OVERLAY).expect("default overlay");
-        let (registration, rx, tx) = shared.register_root(&overlay).expect("open");
+        let (registration, rx, tx) = shared.register_root(&overlay, false).expect("open");
         let (server, client) = duplex(buffer);
         let task = tokio::spawn(SocketTask::new(server, registration, rx, Vec::new()));
         (task, client, tx)

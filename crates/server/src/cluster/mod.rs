@@ -214,7 +214,11 @@ pub(crate) fn on_frame(shared: &Shared, bytes: &[u8]) {
                 overlay.registry().remote_root.claimed(at);
             }
         }
-        Body::RootGone(at) => overlay.registry().remote_root.gone(at),
+        Body::RootGone(at) => {
+            overlay.registry().remote_root.gone(at);
+            // A standby root here takes over once no root is known anywhere.
+            shared.promote_standby(&overlay);
+        }
         Body::RootReplaced(at) => {
             let mut slot = overlay.registry();
             if replaces(slot.held, at) {
@@ -230,7 +234,7 @@ pub(crate) fn on_frame(shared: &Shared, bytes: &[u8]) {
 
 /// A root registered here with `ticket`: claims the overlay's lease, tells the
 /// instance that held it (its root is closed there as replaced) and everyone else.
-pub(crate) fn claim(shared: &Arc<Shared>, overlay: &Arc<Overlay>, ticket: RootTicket) {
+pub(crate) fn claim(shared: &Shared, overlay: &Arc<Overlay>, ticket: RootTicket) {
     let Some(cluster) = shared.cluster.clone() else {
         return;
     };
@@ -383,6 +387,7 @@ pub(crate) async fn refresh(shared: &Shared, cluster: &Cluster) {
             for (overlay, lease) in overlays.iter().zip(leases) {
                 let remote = lease.filter(|at| at.instance != cluster.tag);
                 overlay.registry().remote_root.read(remote);
+                shared.promote_standby(overlay);
             }
         }
         Err(error) => debug!(%error, "cannot read the root leases now"),

@@ -40,7 +40,7 @@ fn overlay(state: &AppState) -> Arc<crate::state::Overlay> {
 }
 
 fn root(state: &AppState) -> (Registration, Inbox) {
-    let (registration, rx, _) = state.0.register_root(&overlay(state)).expect("open");
+    let (registration, rx, _) = state.0.register_root(&overlay(state), false).expect("open");
     (registration, rx)
 }
 
@@ -286,4 +286,39 @@ async fn a_graceful_shutdown_hands_the_root_lease_over_at_once() {
     let (_new, _) = root(&b);
     settle().await;
     assert_eq!(root_instance(&a), b.instance());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_standby_on_another_instance_takes_over_when_the_root_leaves_and_only_it() {
+    use bootstrap_protocol::paths::{PROMOTED, STANDBY};
+    let hub = InProcess::new();
+    let (a, _) = instance(&hub).await;
+    let (b, _) = instance(&hub).await;
+    let (c, _) = instance(&hub).await;
+    let (active, _active_rx) = root(&a);
+    settle().await;
+    // B and C know the root is on A: their standbys wait.
+    let (_b_standby, mut b_rx, _) = b.0.register_root(&overlay(&b), true).expect("open");
+    let (a_standby, mut a_rx, _) = a.0.register_root(&overlay(&a), true).expect("open");
+    assert_eq!(text(&mut b_rx).as_deref(), Some(STANDBY));
+    assert_eq!(text(&mut a_rx).as_deref(), Some(STANDBY));
+    // The root on A leaves: A's own standby takes over and claims the lease; B hears no
+    // "gone" and keeps its standby waiting.
+    drop(active);
+    assert_eq!(text(&mut a_rx).as_deref(), Some(PROMOTED));
+    settle().await;
+    assert_eq!(text(&mut b_rx), None, "B's standby still waits");
+    assert_eq!(root_instance(&c), a.instance());
+    // A's promoted root leaves with no standby left on A: B's standby takes over.
+    drop(a_standby);
+    settle().await;
+    assert_eq!(text(&mut b_rx).as_deref(), Some(PROMOTED));
+    settle().await;
+    assert_eq!(root_instance(&c), b.instance());
+    // A newcomer on C reaches the promoted root on B.
+    let (mut newcomer, _, _newcomer_rx) = join(&c);
+    send(&mut newcomer, r#"{"signal":"offer"}"#);
+    settle().await;
+    let relayed = text(&mut b_rx).expect("the join request reached B");
+    assert!(relayed.contains("offer"), "{relayed}");
 }
