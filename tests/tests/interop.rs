@@ -17,7 +17,7 @@ use anyhow::{Context as _, bail, ensure};
 use bootstrap_testkit::TestServer;
 use serde_json::{Value, json};
 use webrtc_bootstrap_overlay::{Delivery, Event, Node, NodeOptions};
-use webrtc_bootstrap_peer::{Client, Message, Options, Peer};
+use webrtc_bootstrap_peer::{Client, Error, Message, Options, Peer};
 
 const SECRET: &str = "interop-secret";
 use js::WAIT;
@@ -184,6 +184,17 @@ fn s4_rust_peers_through_the_js_server() -> anyhow::Result<()> {
             // A wrong secret is refused by the JS server too.
             let refused = client(&host)?.root("wrong").await;
             ensure!(refused.is_err(), "the JS server accepted a wrong secret");
+            // The JS server knows no standby roots (it ignores the query and takes the
+            // socket for its root): the standby says so instead of waiting forever.
+            let mut options = Options::loopback();
+            options.connect_timeout = Duration::from_secs(1);
+            let standby = Client::with_options(&format!("ws://{host}"), options)?
+                .standby_root(SECRET)
+                .await;
+            ensure!(
+                matches!(standby, Err(Error::StandbyUnsupported { .. })),
+                "a standby root on the JS server: {standby:?}"
+            );
             server.expect_no_uncaught(Duration::from_millis(200)).await
         },
     )

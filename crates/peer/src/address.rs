@@ -9,7 +9,7 @@
 //! [`crate::Options::overlay`] and [`crate::Options::token`] say the same without
 //! touching the address.
 
-use bootstrap_protocol::paths::{JOIN_PATH, is_url_safe_secret, root_path};
+use bootstrap_protocol::paths::{JOIN_PATH, STANDBY_QUERY, is_url_safe_secret, root_path};
 
 use crate::error::Error;
 
@@ -269,6 +269,11 @@ impl Server {
             return Err(Error::InvalidSecret);
         }
         Ok(format!("{}{}", self.base, root_path(credential)))
+    }
+
+    /// The URL a standby root opens: the root URL with the standby query.
+    pub(crate) fn standby_root_url(&self, credential: &str) -> Result<String, Error> {
+        Ok(format!("{}?{STANDBY_QUERY}", self.root_url(credential)?))
     }
 
     /// The root URL with the secret hidden, for errors and logs.

@@ -8,7 +8,7 @@ use crate::endpoint::Endpoint;
 use crate::error::Error;
 use crate::peer::Peer;
 use crate::request::Request;
-use crate::root::Root;
+use crate::root::{self, Root, RootStatus};
 use crate::session;
 use crate::signaling;
 
@@ -102,7 +102,47 @@ impl Client {
         let socket = signaling::connect(&url, options.connect_timeout, &options.tls_roots_pem)
             .await
             .map_err(|e| e.for_root(&server.root_url_redacted()))?;
-        Ok(Root::start(Arc::clone(&self.inner), url, socket))
+        Ok(Root::start(
+            Arc::clone(&self.inner),
+            url,
+            socket,
+            RootStatus::Connected,
+        ))
+    }
+
+    /// Connects as a standby root of this client's overlay with `credential`: the server
+    /// keeps it registered but sends it no join requests while another root is active,
+    /// and promotes it (oldest standby first) when that root's socket closes or misses
+    /// its pings. With no root active it is the root at once. [`Root::status`] is
+    /// [`RootStatus::Standby`] while it waits and [`RootStatus::Connected`] once
+    /// promoted ([`Root::active`] waits for that); join requests then come from
+    /// [`Root::next`] as for [`Client::root`]. It reconnects as a standby.
+    ///
+    /// A JS server ignores the standby query and would make this the active root: the
+    /// server must confirm the standby first, otherwise this fails with
+    /// [`Error::StandbyUnsupported`] and closes the socket.
+    ///
+    /// # Errors
+    /// Those of [`Client::root`], and [`Error::StandbyUnsupported`].
+    pub async fn standby_root(&self, credential: &str) -> Result<Root, Error> {
+        let server = self.inner.server();
+        let url = server.standby_root_url(credential)?;
+        let redacted = server.root_url_redacted();
+        let options = self.inner.options();
+        let mut socket = signaling::connect(&url, options.connect_timeout, &options.tls_roots_pem)
+            .await
+            .map_err(|e| e.for_root(&redacted))?;
+        let standing = root::standing(&mut socket, options.connect_timeout).await;
+        match standing {
+            Ok(status) => Ok(Root::start(Arc::clone(&self.inner), url, socket, status)),
+            Err(reason) => {
+                let _ = tokio::time::timeout(options.connect_timeout, socket.close(None)).await;
+                Err(Error::StandbyUnsupported {
+                    url: redacted,
+                    reason,
+                })
+            }
+        }
     }
 
     /// Answers a request from any source (the root, another process, a tree-overlay

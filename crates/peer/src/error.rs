@@ -82,6 +82,17 @@ pub enum Error {
         /// How long the server asked to wait (its `Retry-After`), if it said.
         retry_after: Option<Duration>,
     },
+    /// A standby root ([`crate::Client::standby_root`]) connected, but the server did not
+    /// confirm it as standby (`"standby"`) or as the root (`"promoted"`) before anything
+    /// else: a server without standby roots (the JS server) took it for the active root
+    /// instead. The socket was closed again.
+    #[error("the server at {url} does not support standby roots: {reason}")]
+    StandbyUnsupported {
+        /// The root URL, with the secret hidden.
+        url: String,
+        /// What the server sent instead, or that it sent nothing in time.
+        reason: String,
+    },
     /// [`crate::Options::ice_from_server`] is on but the server's `/ice-servers` gave
     /// no ICE servers: unreachable, a refusal (404 when the server has no TURN
     /// configured), or an answer that is not the expected JSON. A refused token is

@@ -6,12 +6,13 @@
 //! later requests go to that item's queue. When the server goes away the task
 //! reconnects with backoff (the JS root never does); when another root replaces this
 //! one (close code 4000) it stops, so two roots never take turns evicting each other.
+//! A standby root waits, told `"standby"`, until the server sends `"promoted"`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bootstrap_protocol::close::ROOT_REPLACED;
-use bootstrap_protocol::paths::HEARTBEAT;
+use bootstrap_protocol::paths::{HEARTBEAT, PROMOTED, STANDBY};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -44,6 +45,10 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 pub enum RootStatus {
     /// Connected: join requests flow.
     Connected,
+    /// Connected as a standby root ([`crate::Client::standby_root`]): no join requests
+    /// until the active root leaves and the server promotes this one (then
+    /// [`RootStatus::Connected`]).
+    Standby,
     /// The server went away; retrying.
     Reconnecting {
         /// Number of the next attempt (1 for the first retry).
@@ -75,16 +80,24 @@ pub struct Root {
 }
 
 impl Root {
-    /// Starts serving an open root socket.
-    pub(crate) fn start(endpoint: Arc<Endpoint>, url: String, socket: Socket) -> Self {
+    /// Starts serving an open root socket, whose standing is `status` (connected, or
+    /// standby).
+    pub(crate) fn start(
+        endpoint: Arc<Endpoint>,
+        url: String,
+        socket: Socket,
+        status: RootStatus,
+    ) -> Self {
         let (incoming_tx, incoming) = mpsc::channel(INCOMING_QUEUE);
-        let (status_tx, status) = watch::channel(RootStatus::Connected);
+        let standby = status == RootStatus::Standby;
+        let (status_tx, status) = watch::channel(status);
         let (stop, stop_rx) = oneshot::channel();
         let task = tokio::spawn(
             Task {
                 endpoint,
                 url,
                 router: Router::new(),
+                standby,
                 incoming: incoming_tx,
                 status: status_tx,
                 stop: stop_rx,
@@ -110,10 +123,36 @@ impl Root {
         self.status.borrow().clone()
     }
 
-    /// A receiver of status changes (reconnects, replacement).
+    /// A receiver of status changes (reconnects, replacement, promotion).
     #[must_use]
     pub fn status_receiver(&self) -> watch::Receiver<RootStatus> {
         self.status.clone()
+    }
+
+    /// Waits until this root is the active root ([`RootStatus::Connected`]): at once
+    /// for a root, on promotion for a standby root.
+    ///
+    /// # Errors
+    /// The final status if the root stopped first (replaced, rejected or closed).
+    pub async fn active(&self) -> Result<(), RootStatus> {
+        let mut status = self.status.clone();
+        let reached = status
+            .wait_for(|s| {
+                matches!(
+                    s,
+                    RootStatus::Connected
+                        | RootStatus::Replaced
+                        | RootStatus::Rejected(_)
+                        | RootStatus::Closed
+                )
+            })
+            .await
+            .map(|s| s.clone());
+        match reached {
+            Ok(RootStatus::Connected) => Ok(()),
+            Ok(stopped) => Err(stopped),
+            Err(_) => Err(RootStatus::Closed),
+        }
     }
 
     /// Closes the root socket and waits for the task to end.
@@ -201,6 +240,37 @@ impl Handler for RouteTx {
     }
 }
 
+/// A standby root's standing, from the server's first frame on its fresh socket:
+/// [`RootStatus::Standby`] for `"standby"`, [`RootStatus::Connected`] for `"promoted"`.
+/// Anything else first (a request, a heartbeat, a close, nothing within `wait`) means
+/// the server does not know standby roots; the reason says what came instead.
+pub(crate) async fn standing(socket: &mut Socket, wait: Duration) -> Result<RootStatus, String> {
+    let first = async {
+        loop {
+            match socket.next().await {
+                None => return Err("it closed the connection".to_owned()),
+                Some(Err(error)) => return Err(error.to_string()),
+                Some(Ok(Message::Close(_))) => {
+                    return Err("it closed the connection".to_owned());
+                }
+                Some(Ok(message)) => {
+                    if let Some(text) = signaling::frame_text(&message) {
+                        return match text.trim() {
+                            STANDBY => Ok(RootStatus::Standby),
+                            PROMOTED => Ok(RootStatus::Connected),
+                            HEARTBEAT => Err("it sent a heartbeat first".to_owned()),
+                            _ => Err("it sent a join request first".to_owned()),
+                        };
+                    }
+                }
+            }
+        }
+    };
+    tokio::time::timeout(wait, first)
+        .await
+        .unwrap_or_else(|_| Err(format!("it confirmed nothing within {wait:?}")))
+}
+
 /// How a root connection ended.
 enum End {
     Stopped,
@@ -212,6 +282,8 @@ struct Task {
     endpoint: Arc<Endpoint>,
     url: String,
     router: Router<RouteTx>,
+    /// Connects as a standby root (its URL carries the standby query).
+    standby: bool,
     incoming: mpsc::Sender<Incoming>,
     status: watch::Sender<RootStatus>,
     stop: oneshot::Receiver<()>,
@@ -289,7 +361,12 @@ impl Task {
             };
             backoff.reset();
             tracing::info!("root reconnected");
-            self.status.send_replace(RootStatus::Connected);
+            // A standby learns its standing from the server's first frame.
+            self.status.send_replace(if self.standby {
+                RootStatus::Standby
+            } else {
+                RootStatus::Connected
+            });
         }
     }
 
@@ -326,9 +403,22 @@ impl Task {
     }
 
     fn on_text(&mut self, text: &str) {
-        if text.trim() == HEARTBEAT {
-            tracing::trace!("heartbeat");
-            return;
+        match text.trim() {
+            HEARTBEAT => {
+                tracing::trace!("heartbeat");
+                return;
+            }
+            STANDBY => {
+                tracing::info!("standby root: another root is active");
+                self.status.send_replace(RootStatus::Standby);
+                return;
+            }
+            PROMOTED => {
+                tracing::info!("promoted: this standby root is the active root now");
+                self.status.send_replace(RootStatus::Connected);
+                return;
+            }
+            _ => {}
         }
         let request = match Request::from_json(text) {
             Ok(request) => request,

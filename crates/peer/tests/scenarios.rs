@@ -431,3 +431,85 @@ async fn no_candidate_pair_is_an_ice_failure() {
     assert_eq!(answer.err(), Some(Error::IceFailed));
     server.wait_prospects(0).await;
 }
+
+/// Answers every newcomer of `root` and greets it with `name`.
+fn greeting_root(
+    mut root: webrtc_bootstrap_peer::Root,
+    name: &'static str,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(incoming) = root.next().await {
+            tokio::spawn(async move {
+                if let Ok(peer) = incoming.accept().connected().await {
+                    let _ = peer.send_text(name).await;
+                    // Keep the channel open until the newcomer goes.
+                    let mut peer = peer;
+                    while peer.recv().await.is_some() {}
+                }
+            });
+        }
+    })
+}
+
+/// Which root answered a newcomer of `client`.
+async fn answered_by(client: &Client) -> String {
+    let mut peer = within("join", client.join()).await.expect("join");
+    match within("greeting", peer.recv()).await {
+        Some(Message::Text(name)) => name,
+        other => panic!("no greeting: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_standby_root_gets_no_requests_until_the_root_goes_then_takes_over() {
+    init_tracing();
+    let server = start_server().await;
+    let client = Client::with_options(&server.base_url(), options()).expect("client");
+    let active = client.root(SECRET).await.expect("root");
+    let standby = client.standby_root(SECRET).await.expect("standby");
+    assert_eq!(standby.status(), RootStatus::Standby);
+    let mut standby_status = standby.status_receiver();
+    let health = server.healthz().await;
+    assert_eq!(health["overlays"][0]["standby_roots"], 1, "{health}");
+    let active_task = greeting_root(active, "active");
+    let _standby_task = greeting_root(standby, "standby");
+    for _ in 0..3 {
+        assert_eq!(answered_by(&client).await, "active");
+    }
+    // The active root goes away (its socket closes): the standby is promoted.
+    active_task.abort();
+    let _ = active_task.await;
+    wait_status(&mut standby_status, |s| *s == RootStatus::Connected).await;
+    assert_eq!(answered_by(&client).await, "standby");
+    let stats = &server.healthz().await["stats"];
+    assert_eq!(
+        (
+            stats["roots_standby"].as_u64(),
+            stats["roots_promoted"].as_u64()
+        ),
+        (Some(1), Some(1)),
+        "{stats}"
+    );
+}
+
+#[tokio::test]
+async fn a_standby_root_with_no_root_is_the_root_at_once_and_a_plain_root_still_replaces_it() {
+    init_tracing();
+    let server = start_server().await;
+    let client = Client::with_options(&server.base_url(), options()).expect("client");
+    let first = client.standby_root(SECRET).await.expect("standby");
+    assert_eq!(
+        first.status(),
+        RootStatus::Connected,
+        "no root: promoted at once"
+    );
+    within("active", first.active()).await.expect("active");
+    let mut status = first.status_receiver();
+    let _task = greeting_root(first, "first");
+    assert_eq!(answered_by(&client).await, "first");
+    // Newest root wins, as for any root: the promoted standby stops as replaced.
+    let plain = client.root(SECRET).await.expect("root");
+    wait_status(&mut status, |s| *s == RootStatus::Replaced).await;
+    let _plain = greeting_root(plain, "plain");
+    assert_eq!(answered_by(&client).await, "plain");
+}
