@@ -19,6 +19,12 @@
 //! bootstrap-node root --url ws://127.0.0.1:5000 --secret s3cret-s3cret-s3cret --ice-from-server --relay-only
 //! bootstrap-node join --url ws://127.0.0.1:5000 --ice-from-server --relay-only
 //! ```
+//! A second root can wait as a standby for the same overlay: it gets no join requests
+//! while the active root is there, and takes over (printing `promoted`) when the active
+//! root's connection ends; the orphaned subtrees then re-join under it:
+//! ```text
+//! bootstrap-node root --url ws://127.0.0.1:5000 --secret s3cret-s3cret-s3cret --standby
+//! ```
 //! Lines typed on standard input are broadcast through the whole tree: a node sends them
 //! up to the root, the root broadcasts them down. Every node prints what it receives.
 //! `/status` prints the node's parent and children, `/tree` the whole tree as the root
@@ -78,6 +84,10 @@ enum Role {
             value_name = "TOKEN|@FILE"
         )]
         join_token: Option<Credential>,
+        /// Wait as a standby root: no join requests while another root is active; take
+        /// over when it goes (the server must support standby roots).
+        #[arg(long)]
+        standby: bool,
     },
     /// Join the tree.
     Join {
@@ -341,6 +351,8 @@ struct Setup {
     credential: Option<String>,
     name: String,
     max_degree: usize,
+    /// Whether the root waits as a standby.
+    standby: bool,
     /// The line describing a non-default ICE setup, printed once ready.
     ice: Option<String>,
 }
@@ -361,6 +373,7 @@ impl Setup {
             credential,
             name: common.name(),
             max_degree: common.max_degree,
+            standby: matches!(cli.role, Role::Root { standby: true, .. }),
             ice: common.ice_summary(),
         })
     }
@@ -372,6 +385,7 @@ async fn run(setup: Setup) -> anyhow::Result<()> {
         credential,
         name,
         max_degree,
+        standby,
         ice,
     } = setup;
     let secret = credential.as_deref();
@@ -382,6 +396,9 @@ async fn run(setup: Setup) -> anyhow::Result<()> {
         ..NodeOptions::default()
     };
     let mut node = match secret {
+        Some(secret) if standby => Node::standby_root(client, secret, options)
+            .await
+            .context("cannot wait as a standby root")?,
         Some(secret) => Node::root(client, secret, options)
             .await
             .context("cannot become the root")?,
@@ -390,10 +407,12 @@ async fn run(setup: Setup) -> anyhow::Result<()> {
             .context("cannot join the tree")?,
     };
     let is_root = secret.is_some();
-    say(&format!(
-        "ready {} as {name}",
-        if is_root { "root" } else { "node" }
-    ));
+    let role = match (is_root, node.info().standby) {
+        (true, true) => "standby root",
+        (true, false) => "root",
+        (false, _) => "node",
+    };
+    say(&format!("ready {role} as {name}"));
     if let Some(ice) = ice {
         say(&ice);
     }
@@ -439,6 +458,7 @@ async fn on_event(node: &Node, is_root: bool, event: Event) {
         Event::ChildConnected { id } => say(&format!("child connected {id}")),
         Event::ChildClosed { id } => say(&format!("child closed {id}")),
         Event::RootStopped { reason } => say(&format!("root stopped: {reason}")),
+        Event::Promoted => say("promoted: this standby root is the root now"),
         Event::Data {
             from,
             delivery,

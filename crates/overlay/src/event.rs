@@ -64,6 +64,9 @@ pub enum Event {
     /// The whole tree, as the root shares it (with [`crate::NodeOptions::report_topology`]): at
     /// the root whenever it changes, elsewhere when the root's broadcast arrives.
     Tree(Value),
+    /// This standby root ([`crate::Node::standby_root`]) became the active root: the
+    /// previous root is gone and join requests (the orphans re-joining first) reach it.
+    Promoted,
     /// The root's connection to the bootstrap server stopped for good (replaced by
     /// another root, or the secret was rejected). Existing links keep working.
     RootStopped {

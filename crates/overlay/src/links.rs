@@ -7,7 +7,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 use tracing::{debug, warn};
-use webrtc_bootstrap_peer::{Error as PeerError, Message, Peer, PeerState, Request, Root};
+use webrtc_bootstrap_peer::{
+    Error as PeerError, Message, Peer, PeerState, Request, Root, RootStatus,
+};
 
 use crate::state::Link;
 
@@ -38,6 +40,8 @@ pub(crate) enum Input {
         attempt: u32,
         result: Result<Peer, PeerError>,
     },
+    /// The bootstrap root, a standby, was promoted.
+    Promoted,
     /// The bootstrap root stopped for good.
     RootStopped(String),
 }
@@ -111,7 +115,30 @@ pub(crate) fn spawn_link(
 /// later requests are piped for `lifetime` at most: by then its own join has timed out.
 pub(crate) async fn feed_root(mut root: Root, inputs: mpsc::Sender<Input>, lifetime: Duration) {
     let mut pipes = Vec::new();
-    while let Some(incoming) = root.next().await {
+    let mut status = root.status_receiver();
+    let mut standby = *status.borrow_and_update() == RootStatus::Standby;
+    let mut watching = true;
+    loop {
+        let incoming = tokio::select! {
+            incoming = root.next() => incoming,
+            changed = status.changed(), if watching => {
+                if changed.is_err() {
+                    watching = false;
+                    continue;
+                }
+                let now = status.borrow_and_update().clone();
+                if now == RootStatus::Standby {
+                    standby = true;
+                } else if now == RootStatus::Connected
+                    && std::mem::replace(&mut standby, false)
+                    && inputs.send(Input::Promoted).await.is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+        };
+        let Some(incoming) = incoming else { break };
         let (first, mut later) = incoming.into_parts();
         if inputs.send(Input::Request(first)).await.is_err() {
             return;

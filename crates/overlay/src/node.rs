@@ -41,8 +41,11 @@ pub struct Node {
 pub struct NodeInfo {
     /// This node's name (see [`NodeOptions::name`]).
     pub name: String,
-    /// Whether this node is the root.
+    /// Whether this node is the root (a standby root too).
     pub is_root: bool,
+    /// Whether this root waits as a standby root ([`Node::standby_root`]) and has not
+    /// been promoted yet.
+    pub standby: bool,
     /// The parent's `/join` id, when connected (`Some("")` if it is unknown).
     pub parent: Option<String>,
     /// The children's ids, by slot order.
@@ -74,6 +77,25 @@ impl Node {
     /// The peer library's error when the root socket cannot be opened.
     pub async fn root(client: Client, secret: &str, options: NodeOptions) -> Result<Self, Error> {
         let root = client.root(secret).await?;
+        Ok(Self::start(client, options, Start::Root(root)))
+    }
+
+    /// Waits as a standby root of the tree: connects to the bootstrap server with
+    /// `secret` as a standby root ([`Client::standby_root`]), which gets no join
+    /// requests while another root is active. When that root's socket closes or misses
+    /// its pings, the server promotes this one ([`Event::Promoted`]) and the orphaned
+    /// subtrees re-join under it. With no root active it is the root at once
+    /// ([`NodeInfo::standby`] false).
+    ///
+    /// # Errors
+    /// The peer library's error when the root socket cannot be opened, or when the
+    /// server does not support standby roots.
+    pub async fn standby_root(
+        client: Client,
+        secret: &str,
+        options: NodeOptions,
+    ) -> Result<Self, Error> {
+        let root = client.standby_root(secret).await?;
         Ok(Self::start(client, options, Start::Root(root)))
     }
 

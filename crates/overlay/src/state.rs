@@ -89,6 +89,8 @@ struct Parent {
 pub(crate) struct NodeState {
     name: String,
     is_root: bool,
+    /// A standby root not promoted yet.
+    standby: bool,
     slots: Slots<JoinRequest>,
     parent: Option<Parent>,
     /// The generation of the latest parent link, connected or not.
@@ -115,6 +117,7 @@ impl NodeState {
             topology: options.report_topology.then(|| Topology::new(name.clone())),
             name,
             is_root,
+            standby: false,
             parent: None,
             generation: 0,
             rejoin_delay: options.rejoin_delay,
@@ -453,6 +456,19 @@ impl NodeState {
     }
 
     /// The root's connection to the bootstrap server stopped for good.
+    /// This root waits as a standby root until the server promotes it.
+    pub(crate) fn set_standby(&mut self) {
+        self.standby = self.is_root;
+    }
+
+    /// The server promoted this standby root: join requests reach it now.
+    pub(crate) fn promoted(&mut self) {
+        if std::mem::replace(&mut self.standby, false) {
+            info!("promoted: this standby root is the active root now");
+            self.actions.push_back(Action::Emit(Event::Promoted));
+        }
+    }
+
     pub(crate) fn root_stopped(&mut self, reason: String) {
         warn!(%reason, "the bootstrap root stopped");
         self.actions
@@ -464,6 +480,7 @@ impl NodeState {
         NodeInfo {
             name: self.name.clone(),
             is_root: self.is_root,
+            standby: self.standby,
             parent: self.parent.as_ref().map(|parent| parent.id.clone()),
             children: self.slots.children().map(|(_, id)| id.to_owned()).collect(),
             candidates: self.slots.candidate_count(),

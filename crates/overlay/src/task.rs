@@ -10,7 +10,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, sleep_until};
 use tracing::{info, warn};
-use webrtc_bootstrap_peer::{Client, Error as PeerError, Peer, Request, Root, SignalSender};
+use webrtc_bootstrap_peer::{
+    Client, Error as PeerError, Peer, Request, Root, RootStatus, SignalSender,
+};
 
 use crate::event::Event;
 use crate::links::{Input, feed_root, queue, spawn_link};
@@ -66,6 +68,9 @@ pub(crate) fn spawn(
     // Take the parent or the root over before returning, so `info()` is right at once.
     match start {
         Start::Root(root) => {
+            if root.status() == RootStatus::Standby {
+                task.state.set_standby();
+            }
             let feeder = feed_root(root, task.inputs.clone(), options.request_timeout);
             task.root_feeder = Some(AbortOnDrop(tokio::spawn(feeder)));
         }
@@ -172,6 +177,7 @@ impl NodeTask {
                 }
                 Err(error) => self.state.rejoin_failed(attempt, error.to_string()),
             },
+            Input::Promoted => self.state.promoted(),
             Input::RootStopped(reason) => self.state.root_stopped(reason),
         }
     }
