@@ -145,7 +145,7 @@ pub async fn run(config: &ChurnConfig) -> anyhow::Result<ChurnReport> {
     })
 }
 
-fn node_options(
+pub(crate) fn node_options(
     name: &str,
     max_degree: usize,
     heartbeat: Option<(Duration, Duration)>,
@@ -161,8 +161,9 @@ fn node_options(
     }
 }
 
-/// The `churn-node` command: joins the tree at `url` as `name`, prints `joined`, and
-/// runs until killed. `heartbeat` `None` turns heartbeats off.
+/// The `churn-node` command: joins the tree at `url` as `name` (or becomes its root,
+/// with `root`), prints `joined`, and runs until killed. `heartbeat` `None` turns
+/// heartbeats off.
 ///
 /// # Errors
 /// When the join fails.
@@ -171,8 +172,14 @@ pub async fn victim_node(
     name: &str,
     max_degree: usize,
     heartbeat: Option<(Duration, Duration)>,
+    root: bool,
 ) -> anyhow::Result<()> {
-    let mut node = Node::join(client(url)?, node_options(name, max_degree, heartbeat)).await?;
+    let options = node_options(name, max_degree, heartbeat);
+    let mut node = if root {
+        Node::root(client(url)?, SECRET, options).await?
+    } else {
+        Node::join(client(url)?, options).await?
+    };
     println!("joined {name}");
     while node.next_event().await.is_some() {}
     Ok(())
@@ -185,20 +192,30 @@ async fn spawn_victim(
     name: String,
     heartbeats: bool,
 ) -> anyhow::Result<Child> {
-    let (interval, timeout) = if heartbeats {
-        config.heartbeat
-    } else {
-        (Duration::ZERO, Duration::ZERO)
-    };
-    let mut child = Command::new(&config.exe)
-        .args(["churn-node", "--url", &url, "--name", &name])
-        .args(["--max-degree", &config.max_degree.to_string()])
+    let heartbeat = heartbeats.then_some(config.heartbeat);
+    spawn_node(&config.exe, &url, &name, config.max_degree, heartbeat, false).await
+}
+
+/// A `churn-node` process of `exe` named `name`, joined (or the root, with `root`).
+pub(crate) async fn spawn_node(
+    exe: &std::path::Path,
+    url: &str,
+    name: &str,
+    max_degree: usize,
+    heartbeat: Option<(Duration, Duration)>,
+    root: bool,
+) -> anyhow::Result<Child> {
+    let (interval, timeout) = heartbeat.unwrap_or((Duration::ZERO, Duration::ZERO));
+    let mut child = Command::new(exe)
+        .args(["churn-node", "--url", url, "--name", name])
+        .args(root.then_some("--root"))
+        .args(["--max-degree", &max_degree.to_string()])
         .args(["--heartbeat-ms", &interval.as_millis().to_string()])
         .args(["--heartbeat-timeout-ms", &timeout.as_millis().to_string()])
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("starting {}", config.exe.display()))?;
+        .with_context(|| format!("starting {}", exe.display()))?;
     let stdout = child.stdout.take().context("stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
@@ -212,7 +229,7 @@ async fn spawn_victim(
 }
 
 /// Every name in a topology report, with how often it appears.
-fn names(tree: &Value, into: &mut BTreeMap<String, usize>) {
+pub(crate) fn names(tree: &Value, into: &mut BTreeMap<String, usize>) {
     if let Some(name) = tree["name"].as_str() {
         *into.entry(name.to_owned()).or_default() += 1;
     }
@@ -225,8 +242,9 @@ fn children(tree: &Value) -> &[Value] {
     tree["children"].as_array().map_or(&[], Vec::as_slice)
 }
 
-/// Waits for a report from the root that lists exactly `expected`, each once.
-async fn wait_tree(
+/// Waits for a report from the root (as `root`, the root node or any node below it,
+/// hears it) that lists exactly `expected`, each once.
+pub(crate) async fn wait_tree(
     root: &mut Node,
     expected: &BTreeSet<String>,
     wait: Duration,

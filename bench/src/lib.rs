@@ -46,6 +46,7 @@ mod root;
 mod script;
 pub mod servers;
 pub mod soak;
+pub mod standby;
 pub mod stats;
 pub mod tls;
 pub mod turn;

@@ -55,6 +55,9 @@ enum Command {
     /// Kill 10 % of a tree's nodes at once; time until it is whole, with and without
     /// heartbeats.
     Churn(ChurnArgs),
+    /// Kill the active root of a tree while a standby root waits; time until the
+    /// standby is promoted and the tree is whole under it.
+    Standby(StandbyArgs),
     /// One tree node in its own process, for `churn` to kill (internal).
     #[command(hide = true)]
     ChurnNode(ChurnNodeArgs),
@@ -261,6 +264,22 @@ struct ChurnNodeArgs {
     heartbeat_ms: u64,
     #[arg(long)]
     heartbeat_timeout_ms: u64,
+    /// Be the tree's root instead of joining it.
+    #[arg(long)]
+    root: bool,
+}
+
+#[derive(Debug, Args)]
+struct StandbyArgs {
+    /// Nodes in the tree, besides the roots.
+    #[arg(long, default_value_t = 200)]
+    nodes: usize,
+    /// Runs.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Where to write standby.json and standby.md; nothing is written without it.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -472,6 +491,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Webrtc(args) => run_webrtc(&args),
         Command::Turn(args) => run_turn(&args),
         Command::Churn(args) => run_churn(&args),
+        Command::Standby(args) => run_standby(&args),
         Command::ChurnNode(args) => {
             let heartbeat = (args.heartbeat_ms > 0).then(|| {
                 (
@@ -484,6 +504,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 &args.name,
                 args.max_degree,
                 heartbeat,
+                args.root,
             ))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -704,6 +725,24 @@ fn run_churn(args: &ChurnArgs) -> anyhow::Result<ExitCode> {
     println!("{markdown}");
     if let Some(dir) = &args.out {
         write_report(dir, "churn", &report, &markdown)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_standby(args: &StandbyArgs) -> anyhow::Result<ExitCode> {
+    let mut config = bootstrap_bench::standby::StandbyConfig::new(std::env::current_exe()?);
+    config.nodes = args.nodes;
+    config.runs = args.runs;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut report = runtime.block_on(bootstrap_bench::standby::run(&config))?;
+    report.command = format!(
+        "bootstrap-bench standby --nodes {} --runs {}",
+        args.nodes, args.runs
+    );
+    let markdown = bootstrap_bench::standby::markdown(&report);
+    println!("{markdown}");
+    if let Some(dir) = &args.out {
+        write_report(dir, "standby", &report, &markdown)?;
     }
     Ok(ExitCode::SUCCESS)
 }
