@@ -193,7 +193,15 @@ async fn spawn_victim(
     heartbeats: bool,
 ) -> anyhow::Result<Child> {
     let heartbeat = heartbeats.then_some(config.heartbeat);
-    spawn_node(&config.exe, &url, &name, config.max_degree, heartbeat, false).await
+    spawn_node(
+        &config.exe,
+        &url,
+        &name,
+        config.max_degree,
+        heartbeat,
+        false,
+    )
+    .await
 }
 
 /// A `churn-node` process of `exe` named `name`, joined (or the root, with `root`).

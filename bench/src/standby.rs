@@ -119,10 +119,14 @@ fn millis(since: Instant, at: Instant) -> u64 {
 async fn one_run(config: &StandbyConfig) -> anyhow::Result<StandbyRun> {
     let (url, _server) = server().await?;
     let heartbeat = Some(config.heartbeat);
-    let mut active = spawn_node(&config.exe, &url, "r1", config.max_degree, heartbeat, true).await?;
+    let mut active =
+        spawn_node(&config.exe, &url, "r1", config.max_degree, heartbeat, true).await?;
     let options = |name: &str| node_options(name, config.max_degree, heartbeat);
     let mut standby = Node::standby_root(client(&url)?, SECRET, options("r2")).await?;
-    ensure!(standby.info().standby, "the standby root was promoted at once");
+    ensure!(
+        standby.info().standby,
+        "the standby root was promoted at once"
+    );
     // The nodes join in waves of 20 at once.
     let mut nodes: Vec<(String, Node)> = Vec::new();
     for wave in (0..config.nodes).collect::<Vec<_>>().chunks(20) {
@@ -140,7 +144,11 @@ async fn one_run(config: &StandbyConfig) -> anyhow::Result<StandbyRun> {
     }
     let node_names: BTreeSet<String> = nodes.iter().map(|(name, _)| name.clone()).collect();
     let with = |root: &str| -> BTreeSet<String> {
-        node_names.iter().cloned().chain([root.to_owned()]).collect()
+        node_names
+            .iter()
+            .cloned()
+            .chain([root.to_owned()])
+            .collect()
     };
     let before = wait_tree(&mut nodes[0].1, &with("r1"), Duration::from_secs(60)).await?;
     let orphans: BTreeSet<String> = before["children"]

@@ -172,6 +172,9 @@ pub async fn serve(
     let watcher = tokio::spawn(async move {
         tokio::select! {
             () = shutdown => {
+                // Not ready from now on: no standby root is promoted here while the
+                // roots go (a zero drain timeout skips the wait below, not this).
+                drained.start_draining();
                 // In a cluster, the roots move to other instances at once.
                 cluster::hand_over(&drained.0).await;
                 drain(&drained).await;

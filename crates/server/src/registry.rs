@@ -134,6 +134,11 @@ impl<T> Registry<T> {
         self.root.as_ref().map(|(ticket, handle)| (*ticket, handle))
     }
 
+    /// The standby roots, oldest first.
+    pub(crate) fn standbys(&self) -> impl Iterator<Item = &T> {
+        self.standbys.iter().map(|(_, handle)| handle)
+    }
+
     /// Number of standby roots waiting.
     pub(crate) fn standby_count(&self) -> usize {
         self.standbys.len()

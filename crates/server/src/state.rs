@@ -701,7 +701,7 @@ impl Shared {
                 return None;
             }
             if standby {
-                let may_promote = slot.remote_root.get().is_none();
+                let may_promote = slot.remote_root.get().is_none() && self.is_ready();
                 let (ticket, active) = slot.registry.add_standby(handle, may_promote);
                 (ticket, None, active)
             } else {
@@ -736,13 +736,13 @@ impl Shared {
         Some((registration, rx, heartbeats))
     }
 
-    /// With no root active in `overlay` (here or, in a cluster, anywhere), makes its
-    /// oldest standby root the root and tells it `"promoted"`; in a cluster it claims
+    /// With no root active in `overlay` (here or, in a cluster, anywhere) and the server
+    /// not draining, makes its oldest standby root the root and tells it `"promoted"`; in a cluster it claims
     /// the root's lease.
     pub(crate) fn promote_standby(&self, overlay: &Arc<Overlay>) {
         let promoted = {
             let mut slot = overlay.registry();
-            if slot.remote_root.get().is_some() {
+            if slot.remote_root.get().is_some() || !self.is_ready() {
                 return;
             }
             slot.registry.promote().map(|(ticket, handle)| {
@@ -880,7 +880,9 @@ impl Registration {
             Role::Root(ticket) => {
                 let promoted = {
                     let mut slot = self.overlay.registry();
-                    let may_promote = slot.remote_root.get().is_none();
+                    // A draining server promotes no one: its standbys reconnect
+                    // elsewhere (or after the restart) like its root.
+                    let may_promote = slot.remote_root.get().is_none() && self.shared.is_ready();
                     slot.registry
                         .root_left(ticket, may_promote)
                         .map(|(promoted, handle)| {
@@ -1022,6 +1024,20 @@ mod tests {
         drop(standby);
         assert_eq!(queued(&mut later_rx).as_deref(), Some(PROMOTED));
         drop(join);
+    }
+
+    #[tokio::test]
+    async fn a_draining_server_promotes_no_standby() {
+        let shared = shared(|_| {});
+        let overlay = default(&shared);
+        let (active, _active_rx, _) = shared.register_root(&overlay, false).expect("open");
+        let (_standby, mut rx, _) = shared.register_root(&overlay, true).expect("open");
+        assert_eq!(queued(&mut rx).as_deref(), Some(STANDBY));
+        AppState(Arc::clone(&shared)).start_draining();
+        drop(active);
+        assert!(queued(&mut rx).is_none(), "not promoted while draining");
+        assert!(!overlay.registry().has_root());
+        assert_eq!(overlay.health(None).standby_roots, 1);
     }
 
     #[tokio::test]

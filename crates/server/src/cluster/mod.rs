@@ -395,8 +395,8 @@ pub(crate) async fn refresh(shared: &Shared, cluster: &Cluster) {
 }
 
 /// Hands the leases held here over at once (a graceful shutdown): releases them, so
-/// other instances stop routing here, and closes the local roots with 1001 so they
-/// reconnect, through the load balancer, to another instance.
+/// other instances stop routing here, and closes the local roots and standby roots with
+/// 1001 so they reconnect, through the load balancer, to another instance.
 pub(crate) async fn hand_over(shared: &Shared) {
     let Some(cluster) = shared.cluster.clone() else {
         return;
@@ -407,6 +407,11 @@ pub(crate) async fn hand_over(shared: &Shared) {
             let held = slot.held.take();
             if let Ok(root) = slot.route(&bootstrap_protocol::Destination::Root) {
                 let _ = root.tx.control(Command::Shutdown);
+            }
+            // Standby roots too: they wait on another instance (this one promotes
+            // nobody while it drains).
+            for standby in slot.standbys() {
+                let _ = standby.tx.control(Command::Shutdown);
             }
             held
         };
