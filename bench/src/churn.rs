@@ -362,24 +362,7 @@ async fn one_run(config: &ChurnConfig, heartbeats: bool) -> anyhow::Result<Churn
     let everyone: BTreeSet<String> = survivor_names.union(&victim_names).cloned().collect();
     let before = wait_tree(&mut root, &everyone, Duration::from_secs(30)).await?;
     let (inner_killed, orphans, cut_off) = damage(&before, &victim_names);
-    // Watch the orphans for their new parent.
-    let mut watchers = Vec::new();
-    for (name, node) in &survivors {
-        if !orphans.contains(name) {
-            continue;
-        }
-        let mut info = node.info_receiver();
-        let old = info.borrow().parent.clone();
-        watchers.push(tokio::spawn(async move {
-            loop {
-                info.changed().await.ok()?;
-                let parent = info.borrow_and_update().parent.clone();
-                if parent.is_some() && parent != old {
-                    return Some(Instant::now());
-                }
-            }
-        }));
-    }
+    let watchers = OrphanWatch::start(&survivors, &orphans);
 
     // The crash.
     for victim in &mut victims {
@@ -391,38 +374,12 @@ async fn one_run(config: &ChurnConfig, heartbeats: bool) -> anyhow::Result<Churn
     }
     wait_tree(&mut root, &survivor_names, config.heal_timeout).await?;
     let whole = killed_at.elapsed();
-    let mut rejoins = Vec::new();
-    for watcher in watchers {
-        let at = tokio::time::timeout(Duration::from_secs(1), watcher)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .flatten()
-            .context("an orphan has no new parent though the tree is whole")?;
-        rejoins.push(u64::try_from(at.duration_since(killed_at).as_micros()).unwrap_or(u64::MAX));
-    }
+    let mut rejoins = watchers.rejoined(killed_at).await?;
 
     // A broadcast reaches every survivor.
     let payload = json!({"after": "churn"});
     root.broadcast(payload.clone()).await?;
-    for (name, node) in &mut survivors {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let event = tokio::time::timeout_at(deadline, node.next_event())
-                .await
-                .with_context(|| format!("{name} never got the broadcast"))?
-                .context("a node closed")?;
-            if let Event::Data {
-                from: Source::Parent,
-                delivery: Delivery::Broadcast,
-                data,
-            } = event
-                && data == payload
-            {
-                break;
-            }
-        }
-    }
+    every_node_gets(&mut survivors, &payload).await?;
     drop(survivors);
     drop(root);
     // Let the dropped nodes' connections wind down before the next run.
@@ -435,6 +392,81 @@ async fn one_run(config: &ChurnConfig, heartbeats: bool) -> anyhow::Result<Churn
         whole_ms: whole.as_secs_f64() * 1000.0,
         rejoin_ms: Percentiles::of(&mut rejoins, 1000.0),
     })
+}
+
+/// Watches the orphans of a crash for their new parent.
+pub(crate) struct OrphanWatch(Vec<tokio::task::JoinHandle<Option<Instant>>>);
+
+impl OrphanWatch {
+    /// Starts watching the nodes of `nodes` named in `orphans`: each is done when its
+    /// parent is a new one.
+    pub(crate) fn start(nodes: &[(String, Node)], orphans: &BTreeSet<String>) -> Self {
+        let mut watchers = Vec::new();
+        for (name, node) in nodes {
+            if !orphans.contains(name) {
+                continue;
+            }
+            let mut info = node.info_receiver();
+            let old = info.borrow().parent.clone();
+            watchers.push(tokio::spawn(async move {
+                loop {
+                    info.changed().await.ok()?;
+                    let parent = info.borrow_and_update().parent.clone();
+                    if parent.is_some() && parent != old {
+                        return Some(Instant::now());
+                    }
+                }
+            }));
+        }
+        Self(watchers)
+    }
+
+    /// Once the tree is whole: each orphan's time from `since` to its new parent, in µs.
+    ///
+    /// # Errors
+    /// When an orphan has no new parent within a second.
+    pub(crate) async fn rejoined(self, since: Instant) -> anyhow::Result<Vec<u64>> {
+        let mut rejoins = Vec::new();
+        for watcher in self.0 {
+            let at = tokio::time::timeout(Duration::from_secs(1), watcher)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten()
+                .context("an orphan has no new parent though the tree is whole")?;
+            rejoins.push(u64::try_from(at.duration_since(since).as_micros()).unwrap_or(u64::MAX));
+        }
+        Ok(rejoins)
+    }
+}
+
+/// Waits until every node of `nodes` got the broadcast `payload` from its parent.
+///
+/// # Errors
+/// When one does not within 10 s.
+pub(crate) async fn every_node_gets(
+    nodes: &mut [(String, Node)],
+    payload: &Value,
+) -> anyhow::Result<()> {
+    for (name, node) in nodes {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let event = tokio::time::timeout_at(deadline, node.next_event())
+                .await
+                .with_context(|| format!("{name} never got the broadcast"))?
+                .context("a node closed")?;
+            if let Event::Data {
+                from: Source::Parent,
+                delivery: Delivery::Broadcast,
+                data,
+            } = event
+                && &data == payload
+            {
+                break;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// p50 and max of the runs' times to a whole tree, in ms.

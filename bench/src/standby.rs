@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, ensure};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use webrtc_bootstrap_overlay::{Delivery, Event, Node, Source};
+use webrtc_bootstrap_overlay::Node;
 
-use crate::churn::{node_options, spawn_node, wait_tree};
+use crate::churn::{OrphanWatch, every_node_gets, node_options, spawn_node, wait_tree};
 use crate::procfs;
 use crate::stats::Percentiles;
 use crate::webrtc::{SECRET, client, server};
@@ -112,10 +112,6 @@ pub async fn run(config: &StandbyConfig) -> anyhow::Result<StandbyReport> {
     })
 }
 
-fn millis(since: Instant, at: Instant) -> u64 {
-    u64::try_from(at.duration_since(since).as_micros()).unwrap_or(u64::MAX)
-}
-
 async fn one_run(config: &StandbyConfig) -> anyhow::Result<StandbyRun> {
     let (url, _server) = server().await?;
     let heartbeat = Some(config.heartbeat);
@@ -157,23 +153,7 @@ async fn one_run(config: &StandbyConfig) -> anyhow::Result<StandbyRun> {
         .flatten()
         .filter_map(|child| child["name"].as_str().map(str::to_owned))
         .collect();
-    let mut watchers = Vec::new();
-    for (name, node) in &nodes {
-        if !orphans.contains(name) {
-            continue;
-        }
-        let mut info = node.info_receiver();
-        let old = info.borrow().parent.clone();
-        watchers.push(tokio::spawn(async move {
-            loop {
-                info.changed().await.ok()?;
-                let parent = info.borrow_and_update().parent.clone();
-                if parent.is_some() && parent != old {
-                    return Some(Instant::now());
-                }
-            }
-        }));
-    }
+    let watchers = OrphanWatch::start(&nodes, &orphans);
     let mut standby_info = standby.info_receiver();
     let promotion = tokio::spawn(async move {
         standby_info.wait_for(|info| !info.standby).await.ok()?;
@@ -192,38 +172,12 @@ async fn one_run(config: &StandbyConfig) -> anyhow::Result<StandbyRun> {
         .and_then(Result::ok)
         .flatten()
         .context("the standby root is whole but was never promoted")?;
-    let mut rejoins = Vec::new();
-    for watcher in watchers {
-        let at = tokio::time::timeout(Duration::from_secs(1), watcher)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .flatten()
-            .context("an orphan has no new parent though the tree is whole")?;
-        rejoins.push(millis(killed_at, at));
-    }
+    let mut rejoins = watchers.rejoined(killed_at).await?;
 
     // A broadcast from the new root reaches every node.
     let payload = json!({"after": "the root died"});
     standby.broadcast(payload.clone()).await?;
-    for (name, node) in &mut nodes {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let event = tokio::time::timeout_at(deadline, node.next_event())
-                .await
-                .with_context(|| format!("{name} never got the broadcast"))?
-                .context("a node closed")?;
-            if let Event::Data {
-                from: Source::Parent,
-                delivery: Delivery::Broadcast,
-                data,
-            } = event
-                && data == payload
-            {
-                break;
-            }
-        }
-    }
+    every_node_gets(&mut nodes, &payload).await?;
     drop(nodes);
     drop(standby);
     // Let the dropped nodes' connections wind down before the next run.
