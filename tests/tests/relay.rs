@@ -213,6 +213,38 @@ async fn a_root_that_never_answers_pings_is_dropped() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn a_standby_root_takes_over_from_a_root_that_stops_answering_pings() -> anyhow::Result<()> {
+    let server = TestServer::with(|c| {
+        c.heartbeat_interval = Duration::from_millis(100);
+        c.root_ping_timeout = Duration::from_millis(300);
+    })
+    .await?;
+    let root_path = format!("/{SECRET}/webrtc-bootstrap-root");
+    // The active root never reads, so it never answers pings (a hung process).
+    let _hung = RawClient::connect(server.addr, &root_path).await?;
+    server.wait_health("root", |h| h.root_connected).await?;
+    let mut standby = connect(&server.url(&format!("{root_path}?standby=1"))).await?;
+    assert_eq!(recv(&mut standby).await?, "\"standby\"");
+    let mut newcomer = server.join().await?;
+    // The standby reads (and answers pings), gets heartbeats but no request, and is
+    // promoted once the hung root is dropped; the requests then come to it.
+    let promoted = recv(&mut standby).await?;
+    assert_eq!(promoted, "\"promoted\"");
+    let health = server.health();
+    assert_eq!(
+        (
+            health.stats.roots_promoted,
+            health.overlays[0].standby_roots
+        ),
+        (1, 0)
+    );
+    send(&mut newcomer, &envelope(None, "{\"offer\":1}", 0)).await?;
+    let request = recv(&mut standby).await?;
+    assert_eq!(field(&request, "signal")?, serde_json::json!({"offer": 1}));
+    Ok(())
+}
+
+#[tokio::test]
 async fn join_sockets_close_at_their_timeout_without_status() -> anyhow::Result<()> {
     let server = TestServer::with(|c| c.timeout = Duration::from_millis(400)).await?;
     let opened = tokio::time::Instant::now();
