@@ -245,6 +245,27 @@ async fn a_standby_root_takes_over_from_a_root_that_stops_answering_pings() -> a
 }
 
 #[tokio::test]
+async fn standby_roots_past_the_cap_are_refused_with_503() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let _root = server.root().await?;
+    let url = server.url(&format!("/{SECRET}/webrtc-bootstrap-root?standby=1"));
+    let mut standbys = Vec::new();
+    for _ in 0..16 {
+        let mut standby = connect(&url).await?;
+        assert_eq!(recv(&mut standby).await?, "\"standby\"");
+        standbys.push(standby);
+    }
+    match tokio_tungstenite::connect_async(&url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503);
+        }
+        other => anyhow::bail!("a 17th standby root: {other:?}"),
+    }
+    assert_eq!(server.health().overlays[0].standby_roots, 16);
+    Ok(())
+}
+
+#[tokio::test]
 async fn join_sockets_close_at_their_timeout_without_status() -> anyhow::Result<()> {
     let server = TestServer::with(|c| c.timeout = Duration::from_millis(400)).await?;
     let opened = tokio::time::Instant::now();

@@ -36,7 +36,7 @@ use crate::edge::{self, Limited};
 use crate::files;
 use crate::handle::heartbeats;
 use crate::route::{self, Route};
-use crate::state::{AppState, Health, NoOverlay, Overlay, Refusal, Shared};
+use crate::state::{AppState, Health, MAX_STANDBY_ROOTS, NoOverlay, Overlay, Refusal, Shared};
 use crate::stats::Stats;
 use crate::transport;
 use crate::turn::user_label;
@@ -464,6 +464,13 @@ fn root(shared: &Arc<Shared>, name: &str, credential: &str, mut request: Request
     };
     // A standby root (`?standby=1`) waits, without requests, for the active one to go.
     let standby = request.uri().query().is_some_and(is_standby_query);
+    if standby && overlay.registry().standby_count() >= MAX_STANDBY_ROOTS {
+        shared.remove_if_empty(&overlay);
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many standby roots in this overlay\n",
+        );
+    }
     let upgrade = match Upgrade::accept(&mut request) {
         Ok(upgrade) => upgrade,
         Err(refused) => {
@@ -484,7 +491,9 @@ fn root(shared: &Arc<Shared>, name: &str, credential: &str, mut request: Request
             info!(overlay = %overlay.name, ?sub, "root token accepted");
         }
         let Some((registration, rx, tx)) = shared.register_root(&overlay, standby) else {
-            // A dynamic overlay emptied and removed meanwhile: the root reconnects.
+            // A dynamic overlay emptied and removed meanwhile (the root reconnects), or
+            // a standby raced past the cap: the socket is dropped.
+            shared.remove_if_empty(&overlay);
             return;
         };
         // Stopped (dropped) with the root's task.

@@ -51,6 +51,10 @@ const AUTH_TRACKED_ADDRESSES: usize = 65_536;
 /// of `max_joins_per_ip` and `join_rate_per_ip`).
 const LIMITED_CLIENTS: usize = 65_536;
 
+/// Most standby roots one overlay keeps waiting (on one instance); more are refused
+/// with HTTP 503, or closed if they race past that check.
+pub(crate) const MAX_STANDBY_ROOTS: usize = 16;
+
 /// The server's state, cheap to clone (one `Arc`).
 #[derive(Debug, Clone)]
 pub struct AppState(pub(crate) Arc<Shared>);
@@ -681,7 +685,8 @@ impl Shared {
     /// waits without requests while a root is active (here or, in a cluster, on another
     /// instance) and is told `"standby"`; with none it is the root at once and is told
     /// `"promoted"`. Returns its registration, its queue, and a sender for its
-    /// heartbeats; `None` if the overlay was removed meanwhile.
+    /// heartbeats; `None` if the overlay was removed meanwhile, or a standby would
+    /// exceed [`MAX_STANDBY_ROOTS`].
     pub(crate) fn register_root(
         self: &Arc<Self>,
         overlay: &Arc<Overlay>,
@@ -698,6 +703,9 @@ impl Shared {
         let (ticket, old, active) = {
             let mut slot = overlay.registry();
             if slot.retired {
+                return None;
+            }
+            if standby && slot.standby_count() >= MAX_STANDBY_ROOTS {
                 return None;
             }
             if standby {
@@ -1024,6 +1032,20 @@ mod tests {
         drop(standby);
         assert_eq!(queued(&mut later_rx).as_deref(), Some(PROMOTED));
         drop(join);
+    }
+
+    #[tokio::test]
+    async fn standby_roots_are_capped_per_overlay() {
+        let shared = shared(|_| {});
+        let overlay = default(&shared);
+        let (_active, _rx, _) = shared.register_root(&overlay, false).expect("open");
+        let standbys: Vec<_> = (0..MAX_STANDBY_ROOTS)
+            .map(|_| shared.register_root(&overlay, true).expect("room"))
+            .collect();
+        assert!(shared.register_root(&overlay, true).is_none(), "capped");
+        assert_eq!(overlay.health(None).standby_roots, MAX_STANDBY_ROOTS);
+        drop(standbys);
+        assert_eq!(overlay.health(None).standby_roots, 0);
     }
 
     #[tokio::test]
