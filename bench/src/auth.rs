@@ -149,12 +149,7 @@ pub fn run(config: &AuthConfig) -> anyhow::Result<AuthReport> {
         runs,
     };
     if let Some(out) = &config.out_dir {
-        std::fs::create_dir_all(out)?;
-        std::fs::write(
-            out.join("auth.json"),
-            serde_json::to_string_pretty(&report)? + "\n",
-        )?;
-        std::fs::write(out.join("auth.md"), markdown(&report))?;
+        crate::report::write_report(out, "auth", &report, &markdown(&report))?;
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(report)

@@ -15,7 +15,8 @@
 //!   tokens, on fresh server processes, alternating.
 //! - [`tls`]: what TLS and `/metrics` scrapes cost: the same load point plain, over
 //!   `wss://` and while scraped, on fresh server processes, alternating.
-//! - [`report`]: the results file and the table; `chart` draws the SVG.
+//! - [`report`]: the results file and the table of `compare`, and `write_report`, which
+//!   writes every benchmark's results files; `chart` draws the SVG.
 //! - [`procfs`]: CPU time and memory of a process from `/proc`.
 //! - [`webrtc`]: join time between Rust peers and join storms of tree-overlay nodes.
 //! - [`churn`]: 10 % of a tree's nodes killed at once, and the time until it is whole.

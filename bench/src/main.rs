@@ -23,6 +23,7 @@ use bootstrap_bench::compare::{self, CompareConfig, IdleSettings, JsMode};
 use bootstrap_bench::echo::{self, EchoConfig};
 use bootstrap_bench::idle::{self, IdleConfig};
 use bootstrap_bench::load::{self, LoadConfig};
+use bootstrap_bench::report::write_report;
 use bootstrap_bench::servers::Programs;
 use clap::{Args, Parser, Subcommand};
 use tokio::signal::unix::SignalKind;
@@ -681,22 +682,15 @@ fn run_webrtc(args: &WebrtcArgs) -> anyhow::Result<ExitCode> {
         list(&args.storms),
         list(&args.degrees)
     );
-    println!("{}", bootstrap_bench::webrtc::markdown(&report));
+    let markdown = bootstrap_bench::webrtc::markdown(&report);
+    println!("{markdown}");
     if let Some(dir) = &args.out {
-        std::fs::create_dir_all(dir)?;
-        std::fs::write(
-            dir.join("webrtc.json"),
-            serde_json::to_string_pretty(&report)? + "\n",
-        )?;
-        std::fs::write(
-            dir.join("webrtc.md"),
-            bootstrap_bench::webrtc::markdown(&report),
-        )?;
+        write_report(dir, "webrtc", &report, &markdown)?;
         std::fs::write(
             dir.join("webrtc.svg"),
             bootstrap_bench::webrtc::svg(&report),
         )?;
-        println!("wrote {}/webrtc.{{json,md,svg}}", dir.display());
+        println!("wrote {}/webrtc.svg", dir.display());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -747,23 +741,6 @@ fn run_standby(args: &StandbyArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes `NAME.json` (the report) and `NAME.md` (its table) into `dir`.
-fn write_report(
-    dir: &std::path::Path,
-    name: &str,
-    report: &impl serde::Serialize,
-    markdown: &str,
-) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    std::fs::write(
-        dir.join(format!("{name}.json")),
-        serde_json::to_string_pretty(report)? + "\n",
-    )?;
-    std::fs::write(dir.join(format!("{name}.md")), markdown)?;
-    println!("wrote {}/{name}.{{json,md}}", dir.display());
-    Ok(())
-}
-
 fn run_turn(args: &TurnArgs) -> anyhow::Result<ExitCode> {
     if std::env::var_os(bootstrap_testkit::netns::INSIDE_ENV).is_none() {
         // coturn relays to loopback peers only where nothing else can be reached.
@@ -803,13 +780,7 @@ fn run_cluster(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     let text = bootstrap_bench::cluster::markdown(&report);
     println!("{text}");
     if let Some(dir) = &args.out {
-        std::fs::create_dir_all(dir)?;
-        std::fs::write(
-            dir.join("cluster.json"),
-            serde_json::to_string_pretty(&report)? + "\n",
-        )?;
-        std::fs::write(dir.join("cluster.md"), text)?;
-        println!("wrote {}/cluster.{{json,md}}", dir.display());
+        write_report(dir, "cluster", &report, &text)?;
     }
     Ok(if report.single.verified() && report.cluster.verified() {
         ExitCode::SUCCESS

@@ -1,6 +1,8 @@
-//! The results of a comparison: the JSON file, the Markdown table and the targets.
+//! The results of a comparison: the JSON file, the Markdown table and the targets; and
+//! [`write_report`], which writes every benchmark's results files.
 
 use std::fmt::Write as _;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -317,6 +319,27 @@ fn row(out: &mut String, load: &str, name: &str, r: &LoadReport) {
             format!("**NO: {} failed**", r.failed_handshakes + r.stray_failures)
         }
     );
+}
+
+/// Writes `NAME.json` (the report, pretty-printed) and `NAME.md` (its table) into `dir`,
+/// creating it, and says so on stdout.
+///
+/// # Errors
+/// When the directory or a file cannot be written.
+pub fn write_report(
+    dir: &Path,
+    name: &str,
+    report: &impl Serialize,
+    markdown: &str,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join(format!("{name}.json")),
+        serde_json::to_string_pretty(report)? + "\n",
+    )?;
+    std::fs::write(dir.join(format!("{name}.md")), markdown)?;
+    println!("wrote {}/{name}.{{json,md}}", dir.display());
+    Ok(())
 }
 
 /// Today's UTC date as YYYY-MM-DD.

@@ -258,12 +258,7 @@ pub fn run(config: &TlsConfig) -> anyhow::Result<TlsReport> {
         runs,
     };
     if let Some(out) = &config.out_dir {
-        std::fs::create_dir_all(out)?;
-        std::fs::write(
-            out.join("tls.json"),
-            serde_json::to_string_pretty(&report)? + "\n",
-        )?;
-        std::fs::write(out.join("tls.md"), markdown(&report))?;
+        crate::report::write_report(out, "tls", &report, &markdown(&report))?;
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(report)

@@ -1,8 +1,8 @@
 //! A cluster of `bootstrap-server` processes joined by a real `redis-server` (on a Unix
-//! socket in a temp dir, no TCP port), with raw WebSocket clients, Rust WebRTC peers,
-//! unchanged JS 4.4.1 peers and Debian's nginx in front (the shipped
-//! `deploy/nginx.conf`); and the faults: SIGKILL of an instance, Redis stopped and
-//! restarted, SIGTERM handing the root over.
+//! socket in a temp dir, no TCP port), with raw WebSocket clients, Rust WebRTC peers, a
+//! Rust tree overlay spread over three instances, unchanged JS 4.4.1 peers and Debian's
+//! nginx in front (the shipped `deploy/nginx.conf`); and the faults: SIGKILL of an
+//! instance, Redis stopped and restarted, SIGTERM handing the root over.
 //!
 //! Without `redis-server` (or `nginx` for its test) each test prints a loud SKIPPED
 //! line, or fails when `CI` is set (`.ci/setup-services` installs them).
@@ -523,6 +523,194 @@ async fn rust_webrtc_peers_connect_across_instances() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The names in a tree picture (`{"name": …, "children": […]}`), depth first.
+fn tree_names(tree: &Value, names: &mut Vec<String>) {
+    names.push(tree["name"].as_str().unwrap_or("?").to_owned());
+    for child in tree["children"].as_array().into_iter().flatten() {
+        tree_names(child, names);
+    }
+}
+
+/// Levels below the root in a tree picture.
+fn tree_depth(tree: &Value) -> usize {
+    tree["children"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|child| 1 + tree_depth(child))
+        .max()
+        .unwrap_or(0)
+}
+
+/// The next event of `node` that `wanted` picks, within [`WAIT`].
+async fn overlay_event<T>(
+    node: &mut webrtc_bootstrap_overlay::Node,
+    what: &str,
+    wanted: impl Fn(webrtc_bootstrap_overlay::Event) -> Option<T>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let event = tokio::time::timeout_at(deadline, node.next_event())
+            .await
+            .with_context(|| format!("timed out waiting for {what}"))?
+            .with_context(|| format!("node closed while waiting for {what}"))?;
+        if let Some(found) = wanted(event) {
+            return Ok(found);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_overlay_spans_three_instances() -> anyhow::Result<()> {
+    use webrtc_bootstrap_overlay::{Delivery, Event, Node, NodeOptions, Source};
+    use webrtc_bootstrap_peer::{Client, Options};
+    if !services("a_tree_overlay_spans_three_instances", &["redis-server"])? {
+        return Ok(());
+    }
+    const NODES: usize = 18;
+    let (_dir, _redis, i) = cluster(3, &[]).await?;
+    let client = |instance: &Instance| {
+        let options = Options {
+            timeout: Duration::from_secs(20),
+            ..Options::loopback()
+        };
+        Client::with_options(&format!("ws://{}", instance.host()), options)
+    };
+    // Degree 3: the root answers three requests and delegates the rest down the tree, to
+    // nodes connected to other instances. Heartbeats stay on, with room for a loaded
+    // machine (a link declared dead would re-join and blur the picture).
+    let options = |name: String| NodeOptions {
+        max_degree: 3,
+        name: Some(name),
+        report_topology: true,
+        heartbeat_timeout: Duration::from_secs(5),
+        ..NodeOptions::default()
+    };
+    let mut root = tokio::time::timeout(
+        WAIT,
+        Node::root(client(&i[0])?, SECRET, options("root".into())),
+    )
+    .await??;
+    for other in &i[1..] {
+        other.wait_root_at(Some(&i[0].tag)).await?;
+    }
+    // Joins in batches of three, one per instance, round robin.
+    let mut nodes = Vec::new();
+    let mut homes = Vec::new();
+    for batch in 0..NODES / 3 {
+        let mut joins = Vec::new();
+        for (k, instance) in i.iter().enumerate() {
+            let (client, options) = (client(instance)?, options(format!("n{}", batch * 3 + k)));
+            joins.push(tokio::spawn(Node::join(client, options)));
+            homes.push(instance.tag.clone());
+        }
+        for join in joins {
+            let node = tokio::time::timeout(Duration::from_secs(30), join)
+                .await
+                .with_context(|| format!("a join of batch {batch} timed out"))???;
+            nodes.push(node);
+        }
+    }
+    // The root's picture settles on every node, each named exactly once.
+    let expected: Vec<String> = std::iter::once("root".to_owned())
+        .chain((0..NODES).map(|n| format!("n{n}")))
+        .collect();
+    let tree = loop {
+        let tree = overlay_event(&mut root, "the whole tree", |e| match e {
+            Event::Tree(tree) => Some(tree),
+            _ => None,
+        })
+        .await?;
+        let mut names = Vec::new();
+        tree_names(&tree, &mut names);
+        names.sort_unstable();
+        let mut wanted = expected.clone();
+        wanted.sort_unstable();
+        if names == wanted {
+            break tree;
+        }
+    };
+    assert!(tree_depth(&tree) >= 3, "no join was delegated far: {tree}");
+    assert_eq!(
+        root.info().children.len() + nodes.iter().map(|n| n.info().children.len()).sum::<usize>(),
+        NODES
+    );
+    // Parent and child on different instances: the answers crossed Redis.
+    let crossing = nodes
+        .iter()
+        .zip(&homes)
+        .filter(|(node, home)| {
+            node.info()
+                .parent
+                .is_some_and(|parent| !parent.is_empty() && !parent.starts_with(home.as_str()))
+        })
+        .count();
+    assert!(crossing > 0, "no parent on another instance");
+    for instance in &i {
+        assert!(
+            instance.cluster_stat("published").await? > 0,
+            "{}",
+            instance.tag
+        );
+    }
+    // A broadcast from the root reaches every node exactly once: the marker that follows
+    // it on the same ordered links ends each node's count.
+    root.broadcast(json!({"hello": "tree"})).await?;
+    root.broadcast(json!("marker")).await?;
+    for (n, node) in nodes.iter_mut().enumerate() {
+        let mut hellos = 0;
+        loop {
+            let data = overlay_event(node, "the broadcast", |e| match e {
+                Event::Data {
+                    delivery: Delivery::Broadcast,
+                    from: Source::Parent,
+                    data,
+                } => Some(data),
+                _ => None,
+            })
+            .await
+            .with_context(|| format!("n{n}"))?;
+            if data == json!("marker") {
+                break;
+            }
+            assert_eq!(data, json!({"hello": "tree"}), "n{n}");
+            hellos += 1;
+        }
+        assert_eq!(hellos, 1, "n{n} got the broadcast {hellos} times");
+    }
+    // Every leaf's message travels up to the root, through nodes on other instances.
+    let leaves: Vec<usize> = (0..NODES)
+        .filter(|&n| nodes[n].info().children.is_empty())
+        .collect();
+    assert!(!leaves.is_empty());
+    for &n in &leaves {
+        nodes[n]
+            .send_to_root(json!({"from": format!("n{n}")}))
+            .await?;
+    }
+    let mut heard = Vec::new();
+    while heard.len() < leaves.len() {
+        let data = overlay_event(&mut root, "a leaf's message", |e| match e {
+            Event::Data {
+                delivery: Delivery::ToRoot,
+                data,
+                ..
+            } => Some(data),
+            _ => None,
+        })
+        .await?;
+        let from = data["from"].as_str().context("no sender")?.to_owned();
+        assert!(!heard.contains(&from), "{from} arrived twice");
+        heard.push(from);
+    }
+    heard.sort_unstable();
+    let mut sent: Vec<String> = leaves.iter().map(|n| format!("n{n}")).collect();
+    sent.sort_unstable();
+    assert_eq!(heard, sent);
+    root.close().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_killed_instances_root_lease_lapses_and_the_root_reconnects_elsewhere()
 -> anyhow::Result<()> {
@@ -778,6 +966,15 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
+        // SIGTERM, so that the master stops its worker too: after a SIGKILL of the master
+        // the worker lives on, holding the test's standard error open.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
