@@ -758,6 +758,86 @@ async fn a_killed_instances_root_lease_lapses_and_the_root_reconnects_elsewhere(
     Ok(())
 }
 
+/// The next text frame as sent (heartbeats included), for the standby words.
+async fn next_text(ws: &mut Ws) -> anyhow::Result<String> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let message = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .context("no message in time")?
+            .context("socket ended")??;
+        match message {
+            Message::Text(text) if text.as_str() != "\"heartbeat\"" => {
+                return Ok(text.to_string());
+            }
+            Message::Close(frame) => bail!("closed: {frame:?}"),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_standby_root_on_another_instance_takes_over_from_a_dead_root() -> anyhow::Result<()> {
+    if !services(
+        "a_standby_root_on_another_instance_takes_over_from_a_dead_root",
+        &["redis-server"],
+    )? {
+        return Ok(());
+    }
+    let standby_path = format!("/{SECRET}/webrtc-bootstrap-root?standby=1");
+    let (_dir, _redis, mut i) = cluster(3, &["--root-lease", "1500"]).await?;
+    let r1 = root(&i[0].host()).await?;
+    i[1].wait_root_at(Some(&i[0].tag)).await?;
+    i[2].wait_root_at(Some(&i[0].tag)).await?;
+    // Standbys on instances 2 and 3 wait while the root is on 1.
+    let mut s2 = ws(&i[1].host(), &standby_path).await?;
+    let mut s3 = ws(&i[2].host(), &standby_path).await?;
+    assert_eq!(next_text(&mut s2).await?, "\"standby\"");
+    assert_eq!(next_text(&mut s3).await?, "\"standby\"");
+
+    // The root's socket closes: instance 1 says the root is gone, and the standby whose
+    // instance takes the free lease first is promoted; the other keeps waiting.
+    drop(r1);
+    let first = tokio::select! {
+        text = next_text(&mut s2) => (text?, 1),
+        text = next_text(&mut s3) => (text?, 2),
+    };
+    assert_eq!(first.0, "\"promoted\"");
+    let (at, mut active, mut other) = if first.1 == 1 {
+        (1, s2, s3)
+    } else {
+        (2, s3, s2)
+    };
+    ensure!(
+        tokio::time::timeout(Duration::from_millis(700), next_text(&mut other))
+            .await
+            .is_err(),
+        "the other standby was promoted or closed too"
+    );
+    for instance in &i {
+        instance.wait_root_at(Some(&i[at].tag)).await?;
+    }
+    let mut newcomer = join(&i[0].host()).await?;
+    let id = newcomer_reaches(&mut newcomer, &mut active).await?;
+    assert!(id.starts_with(&i[0].tag));
+
+    // The promoted root's instance dies (SIGKILL): once its lease lapses, a standby
+    // elsewhere takes over. The other one leaves, and one connects to instance 1 now.
+    drop(other);
+    let mut again = ws(&i[0].host(), &standby_path).await?;
+    assert_eq!(next_text(&mut again).await?, "\"standby\"");
+    i[at].signal("KILL")?;
+    i[at].wait_exit().await?;
+    assert_eq!(next_text(&mut again).await?, "\"promoted\"");
+    let survivor = 3 - at; // the instance that is neither 1 nor the dead one
+    i[survivor].wait_root_at(Some(&i[0].tag)).await?;
+    let mut newcomer = join(&i[survivor].host()).await?;
+    let id = newcomer_reaches(&mut newcomer, &mut again).await?;
+    assert!(id.starts_with(&i[survivor].tag));
+    drop(i.remove(at));
+    Ok(())
+}
+
 #[tokio::test]
 async fn redis_down_keeps_local_joins_drops_remote_ones_and_recovers() -> anyhow::Result<()> {
     if !services(

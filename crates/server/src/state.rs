@@ -129,6 +129,8 @@ pub(crate) struct Slot {
     pub(crate) remote_root: RootView,
     /// In a cluster: the root lease this instance holds for its local root.
     pub(crate) held: Option<Held>,
+    /// In a cluster: a standby root here is trying to take the free lease.
+    pub(crate) promoting: bool,
 }
 
 impl std::ops::Deref for Slot {
@@ -497,6 +499,7 @@ impl Overlay {
                 retired: false,
                 remote_root: RootView::default(),
                 held: None,
+                promoting: false,
             }),
             stats: Stats::default(),
             root_shares: Shares::new(config.root_bytes_per_client.max(config.max_frame_bytes)),
@@ -709,7 +712,9 @@ impl Shared {
                 return None;
             }
             if standby {
-                let may_promote = slot.remote_root.get().is_none() && self.is_ready();
+                // In a cluster a root may be elsewhere though none is known here yet: a
+                // standby takes the lease only if it is free (below).
+                let may_promote = self.cluster.is_none() && self.is_ready();
                 let (ticket, active) = slot.registry.add_standby(handle, may_promote);
                 (ticket, None, active)
             } else {
@@ -740,35 +745,17 @@ impl Shared {
         }
         if active {
             cluster::claim(self, overlay, ticket);
+        } else if standby {
+            cluster::promote_standby(self, overlay);
         }
         Some((registration, rx, heartbeats))
     }
 
-    /// With no root active in `overlay` (here or, in a cluster, anywhere) and the server
-    /// not draining, makes its oldest standby root the root and tells it `"promoted"`; in a cluster it claims
-    /// the root's lease.
-    pub(crate) fn promote_standby(&self, overlay: &Arc<Overlay>) {
-        let promoted = {
-            let mut slot = overlay.registry();
-            if slot.remote_root.get().is_some() || !self.is_ready() {
-                return;
-            }
-            slot.registry.promote().map(|(ticket, handle)| {
-                let _ = handle.tx.try_send(Outgoing::from(PROMOTED.to_owned()));
-                ticket
-            })
-        };
-        if let Some(ticket) = promoted {
-            self.promoted(overlay, ticket);
-        }
-    }
-
-    /// Counts and announces the standby root `ticket` promoted in `overlay`.
-    fn promoted(&self, overlay: &Arc<Overlay>, ticket: RootTicket) {
+    /// Counts and logs a standby root promoted in `overlay`.
+    pub(crate) fn count_promotion(&self, overlay: &Overlay) {
         Stats::bump(&overlay.stats.roots_promoted);
         Stats::bump(&self.stats.roots_promoted);
-        tracing::info!(overlay = %overlay.name, "the root left; a standby root is promoted");
-        cluster::claim(self, overlay, ticket);
+        tracing::info!(overlay = %overlay.name, "the root is gone; a standby root is promoted");
     }
 
     /// Removes a dynamic overlay once its root and its last `/join` socket have left.
@@ -902,7 +889,10 @@ impl Registration {
                 match promoted {
                     // The promoted root claims the lease over ours: no other instance
                     // hears the root is gone, so none promotes a standby of its own.
-                    Some(promoted) => self.shared.promoted(&self.overlay, promoted),
+                    Some(promoted) => {
+                        self.shared.count_promotion(&self.overlay);
+                        cluster::claim(&self.shared, &self.overlay, promoted);
+                    }
                     None => cluster::release(&self.shared, &self.overlay, ticket),
                 }
             }

@@ -82,6 +82,16 @@ pub trait Backplane: Send + Sync + std::fmt::Debug + 'static {
         ttl: Duration,
     ) -> BoxFuture<'_, Result<(RootAt, Option<RootAt>), BackplaneError>>;
 
+    /// Claims the root lease of `overlay` for `holder` only if nobody holds it (a standby
+    /// taking over a root that is gone everywhere): the new lease, or `None` when
+    /// another instance was first.
+    fn claim_free_root(
+        &self,
+        overlay: &str,
+        holder: InstanceTag,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<Option<RootAt>, BackplaneError>>;
+
     /// Renews the lease `at` if it is still the overlay's lease (or, when the broker
     /// lost it, takes it again); false when another instance holds it now.
     fn renew_root(
@@ -283,6 +293,30 @@ impl Backplane for InProcess {
             };
             state.leases.insert(overlay, (at, Instant::now() + ttl));
             Ok((at, old))
+        })
+    }
+
+    fn claim_free_root(
+        &self,
+        overlay: &str,
+        holder: InstanceTag,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<Option<RootAt>, BackplaneError>> {
+        let overlay = overlay.to_owned();
+        Box::pin(async move {
+            self.check()?;
+            let mut state = self.hub.state();
+            if state.lease(&overlay).is_some() {
+                return Ok(None);
+            }
+            let epoch = state.epochs.entry(overlay.clone()).or_default();
+            *epoch += 1;
+            let at = RootAt {
+                instance: holder,
+                epoch: *epoch,
+            };
+            state.leases.insert(overlay, (at, Instant::now() + ttl));
+            Ok(Some(at))
         })
     }
 

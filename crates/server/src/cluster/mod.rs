@@ -37,6 +37,8 @@ pub use backplane::{Backplane, BackplaneError, BackplaneStats, InProcess};
 pub use lease::{Epoch, InstanceTag, RootAt};
 pub use redis::{RedisBackplane, RedisOptions};
 
+use bootstrap_protocol::paths::PROMOTED;
+
 use crate::handle::{Command, Outgoing};
 use crate::registry::RootTicket;
 use crate::state::{Overlay, Shared};
@@ -147,7 +149,7 @@ pub(crate) async fn inbox_task(shared: Arc<Shared>, mut rx: mpsc::Receiver<Vec<u
 }
 
 /// One frame from another instance.
-pub(crate) fn on_frame(shared: &Shared, bytes: &[u8]) {
+pub(crate) fn on_frame(shared: &Arc<Shared>, bytes: &[u8]) {
     let Some(cluster) = shared.cluster.as_deref() else {
         return;
     };
@@ -217,7 +219,7 @@ pub(crate) fn on_frame(shared: &Shared, bytes: &[u8]) {
         Body::RootGone(at) => {
             overlay.registry().remote_root.gone(at);
             // A standby root here takes over once no root is known anywhere.
-            shared.promote_standby(&overlay);
+            promote_standby(shared, &overlay);
         }
         Body::RootReplaced(at) => {
             let mut slot = overlay.registry();
@@ -286,6 +288,73 @@ pub(crate) fn claim(shared: &Shared, overlay: &Arc<Overlay>, ticket: RootTicket)
     });
 }
 
+/// When no root of `overlay` is known anywhere and a standby root waits here: takes the
+/// overlay's lease if it is free, and only then promotes the oldest standby, so two
+/// instances never both promote one. Another instance first (or the broker down): the
+/// standby keeps waiting, and the next event or lease read tries again.
+pub(crate) fn promote_standby(shared: &Arc<Shared>, overlay: &Arc<Overlay>) {
+    let Some(cluster) = shared.cluster.clone() else {
+        return;
+    };
+    {
+        let mut slot = overlay.registry();
+        if slot.promoting
+            || slot.has_root()
+            || slot.standby_count() == 0
+            || slot.remote_root.get().is_some()
+            || !shared.is_ready()
+        {
+            return;
+        }
+        slot.promoting = true;
+    }
+    let (shared, overlay) = (Arc::clone(shared), Arc::clone(overlay));
+    let tracker = shared.tracker.clone();
+    tracker.spawn(async move {
+        let claimed = cluster
+            .backplane
+            .claim_free_root(&overlay.name, cluster.tag, cluster.root_lease)
+            .await;
+        let promoted = {
+            let mut slot = overlay.registry();
+            slot.promoting = false;
+            match claimed {
+                Ok(Some(at)) => match slot.registry.promote() {
+                    Some((ticket, standby)) => {
+                        let _ = standby.tx.try_send(Outgoing::from(PROMOTED.to_owned()));
+                        slot.held = Some(Held { ticket, at });
+                        slot.remote_root.read(None);
+                        Ok(at)
+                    }
+                    // Gone meanwhile (or a root came, holding its own lease).
+                    None => Err(slot.held.is_none().then_some(at)),
+                },
+                Ok(None) => Err(None),
+                Err(error) => {
+                    debug!(overlay = %overlay.name, %error, "cannot take the free root lease now");
+                    Err(None)
+                }
+            }
+        };
+        match promoted {
+            Ok(at) => {
+                shared.count_promotion(&overlay);
+                cluster.backplane.broadcast(Frame::root_event(
+                    cluster.tag,
+                    &overlay.name,
+                    &Body::RootClaimed(at),
+                ));
+                info!(overlay = %overlay.name, epoch = at.epoch, "holding the root lease for a promoted standby");
+            }
+            // Nobody to hold it: give the lease back.
+            Err(Some(at)) => {
+                let _ = cluster.backplane.release_root(&overlay.name, at).await;
+            }
+            Err(None) => {}
+        }
+    });
+}
+
 /// The root registered with `ticket` left: releases its lease, if it holds one.
 pub(crate) fn release(shared: &Shared, overlay: &Arc<Overlay>, ticket: RootTicket) {
     let Some(cluster) = shared.cluster.clone() else {
@@ -332,7 +401,7 @@ pub(crate) async fn lease_task(shared: Arc<Shared>) {
 }
 
 /// One round of renewals and lease reads.
-pub(crate) async fn refresh(shared: &Shared, cluster: &Cluster) {
+pub(crate) async fn refresh(shared: &Arc<Shared>, cluster: &Cluster) {
     let overlays = shared.overlay_list();
     for overlay in &overlays {
         let held = overlay.registry().held;
@@ -387,7 +456,7 @@ pub(crate) async fn refresh(shared: &Shared, cluster: &Cluster) {
             for (overlay, lease) in overlays.iter().zip(leases) {
                 let remote = lease.filter(|at| at.instance != cluster.tag);
                 overlay.registry().remote_root.read(remote);
-                shared.promote_standby(overlay);
+                promote_standby(shared, overlay);
             }
         }
         Err(error) => debug!(%error, "cannot read the root leases now"),

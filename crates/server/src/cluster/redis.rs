@@ -45,6 +45,17 @@ redis.call('SET', KEYS[1], ARGV[1] .. ':' .. e, 'PX', ARGV[2])
 return tostring(e) .. ' ' .. (old or '')
 ";
 
+/// Takes a lease only if nobody holds it, with the next epoch; the epoch, or '' when
+/// the lease is held.
+const CLAIM_FREE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return ''
+end
+local e = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. e, 'PX', ARGV[2])
+return tostring(e)
+";
+
 /// Renews a lease if it still holds our value, or sets it again if Redis lost it
 /// (keeping the epoch counter above it); 0 when someone else holds it.
 const RENEW: &str = r"
@@ -107,6 +118,7 @@ pub struct RedisBackplane {
 
 struct Scripts {
     claim: redis::Script,
+    claim_free: redis::Script,
     renew: redis::Script,
     release: redis::Script,
 }
@@ -169,6 +181,7 @@ impl RedisBackplane {
             started: OnceLock::new(),
             scripts: Scripts {
                 claim: redis::Script::new(CLAIM),
+                claim_free: redis::Script::new(CLAIM_FREE),
                 renew: redis::Script::new(RENEW),
                 release: redis::Script::new(RELEASE),
             },
@@ -359,6 +372,40 @@ impl Backplane for RedisBackplane {
                 },
                 RootAt::parse(old),
             ))
+        })
+    }
+
+    fn claim_free_root(
+        &self,
+        overlay: &str,
+        holder: InstanceTag,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<Option<RootAt>, BackplaneError>> {
+        let (key, epoch_key) = (self.root_key(overlay), self.epoch_key(overlay));
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let ttl = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+            let answer: String = self
+                .run(
+                    self.scripts
+                        .claim_free
+                        .key(&key)
+                        .key(&epoch_key)
+                        .arg(holder.to_string())
+                        .arg(ttl)
+                        .invoke_async(&mut conn),
+                )
+                .await?;
+            if answer.is_empty() {
+                return Ok(None);
+            }
+            let epoch = answer
+                .parse()
+                .map_err(|_| BackplaneError::Protocol(format!("claim answered {answer:?}")))?;
+            Ok(Some(RootAt {
+                instance: holder,
+                epoch,
+            }))
         })
     }
 

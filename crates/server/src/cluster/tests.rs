@@ -322,3 +322,34 @@ async fn a_standby_on_another_instance_takes_over_when_the_root_leaves_and_only_
     let relayed = text(&mut b_rx).expect("the join request reached B");
     assert!(relayed.contains("offer"), "{relayed}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn when_the_root_is_gone_everywhere_exactly_one_standby_takes_over() {
+    use bootstrap_protocol::paths::{PROMOTED, STANDBY};
+    let hub = InProcess::new();
+    let (a, _) = instance(&hub).await;
+    let (b, _) = instance(&hub).await;
+    let (c, _) = instance(&hub).await;
+    let (active, _active_rx) = root(&a);
+    settle().await;
+    let (_b_standby, mut b_rx, _) = b.0.register_root(&overlay(&b), true).expect("open");
+    let (_c_standby, mut c_rx, _) = c.0.register_root(&overlay(&c), true).expect("open");
+    settle().await;
+    assert_eq!(text(&mut b_rx).as_deref(), Some(STANDBY));
+    assert_eq!(text(&mut c_rx).as_deref(), Some(STANDBY));
+    // A's root leaves with no standby on A: B and C both hear it is gone; only the one
+    // that takes the free lease first is promoted.
+    drop(active);
+    settle().await;
+    settle().await;
+    let promoted = [text(&mut b_rx), text(&mut c_rx)];
+    let winners = promoted
+        .iter()
+        .filter(|t| t.as_deref() == Some(PROMOTED))
+        .count();
+    assert_eq!(winners, 1, "{promoted:?}");
+    let winner = if promoted[0].is_some() { &b } else { &c };
+    assert_eq!(root_instance(&a), winner.instance());
+    // Nobody was closed as replaced.
+    assert!(next(&mut b_rx).is_none() && next(&mut c_rx).is_none());
+}
