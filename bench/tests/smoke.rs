@@ -221,3 +221,24 @@ async fn churn_kills_nodes_and_the_tree_heals() -> anyhow::Result<()> {
     assert!(bootstrap_bench::churn::markdown(&report).contains("| on | 1 |"));
     Ok(())
 }
+
+/// The standby benchmark on a small scale: the active root (a process) of a 10-node tree
+/// killed with SIGKILL, the standby promoted, the tree whole under it and a broadcast
+/// reaching every node; timing is not asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_takes_the_tree_over_when_the_root_is_killed() -> anyhow::Result<()> {
+    let mut config =
+        bootstrap_bench::standby::StandbyConfig::new(env!("CARGO_BIN_EXE_bootstrap-bench").into());
+    config.nodes = 10;
+    config.max_degree = 2;
+    config.runs = 1;
+    let report = bootstrap_bench::standby::run(&config).await?;
+    assert_eq!(report.runs.len(), 1);
+    let run = &report.runs[0];
+    assert!(
+        run.orphans == 2 && run.promoted_ms > 0.0 && run.whole_ms >= run.promoted_ms,
+        "{run:?}"
+    );
+    assert!(bootstrap_bench::standby::markdown(&report).contains("| the standby is promoted |"));
+    Ok(())
+}
