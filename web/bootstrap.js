@@ -18,7 +18,9 @@
 //   receives names its answerer, then straight to that answerer;
 // - the answerer sends to the newcomer (`destination` = the request's `origin`);
 // - remote candidates wait until the remote description is set;
-// - the initiator creates one ordered, reliable data channel labelled with 40 hex chars;
+// - the initiator creates one ordered, reliable data channel labelled with 40 hex chars
+//   (or the label its caller chose: `client.join({ label })`; the answerer reads it as
+//   `peer.label`, so a tree parent learns whether its child supports heartbeats);
 // - each side closes its `/join` socket once the data channel is open, and late signals
 //   are dropped quietly.
 //
@@ -857,9 +859,18 @@ export class Client {
    * open; rejects with `UnreachableError`, `JoinRefusedError`, `NoAnswerError` (no root
    * connected?), `ConnectTimeoutError`, `IceFailedError`, `DtlsFailedError`,
    * `ClosedByRemoteError` or `SignalingClosedError`.
+   *
+   * `label` names the data channel (default `randomLabel()`, as simple-peer); the
+   * answerer sees it as `peer.label`. A tree node labels its channel `HEARTBEAT_LABEL`
+   * (./overlay.js) to say it supports heartbeats.
+   *
+   * @throws {InvalidOptionsError} when `label` is not a string of at most 65535 bytes
    */
-  join() {
-    return new Session(this, Negotiation.newcomer(), null).promise;
+  join({ label = null } = {}) {
+    if (label !== null && (typeof label !== 'string' || new TextEncoder().encode(label).length > 65535)) {
+      throw new InvalidOptionsError('a data channel label is a string of at most 65535 bytes');
+    }
+    return new Session(this, Negotiation.newcomer(), null, label ?? randomLabel()).promise;
   }
 
   /**
@@ -871,7 +882,7 @@ export class Client {
     if (!request || typeof request.origin !== 'string' || request.origin === '') {
       throw new BootstrapError('Malformed', 'the request has no origin (it was not relayed by a server)');
     }
-    return new Answerer(new Session(this, Negotiation.answerer(request.origin), request));
+    return new Answerer(new Session(this, Negotiation.answerer(request.origin), request, null));
   }
 }
 
@@ -899,8 +910,11 @@ export class Answerer {
 
 /** One negotiation driven to an open data channel (the IO shell around `Negotiation`). */
 class Session {
-  constructor(client, negotiation, firstRequest) {
+  /** `label` names the newcomer's data channel (null for an answerer, which takes the
+   * newcomer's). */
+  constructor(client, negotiation, firstRequest, label) {
     this.client = client;
+    this.label = label;
     this.options = client.options;
     this.negotiation = negotiation;
     this.settled = false;
@@ -975,7 +989,7 @@ class Session {
       }
     };
     if (this.negotiation.role === 'newcomer') {
-      this.watchChannel(pc.createDataChannel(randomLabel()));
+      this.watchChannel(pc.createDataChannel(this.label));
       this.chain = this.chain.then(async () => {
         try {
           const offer = await pc.createOffer();
@@ -1153,6 +1167,8 @@ export class Peer extends EventTarget {
     this.remoteId = remoteId;
     /** This side's `/join` id, when the server told it (a newcomer learns it). */
     this.localId = localId;
+    /** The data channel's label, as the newcomer chose it (`client.join({ label })`). */
+    this.label = channel.label;
     this.state = 'connected';
     this.buffered = [];
     this.listening = false;

@@ -5,7 +5,8 @@
 //
 // Data-channel messages (docs/protocol.md#data-channel-messages, crates/overlay/src/wire.rs): JSON text,
 // `{"type":"DATA","data":…}` for the application and the bootstrap request plus
-// `"type":"JOIN-REQUEST"` for delegated joins (parent → child only).
+// `"type":"JOIN-REQUEST"` for delegated joins (parent → child only), and
+// `{"type":"HEARTBEAT"}` between nodes that both support heartbeats.
 // Conventions inside `data` (crates/overlay/src/event.rs, topology.rs), each an object with
 // exactly one key so JS tree-overlay nodes relay them as plain data:
 // - `{"broadcast": payload}`: down the whole subtree, every node forwards it to its children;
@@ -19,13 +20,24 @@
 // `relayOnly`) apply the same way: the join and every answer share the client's fetched
 // credentials, and a relay-only client relays all of the node's links.
 //
-// Layout: the IO-free pieces (hash, wire format, deliveries, `Topology`, `NodeCore`), then
-// `Node`, the IO.
+// Heartbeats (docs/protocol.md#heartbeats-between-rust-and-browser-nodes,
+// crates/overlay/src/liveness.rs): a crashed neighbour sends nothing, and without them it
+// is noticed only when ICE gives up. A newcomer that supports them labels its data
+// channel `HEARTBEAT_LABEL`; its parent then sends `HEARTBEAT` at once and every interval,
+// and the child starts its own on the parent's first. JS tree-overlay nodes throw on an
+// unknown `type`, so a child with any other label never gets one. Any message is a sign
+// of life; a link silent for the timeout is closed, and an orphan re-joins at once.
+//
+// Layout: the IO-free pieces (hash, wire format, deliveries, `Topology`, `Liveness`,
+// `NodeCore`), then `Node`, the IO.
 
 import { BootstrapError, ClosedError, signalKind } from './bootstrap.js';
 
 export const DATA = 'DATA';
 export const JOIN_REQUEST = 'JOIN-REQUEST';
+export const HEARTBEAT = 'HEARTBEAT';
+/** The data-channel label of a newcomer that supports heartbeats (as the Rust nodes'). */
+export const HEARTBEAT_LABEL = 'webrtc-tree-overlay/heartbeat/1';
 export const BROADCAST_KEY = 'broadcast';
 export const TO_ROOT_KEY = 'to-root';
 export const SUBTREE_KEY = 'subtree';
@@ -37,6 +49,9 @@ export const MAX_STORED_PER_SLOT = 256;
 export const REPORT_DEBOUNCE_MS = 100;
 /** Deepest subtree accepted from a child. */
 const MAX_TREE_DEPTH = 64;
+/** A link is quiet once silent this many intervals: requests for a quiet child wait at
+ * its parent instead of being sent where they may be lost. */
+const QUIET_INTERVALS = 1.5;
 
 // ---------------------------------------------------------------------------------------
 // Errors of the node (the peer's errors come from ./bootstrap.js).
@@ -82,8 +97,8 @@ export function slotFor(origin, nodeId, maxDegree) {
 
 /**
  * Parses a data-channel message: `{ kind: 'data', data }`, `{ kind: 'join-request',
- * request }` (the bootstrap envelope without the overlay's `type`), or
- * `{ kind: 'invalid', reason }` (the JS overlay throws on these; we ignore them).
+ * request }` (the bootstrap envelope without the overlay's `type`), `{ kind: 'heartbeat' }`,
+ * or `{ kind: 'invalid', reason }` (the JS overlay throws on these; we ignore them).
  */
 export function parseChannelMessage(text) {
   let value;
@@ -96,6 +111,7 @@ export function parseChannelMessage(text) {
     return { kind: 'invalid', reason: 'not a JSON object' };
   }
   if (value.type === DATA) return { kind: 'data', data: value.data === undefined ? null : value.data };
+  if (value.type === HEARTBEAT) return { kind: 'heartbeat' };
   if (value.type === JOIN_REQUEST) {
     const { type: _type, ...request } = value;
     return { kind: 'join-request', request };
@@ -112,6 +128,11 @@ export function dataMessage(data) {
 export function joinRequestMessage(request) {
   const { type: _type, ...rest } = request;
   return JSON.stringify({ ...rest, type: JOIN_REQUEST });
+}
+
+/** `{"type":"HEARTBEAT"}`. */
+export function heartbeatMessage() {
+  return JSON.stringify({ type: HEARTBEAT });
 }
 
 /** `{ [key]: data }`. */
@@ -215,6 +236,126 @@ export class Topology {
   }
 }
 
+/** The liveness key of the parent link. */
+export const PARENT_LINK = 'parent';
+
+const CHILD_LINK_PREFIX = 'child:';
+
+/** The liveness key of the link to child `id`. */
+export function childLink(id) {
+  return CHILD_LINK_PREFIX + id;
+}
+
+/** The child id of a liveness key, or null for the parent's. */
+export function linkChild(link) {
+  return link.startsWith(CHILD_LINK_PREFIX) ? link.slice(CHILD_LINK_PREFIX.length) : null;
+}
+
+/**
+ * The watched links of one node: when each is due a heartbeat and which went silent
+ * (crates/overlay/src/liveness.rs). Links are keys (`PARENT_LINK`, `childLink(id)`);
+ * time is passed in (ms), so it is testable without a clock.
+ */
+export class Liveness {
+  /** `interval`: how often a heartbeat goes out on each watched link; `timeout`: a link
+   * silent this long is dead (both ms). */
+  constructor({ interval, timeout }) {
+    this.interval = interval;
+    this.timeout = timeout;
+    this.links = new Map(); // key → { lastHeard, nextBeat }
+    /** When the links were last checked: the checks come at least every interval, so a
+     * longer gap means this page was too busy (or throttled) to run them. */
+    this.lastCheck = null;
+  }
+
+  /** Starts watching `link` (heard from now); returns whether it was new. The caller
+   * sends a heartbeat at once and reports it with `sent`. */
+  watch(link, now) {
+    if (this.links.has(link)) return false;
+    this.links.set(link, { lastHeard: now, nextBeat: now });
+    return true;
+  }
+
+  isWatched(link) {
+    return this.links.has(link);
+  }
+
+  /** Something arrived on `link`. */
+  heard(link, now) {
+    const watched = this.links.get(link);
+    if (watched) watched.lastHeard = Math.max(watched.lastHeard, now);
+  }
+
+  /** A heartbeat was sent on `link`: the next is due an interval later. */
+  sent(link, now) {
+    const watched = this.links.get(link);
+    if (watched) watched.nextBeat = now + this.interval;
+  }
+
+  /** Stops watching `link` (it closed). */
+  forget(link) {
+    this.links.delete(link);
+  }
+
+  /** Forgets every link. */
+  clear() {
+    this.links.clear();
+    this.lastCheck = null;
+  }
+
+  /** Whether `link` is watched and has been silent for more than 1.5 intervals. */
+  isQuiet(link, now) {
+    const watched = this.links.get(link);
+    return watched !== undefined && now - watched.lastHeard > this.interval * QUIET_INTERVALS;
+  }
+
+  /** Whether `link` is watched and due a heartbeat at `now`. */
+  isDue(link, now) {
+    const watched = this.links.get(link);
+    return watched !== undefined && watched.nextBeat <= now;
+  }
+
+  /** The links due a heartbeat at `now`, the parent first. */
+  due(now) {
+    return [...this.links].filter(([, watched]) => watched.nextBeat <= now).map(([link]) => link).sort(linkOrder);
+  }
+
+  /**
+   * The links silent for the timeout at `now`, the parent first; they are forgotten.
+   *
+   * When this check comes late (more than two intervals after the last one), the page
+   * was starved or its timers throttled: what the links sent may be waiting unread, so
+   * the lateness is not counted as silence.
+   */
+  takeDead(now) {
+    if (this.lastCheck !== null && now - this.lastCheck > 2 * this.interval) {
+      const late = now - this.lastCheck - this.interval;
+      for (const watched of this.links.values()) watched.lastHeard = Math.min(watched.lastHeard + late, now);
+    }
+    this.lastCheck = now;
+    const dead = [...this.links]
+      .filter(([, watched]) => watched.lastHeard + this.timeout <= now)
+      .map(([link]) => link)
+      .sort(linkOrder);
+    for (const link of dead) this.links.delete(link);
+    return dead;
+  }
+
+  /** When `due` or `takeDead` next has something (ms), or null. */
+  nextDeadline() {
+    const deadlines = [...this.links.values()].map((w) => Math.min(w.nextBeat, w.lastHeard + this.timeout));
+    return deadlines.length > 0 ? Math.min(...deadlines) : null;
+  }
+}
+
+/** The parent first, then the children by id. */
+function linkOrder(a, b) {
+  if (a === b) return 0;
+  if (a === PARENT_LINK) return -1;
+  if (b === PARENT_LINK) return 1;
+  return a < b ? -1 : 1;
+}
+
 /**
  * A node's children, candidates and stored requests, and the decision for each join
  * request (crates/overlay/src/core.rs). `onRequest` returns one of
@@ -230,7 +371,10 @@ export class NodeCore {
     this.stored = Array.from({ length: maxDegree }, () => []); // [{deadline, request}]
   }
 
-  onRequest(origin, isOffer, request, now) {
+  /** `isQuiet(child)` says whether a child went silent (heartbeats): a request for it is
+   * stored, not forwarded where it may be lost, until the child is heard again
+   * (`takeStored`) or gone. */
+  onRequest(origin, isOffer, request, now, isQuiet = () => false) {
     if (this.candidates.has(origin)) return { kind: 'to-candidate' };
     if (this.slots.includes(origin)) return { kind: 'dropped', reason: 'AlreadyChild' };
     if (isOffer && this.hasRoom()) {
@@ -239,7 +383,9 @@ export class NodeCore {
     }
     if (this.slots.length === 0) return { kind: 'dropped', reason: 'UnknownOrigin' };
     const slot = slotFor(origin, this.nodeId, this.slots.length);
-    if (this.slots[slot] !== null) return { kind: 'forward', child: this.slots[slot] };
+    const child = this.slots[slot];
+    // Requests already waiting for a quiet child go first: keep the order.
+    if (child !== null && this.stored[slot].length === 0 && !isQuiet(child)) return { kind: 'forward', child };
     const queue = this.stored[slot];
     if (queue.length >= MAX_STORED_PER_SLOT) return { kind: 'dropped', reason: 'StoreFull' };
     queue.push({ deadline: now + this.requestTimeoutMs, request });
@@ -257,6 +403,17 @@ export class NodeCore {
 
   candidateFailed(origin) {
     return this.candidates.delete(origin);
+  }
+
+  /** The slot of child `origin`, or null. */
+  slotOf(origin) {
+    const slot = this.slots.indexOf(origin);
+    return slot >= 0 ? slot : null;
+  }
+
+  /** Takes the requests stored for `slot`, in order. */
+  takeStored(slot) {
+    return this.stored[slot].splice(0).map((entry) => entry.request);
   }
 
   childClosed(origin) {
@@ -324,7 +481,11 @@ export class NodeCore {
  * Options (defaults as the Rust `NodeOptions`): `maxDegree` (10), `requestTimeout` (ms a
  * candidate may take to connect and a stored request may wait, 30000), `rejoinDelay`
  * (200) and `rejoinMaxDelay` (10000) for re-joining with backoff after the parent left,
- * `name` (shown in the tree; default 6 random hex digits), `reportTopology` (false).
+ * `name` (shown in the tree; default 6 random hex digits), `reportTopology` (false),
+ * `heartbeatInterval` (ms between heartbeats to the parent and children that support
+ * them, 250; `null` turns heartbeats off: the join's channel then gets a random label and
+ * a parent's heartbeats are ignored) and `heartbeatTimeout` (a link with heartbeats that
+ * stays silent this long is closed as dead, 1000).
  *
  * Events (`event.detail`): `parent-connect` ({id}), `parent-close`, `rejoin-failed`
  * ({attempt, error}), `child-connect` ({id}), `child-close` ({id}), `data` ({from:
@@ -336,9 +497,8 @@ export class Node extends EventTarget {
   /** Joins the tree; resolves once the parent is connected. Rejects with the client's
    * errors (`NoAnswerError`: no root connected?, `UnreachableError`, …). */
   static async join(client, options = {}) {
-    const peer = await client.join();
     const node = new Node(client, options);
-    node.adoptParent(peer);
+    node.adoptParent(await client.join(node.joinOptions()));
     return node;
   }
 
@@ -352,8 +512,13 @@ export class Node extends EventTarget {
       rejoinMaxDelay: 10000,
       name: null,
       reportTopology: false,
+      heartbeatInterval: 250,
+      heartbeatTimeout: 1000,
       ...options,
     };
+    const { heartbeatInterval: interval, heartbeatTimeout: timeout } = this.options;
+    /** The watched links, when heartbeats are on. */
+    this.liveness = interval ? new Liveness({ interval, timeout }) : null;
     const random = new Uint32Array(2);
     crypto.getRandomValues(random);
     /** Local id, only used to spread delegated requests (never on the wire). */
@@ -369,6 +534,7 @@ export class Node extends EventTarget {
     this.expiryTimer = null;
     this.reportTimer = null;
     this.rejoinTimer = null;
+    this.heartbeatTimer = null;
     this.lastInfo = '';
   }
 
@@ -416,7 +582,8 @@ export class Node extends EventTarget {
   close() {
     if (this.state === 'closed') return;
     this.state = 'closed';
-    for (const timer of [this.expiryTimer, this.reportTimer, this.rejoinTimer]) clearTimeout(timer);
+    for (const timer of [this.expiryTimer, this.reportTimer, this.rejoinTimer, this.heartbeatTimer]) clearTimeout(timer);
+    this.liveness?.clear();
     if (this.parent) this.parent.peer.close();
     this.parent = null;
     for (const peer of this.children.values()) peer.close();
@@ -468,6 +635,11 @@ export class Node extends EventTarget {
     if (this.client.options.log) this.client.options.log(`[node ${this.name}] ${line}`);
   }
 
+  /** The options of this node's joins: with heartbeats on, the channel's label says so. */
+  joinOptions() {
+    return this.liveness ? { label: HEARTBEAT_LABEL } : {};
+  }
+
   adoptParent(peer) {
     this.generation += 1;
     const generation = this.generation;
@@ -483,20 +655,24 @@ export class Node extends EventTarget {
     this.publish();
   }
 
-  onParentClosed(generation) {
+  /** The parent link closed, or went `silent` (its heartbeats stopped). */
+  onParentClosed(generation, silent = false) {
     if (this.state === 'closed' || !this.parent || this.parent.generation !== generation) return;
     this.parent = null;
+    this.liveness?.forget(PARENT_LINK);
     this.state = 'rejoining';
+    this.log(silent ? 'parent silent; re-joining at once' : 'parent closed; re-joining');
     this.emit('parent-close');
     this.publish();
-    this.startRejoin(1);
+    // The grandparent holds requests for its quiet child: go at once.
+    this.startRejoin(1, silent ? 0 : null);
   }
 
-  startRejoin(attempt) {
+  startRejoin(attempt, delayMs = null) {
     const { rejoinDelay, rejoinMaxDelay } = this.options;
-    const delay = Math.min(rejoinDelay * 2 ** Math.min(attempt - 1, 16), rejoinMaxDelay);
+    const delay = delayMs ?? Math.min(rejoinDelay * 2 ** Math.min(attempt - 1, 16), rejoinMaxDelay);
     this.rejoinTimer = setTimeout(() => {
-      this.client.join().then(
+      this.client.join(this.joinOptions()).then(
         (peer) => {
           if (this.state === 'closed') peer.close();
           else this.adoptParent(peer);
@@ -514,9 +690,17 @@ export class Node extends EventTarget {
     if (this.state === 'closed') return;
     const fromParent = link.parent !== undefined;
     if (fromParent && (!this.parent || this.parent.generation !== link.parent)) return;
+    if (!fromParent && !this.children.has(link.child)) return;
+    this.heardFrom(fromParent ? PARENT_LINK : childLink(link.child), fromParent ? null : link.child);
     const parsed = parseChannelMessage(text);
     if (parsed.kind === 'invalid') {
       this.log(`ignored a data-channel message: ${parsed.reason}`);
+      return;
+    }
+    if (parsed.kind === 'heartbeat') {
+      // A child's heartbeats were expected (its label said so); a parent's first one says
+      // it supports them: watch it, and answer at once. Never delivered.
+      if (fromParent && this.liveness?.watch(PARENT_LINK, Date.now())) this.beat(PARENT_LINK, this.parent.peer);
       return;
     }
     if (parsed.kind === 'join-request') {
@@ -556,7 +740,9 @@ export class Node extends EventTarget {
       return;
     }
     const isOffer = signalKind(request.signal) === 'description';
-    const decision = this.core.onRequest(origin, isOffer, request, Date.now());
+    const now = Date.now();
+    const isQuiet = (child) => this.liveness?.isQuiet(childLink(child), now) ?? false;
+    const decision = this.core.onRequest(origin, isOffer, request, now, isQuiet);
     switch (decision.kind) {
       case 'to-candidate':
         this.candidates.get(origin)?.signal(request);
@@ -597,6 +783,11 @@ export class Node extends EventTarget {
     this.children.set(origin, peer);
     peer.addEventListener('message', (event) => this.onMessage({ child: origin }, event.detail));
     peer.addEventListener('close', () => this.onChildClosed(origin, peer));
+    // Only a child whose label says it supports heartbeats gets them: a JS node throws
+    // on the unknown type.
+    if (peer.label === HEARTBEAT_LABEL && this.liveness?.watch(childLink(origin), Date.now())) {
+      this.beat(childLink(origin), peer);
+    }
     for (const request of connected.stored) this.trySend(peer, joinRequestMessage(request));
     if (this.topology) {
       this.topology.touch(Date.now());
@@ -619,13 +810,78 @@ export class Node extends EventTarget {
   onChildClosed(origin, peer) {
     if (this.children.get(origin) !== peer) return;
     this.children.delete(origin);
-    this.core.childClosed(origin);
+    this.liveness?.forget(childLink(origin));
+    const slot = this.core.childClosed(origin);
     if (this.topology) {
       this.topology.childGone(origin, Date.now());
       this.scheduleReport();
     }
     this.emit('child-close', { id: origin });
     this.publish();
+    // Requests held for it (it was quiet) are decided again: answered here, now that
+    // there is room, or stored for the next child in its slot.
+    if (slot !== null) for (const request of this.core.takeStored(slot)) this.onRequest(request);
+  }
+
+  /** Something arrived on `link` (from child `child`, or the parent when null): it is
+   * alive. Requests held while the child was quiet go to it now, in order; a heartbeat
+   * due on the link goes out now, so a page whose timers are throttled (a hidden tab)
+   * still keeps its links alive while messages arrive. */
+  heardFrom(link, child) {
+    if (!this.liveness) return;
+    const now = Date.now();
+    this.liveness.heard(link, now);
+    const peer = child === null ? this.parent.peer : this.children.get(child);
+    if (child !== null) {
+      const slot = this.core.slotOf(child);
+      const held = slot === null ? [] : this.core.takeStored(slot);
+      for (const request of held) this.trySend(peer, joinRequestMessage(request));
+      if (held.length > 0) this.publish();
+    }
+    if (this.liveness.isDue(link, now)) this.beat(link, peer);
+  }
+
+  /** Sends a heartbeat on `link` now, and schedules the next check. */
+  beat(link, peer) {
+    this.liveness.sent(link, Date.now());
+    this.trySend(peer, heartbeatMessage());
+    this.scheduleHeartbeats();
+  }
+
+  /** Sends the heartbeats due, closes the links gone silent, and schedules the next check. */
+  scheduleHeartbeats() {
+    clearTimeout(this.heartbeatTimer);
+    this.heartbeatTimer = null;
+    const deadline = this.liveness?.nextDeadline() ?? null;
+    if (deadline === null || this.state === 'closed') return;
+    this.heartbeatTimer = setTimeout(() => {
+      this.heartbeatTimer = null;
+      if (this.state === 'closed') return;
+      const now = Date.now();
+      for (const link of this.liveness.takeDead(now)) this.closeSilent(link);
+      for (const link of this.liveness.due(now)) {
+        this.liveness.sent(link, now);
+        const child = linkChild(link);
+        const peer = child === null ? this.parent?.peer : this.children.get(child);
+        if (peer) this.trySend(peer, heartbeatMessage());
+      }
+      this.scheduleHeartbeats();
+    }, Math.max(0, deadline - Date.now()));
+  }
+
+  /** `link` went silent for the heartbeat timeout: close it as dead. */
+  closeSilent(link) {
+    if (link === PARENT_LINK) {
+      if (!this.parent) return;
+      const { peer, generation } = this.parent;
+      this.log('no heartbeat from the parent; closing the link');
+      this.onParentClosed(generation, true);
+      peer.close();
+      return;
+    }
+    const id = linkChild(link);
+    this.log(`no heartbeat from child ${id}; closing the link`);
+    this.children.get(id)?.close();
   }
 
   scheduleExpiry() {

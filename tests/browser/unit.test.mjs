@@ -3,7 +3,7 @@
 // and scenarios mirror the Rust crates' own unit tests, so both sides agree on the wire.
 
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { mock, test } from 'node:test';
 
 import {
   BEARER_SUBPROTOCOL, BootstrapError, Client, ClosedError, DEFAULT_OVERLAY, Dropped, InvalidAddressError,
@@ -12,8 +12,9 @@ import {
   refusalFromHealth, signalKind,
 } from '../../web/bootstrap.js';
 import {
-  MAX_STORED_PER_SLOT, NodeCore, REPORT_DEBOUNCE_MS, Topology, dataMessage, hash31, isTree,
-  joinRequestMessage, parseChannelMessage, slotFor, subtreeOf, treeOf, unwrapDelivery,
+  HEARTBEAT_LABEL, Liveness, MAX_STORED_PER_SLOT, Node, NodeCore, PARENT_LINK, REPORT_DEBOUNCE_MS, Topology,
+  childLink, dataMessage, hash31, heartbeatMessage, isTree, joinRequestMessage, linkChild, parseChannelMessage,
+  slotFor, subtreeOf, treeOf, unwrapDelivery,
 } from '../../web/overlay.js';
 import { demoOptions, failureMessage, layoutTree, parentName, roomLink, treeSize } from '../../web/demo.js';
 
@@ -46,6 +47,8 @@ test('data-channel messages have the JS shapes', () => {
   const forwarded = joinRequestMessage(request);
   assert.equal(forwarded, '{"origin":"484c","destination":null,"signal":{"type":"offer","sdp":"x"},"rank":0,"type":"JOIN-REQUEST"}');
   assert.deepEqual(parseChannelMessage(forwarded), { kind: 'join-request', request });
+  assert.equal(heartbeatMessage(), '{"type":"HEARTBEAT"}');
+  assert.deepEqual(parseChannelMessage(heartbeatMessage()), { kind: 'heartbeat' });
   for (const bad of ['nope', 'null', '[1]', '{"type":"PING"}', '{}', '{"type":5}']) {
     assert.equal(parseChannelMessage(bad).kind, 'invalid', bad);
   }
@@ -130,6 +133,271 @@ test('candidates and stored requests expire; the store is bounded', () => {
   full.onRequest('000001', true, 0, 0);
   for (let i = 0; i < MAX_STORED_PER_SLOT; i += 1) full.onRequest('000002', false, i, 0);
   assert.deepEqual(full.onRequest('000002', false, 0, 0), { kind: 'dropped', reason: 'StoreFull' });
+});
+
+test('a quiet child\'s requests wait at its parent, in order, until it speaks or goes', () => {
+  const core = new NodeCore(42, 1, 30000);
+  core.onRequest('000001', true, 'child', 0);
+  core.candidateConnected('000001');
+  let quiet = true;
+  const isQuiet = (child) => child === '000001' && quiet;
+  assert.deepEqual(core.onRequest('000002', true, 'r1', 0, isQuiet), { kind: 'stored', slot: 0 });
+  // Once the child speaks again, a later request still waits behind the held ones.
+  quiet = false;
+  assert.deepEqual(core.onRequest('000002', false, 'r2', 0, isQuiet), { kind: 'stored', slot: 0 });
+  assert.equal(core.slotOf('000001'), 0);
+  assert.equal(core.slotOf('000009'), null);
+  assert.deepEqual(core.takeStored(0), ['r1', 'r2']);
+  assert.deepEqual(core.onRequest('000002', false, 'r3', 0, isQuiet), { kind: 'forward', child: '000001' });
+});
+
+// The same scenarios as crates/overlay/src/liveness.rs's tests (250 ms, 1 s).
+const SETTINGS = { interval: 250, timeout: 1000 };
+
+test('heartbeats are due at once, then every interval', () => {
+  const liveness = new Liveness(SETTINGS);
+  assert.equal(liveness.nextDeadline(), null);
+  assert.ok(liveness.watch(childLink('a'), 0));
+  assert.ok(!liveness.watch(childLink('a'), 0));
+  assert.ok(liveness.watch(PARENT_LINK, 0));
+  assert.deepEqual(liveness.due(0), [PARENT_LINK, childLink('a')]);
+  liveness.sent(PARENT_LINK, 0);
+  liveness.sent(childLink('a'), 0);
+  assert.equal(liveness.nextDeadline(), 250);
+  liveness.sent(childLink('a'), 200);
+  assert.deepEqual(liveness.due(250), [PARENT_LINK]);
+  assert.ok(liveness.isDue(PARENT_LINK, 250) && !liveness.isDue(childLink('a'), 250));
+  assert.deepEqual(liveness.due(450), [PARENT_LINK, childLink('a')]);
+  assert.equal(linkChild(childLink('a')), 'a');
+  assert.equal(linkChild(PARENT_LINK), null);
+});
+
+test('a starved page does not count its own lateness as silence', () => {
+  const liveness = new Liveness(SETTINGS);
+  liveness.watch(childLink('a'), 0);
+  assert.deepEqual(liveness.takeDead(250), []);
+  // The next check comes 3 s late (a throttled hidden tab): only 500 ms count as silence.
+  assert.deepEqual(liveness.takeDead(3500), []);
+  assert.deepEqual(liveness.takeDead(3750), []);
+  assert.deepEqual(liveness.takeDead(4000), [childLink('a')]);
+});
+
+test('silent links turn quiet, then dead', () => {
+  const liveness = new Liveness(SETTINGS);
+  liveness.watch(childLink('a'), 0);
+  liveness.watch(childLink('b'), 0);
+  liveness.heard(childLink('b'), 300);
+  assert.ok(!liveness.isQuiet(childLink('a'), 375));
+  assert.ok(liveness.isQuiet(childLink('a'), 376));
+  assert.ok(!liveness.isQuiet(childLink('b'), 376));
+  assert.ok(!liveness.isQuiet(childLink('unknown'), 5000));
+  // Heard late (an earlier time than the last) changes nothing.
+  liveness.heard(childLink('b'), 100);
+  assert.deepEqual(liveness.takeDead(999), []);
+  assert.deepEqual(liveness.takeDead(1000), [childLink('a')]);
+  assert.ok(!liveness.isWatched(childLink('a')));
+  assert.deepEqual(liveness.takeDead(1250), []);
+  assert.deepEqual(liveness.takeDead(1300), [childLink('b')]);
+  assert.equal(liveness.nextDeadline(), null);
+});
+
+/** A connected data channel as `Peer` shows it: records what is sent. */
+class FakePeer extends EventTarget {
+  constructor(remoteId, label) {
+    super();
+    this.remoteId = remoteId;
+    this.localId = 'me';
+    this.label = label;
+    this.sent = [];
+    this.closed = false;
+  }
+
+  send(text) {
+    if (this.closed) throw new ClosedError();
+    this.sent.push(text);
+  }
+
+  receive(text) {
+    this.dispatchEvent(new CustomEvent('message', { detail: text }));
+  }
+
+  close() {
+    if (this.closed) return;
+    this.closed = true;
+    this.dispatchEvent(new CustomEvent('close', { detail: 'local' }));
+  }
+
+  heartbeats() {
+    return this.sent.filter((text) => text === heartbeatMessage()).length;
+  }
+}
+
+/** A `Client` whose joins connect to the next of `parents` and whose answers connect
+ * to `childPeer(origin)`; it records the joins' options. */
+function fakeClient(parents, childPeer) {
+  return {
+    options: {},
+    overlay: 'default',
+    joins: [],
+    async join(options = {}) {
+      this.joins.push(options);
+      const parent = parents.shift();
+      if (!parent) throw new Error('no parent left');
+      return parent;
+    },
+    answer(request) {
+      return { connected: Promise.resolve(childPeer(request.origin)), signal() {}, close() {} };
+    },
+  };
+}
+
+/** Advances the mocked clock in 50 ms steps: one big tick would run every timer at its
+ * end, which `Liveness` rightly takes for a starved page. */
+function advance(ms) {
+  for (let left = ms; left > 0; left -= 50) mock.timers.tick(Math.min(50, left));
+}
+
+/** Lets pending promise callbacks run (timers are mocked; setImmediate is not). */
+const settle = () => new Promise((resolve) => setImmediate(resolve));
+
+/** A join request from the parent for the newcomer `origin`. */
+const offerFrom = (origin) => joinRequestMessage(relayed(origin, { type: 'offer', sdp: 'v=0' }));
+
+test('a node heartbeats with its parent once the parent starts, and re-joins at once when it goes silent', async (t) => {
+  mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 0 });
+  t.after(() => mock.timers.reset());
+  const first = new FakePeer('p1', HEARTBEAT_LABEL);
+  const second = new FakePeer('p2', HEARTBEAT_LABEL);
+  const client = fakeClient([first, second], () => null);
+  const node = await Node.join(client, { name: 'n' });
+  const seen = [];
+  for (const type of ['data', 'parent-close', 'parent-connect']) node.addEventListener(type, () => seen.push(type));
+  assert.deepEqual(client.joins, [{ label: HEARTBEAT_LABEL }]);
+  // A parent that never sends one (a JS node) gets none.
+  advance(2000);
+  assert.equal(first.heartbeats(), 0);
+  assert.equal(node.info().state, 'connected');
+  // Its first heartbeat is answered at once and never delivered.
+  first.receive(heartbeatMessage());
+  assert.equal(first.heartbeats(), 1);
+  advance(250);
+  assert.equal(first.heartbeats(), 2);
+  // Any message is a sign of life.
+  advance(500);
+  first.receive(dataMessage('hello'));
+  await settle();
+  advance(900);
+  assert.equal(node.info().state, 'connected');
+  assert.deepEqual(seen, ['data']);
+  // Silent for the timeout: closed, and re-joined with no delay.
+  advance(100);
+  assert.ok(first.closed);
+  assert.deepEqual(seen, ['data', 'parent-close']);
+  mock.timers.tick(0);
+  await settle();
+  assert.deepEqual(client.joins, [{ label: HEARTBEAT_LABEL }, { label: HEARTBEAT_LABEL }]);
+  assert.equal(node.info().parent, 'p2');
+  assert.deepEqual(seen, ['data', 'parent-close', 'parent-connect']);
+  node.close();
+});
+
+test('a parent heartbeats only with children whose label says they support it', async (t) => {
+  mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 0 });
+  t.after(() => mock.timers.reset());
+  const parent = new FakePeer('p', HEARTBEAT_LABEL);
+  const children = {
+    [ANSWERER]: new FakePeer(ANSWERER, HEARTBEAT_LABEL),
+    // A JS node: 40 random hex characters, and it throws on an unknown type.
+    [NEWCOMER]: new FakePeer(NEWCOMER, randomLabel()),
+  };
+  const node = await Node.join(fakeClient([parent], (origin) => children[origin]), { name: 'n', maxDegree: 2 });
+  const closed = [];
+  node.addEventListener('child-close', (event) => closed.push(event.detail.id));
+  parent.receive(offerFrom(ANSWERER));
+  parent.receive(offerFrom(NEWCOMER));
+  await settle();
+  assert.deepEqual(node.info().children.sort(), [ANSWERER, NEWCOMER]);
+  const marked = children[ANSWERER];
+  const unmarked = children[NEWCOMER];
+  // At once, then every interval, to the marked child only.
+  assert.equal(marked.heartbeats(), 1);
+  advance(250);
+  assert.equal(marked.heartbeats(), 2);
+  marked.receive(heartbeatMessage());
+  unmarked.receive(dataMessage('still here'));
+  advance(1000);
+  assert.equal(unmarked.heartbeats(), 0);
+  // The marked child went silent at 250 ms: closed at 1250 ms; the unmarked one stays.
+  assert.ok(marked.closed);
+  assert.deepEqual(closed, [ANSWERER]);
+  advance(5000);
+  assert.equal(unmarked.heartbeats(), 0);
+  assert.ok(!unmarked.closed);
+  assert.deepEqual(node.info().children, [NEWCOMER]);
+  node.close();
+});
+
+test('requests for a quiet child wait at its parent until it speaks, and are decided again if it dies', async (t) => {
+  mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 0 });
+  t.after(() => mock.timers.reset());
+  const parent = new FakePeer('p', HEARTBEAT_LABEL);
+  const peers = new Map();
+  const childPeer = (origin) => {
+    peers.set(origin, new FakePeer(origin, HEARTBEAT_LABEL));
+    return peers.get(origin);
+  };
+  const node = await Node.join(fakeClient([parent], childPeer), { name: 'n', maxDegree: 1 });
+  parent.receive(offerFrom(ANSWERER));
+  await settle();
+  const child = peers.get(ANSWERER);
+  const requests = () => child.sent.filter((text) => text.includes('JOIN-REQUEST')).length;
+  // Heard at 0 ms: a request at 300 ms goes on; one at 400 ms waits (silent > 375 ms).
+  advance(300);
+  parent.receive(offerFrom(NEWCOMER));
+  assert.equal(requests(), 1);
+  advance(100);
+  parent.receive(joinRequestMessage(relayed(NEWCOMER, { candidate: candidate(1) })));
+  assert.equal(requests(), 1);
+  assert.equal(node.info().stored, 1);
+  child.receive(heartbeatMessage());
+  assert.equal(requests(), 2);
+  assert.equal(node.info().stored, 0);
+  // Held again, then the child dies: the held offer is answered here, where there is room.
+  advance(400);
+  parent.receive(offerFrom(OTHER));
+  assert.equal(requests(), 2);
+  advance(600);
+  assert.ok(child.closed);
+  await settle();
+  assert.deepEqual(node.info().children, [OTHER]);
+  node.close();
+});
+
+test('a data channel label is the caller\'s choice', () => {
+  const client = new Client('ws://127.0.0.1:9');
+  assert.throws(() => client.join({ label: 5 }), { code: 'InvalidOptions' });
+  assert.throws(() => client.join({ label: 'x'.repeat(65536) }), { code: 'InvalidOptions' });
+});
+
+test('heartbeats can be turned off', async (t) => {
+  mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 0 });
+  t.after(() => mock.timers.reset());
+  const parent = new FakePeer('p', HEARTBEAT_LABEL);
+  const child = new FakePeer(ANSWERER, HEARTBEAT_LABEL);
+  const client = fakeClient([parent], () => child);
+  const node = await Node.join(client, { name: 'n', heartbeatInterval: null });
+  const data = [];
+  node.addEventListener('data', (event) => data.push(event.detail.data));
+  assert.deepEqual(client.joins, [{}]);
+  parent.receive(heartbeatMessage());
+  parent.receive(offerFrom(ANSWERER));
+  await settle();
+  assert.deepEqual(node.info().children, [ANSWERER]);
+  advance(5000);
+  assert.equal(parent.heartbeats() + child.heartbeats(), 0);
+  assert.equal(node.info().state, 'connected');
+  assert.deepEqual(data, []);
+  node.close();
 });
 
 test('the newcomer switches its destination on the first message it receives', () => {
