@@ -609,12 +609,65 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// What `main` sets up once from the settings (listeners, the cluster, logging): a
+/// reload that changes it is told it needs a restart. No `Debug`: it holds the Redis
+/// URL, which may hold a password.
+struct Fixed {
+    addr: SocketAddr,
+    metrics_listen: Option<SocketAddr>,
+    /// The Redis URL, the cluster's name and the root lease.
+    cluster: Option<(String, String, Duration)>,
+    log_format: LogFormat,
+}
+
+impl Fixed {
+    fn of(settings: &Settings) -> Self {
+        Self {
+            addr: settings.addr,
+            metrics_listen: settings.metrics_listen,
+            cluster: settings
+                .cluster
+                .as_ref()
+                .map(|(redis, lease)| (redis.url.clone(), redis.cluster.clone(), *lease)),
+            log_format: settings.log_format,
+        }
+    }
+
+    /// The names of the settings that differ in `new` (never their values).
+    fn changed(&self, new: &Self) -> Vec<&'static str> {
+        [
+            ("host and port", self.addr != new.addr),
+            ("metrics_listen", self.metrics_listen != new.metrics_listen),
+            ("redis, cluster and root_lease", self.cluster != new.cluster),
+            ("log_format", self.log_format != new.log_format),
+        ]
+        .into_iter()
+        .filter_map(|(name, changed)| changed.then_some(name))
+        .collect()
+    }
+}
+
+/// Warns about each overlay whose root secret is weak (allowed by
+/// `--allow-weak-secret`), by name only.
+fn warn_weak_secrets(overlays: &[String]) {
+    for overlay in overlays {
+        tracing::warn!(
+            overlay = %overlay,
+            min_len = MIN_SECRET_LEN,
+            "WEAK SECRET: this overlay's root secret is short enough to guess, and whoever \
+             guesses it becomes the root (allowed by --allow-weak-secret)"
+        );
+    }
+}
+
 /// On every SIGHUP, reads the flags, environment and config file again and applies
-/// what can change while running (origins, trusted proxies, metrics allow-list,
-/// per-client limits, TLS files); what needs a restart is logged by name. A
-/// configuration or TLS file that cannot be used leaves everything as it was, and the
-/// log says why.
-async fn reload_on_sighup(state: AppState, addr: SocketAddr, metrics_listen: Option<SocketAddr>) {
+/// them (`AppState::reload`): secrets, overlays and their limits, the token key, the
+/// socket limits, origins, the metrics allow-list, TLS files and the rest. What needs a
+/// restart (the listen addresses, the cluster, the log format, TLS on or off, the
+/// byte budgets and pending-connection caps) is logged by name and keeps its running
+/// value. A configuration or TLS file that cannot be used leaves everything as it
+/// was, and the log says why. Secrets never reach the log.
+async fn reload_on_sighup(state: AppState, fixed: Fixed) {
     #[cfg(unix)]
     {
         let Ok(mut hangups) =
@@ -639,15 +692,17 @@ async fn reload_on_sighup(state: AppState, addr: SocketAddr, metrics_listen: Opt
                     continue;
                 }
             };
-            if settings.addr != addr || settings.metrics_listen != metrics_listen {
-                tracing::warn!(
-                    "the listen address (host, port, metrics_listen) changed: it applies only after a restart"
-                );
-            }
+            let mut restart = fixed.changed(&Fixed::of(&settings));
             match state.reload(&settings.config) {
-                Ok(restart) => {
+                Ok(reloaded) => {
+                    warn_weak_secrets(&settings.weak_secrets);
+                    restart.extend(reloaded.restart);
                     tracing::info!(
-                        "configuration reloaded: origins, trusted proxies, metrics allow-list, per-client limits, TLS files"
+                        added = ?reloaded.added,
+                        removed = ?reloaded.removed,
+                        secret_changed = ?reloaded.secret_changed,
+                        "configuration reloaded: new roots must present the current secrets; \
+                         new sockets get the current limits"
                     );
                     if !restart.is_empty() {
                         tracing::warn!(
@@ -664,7 +719,7 @@ async fn reload_on_sighup(state: AppState, addr: SocketAddr, metrics_listen: Opt
         }
     }
     #[cfg(not(unix))]
-    drop((state, addr, metrics_listen));
+    drop((state, fixed));
 }
 
 /// Completes on SIGINT or SIGTERM.
@@ -735,14 +790,8 @@ fn main() -> ExitCode {
         }
     };
     init_logging(settings.log_format);
-    for overlay in &settings.weak_secrets {
-        tracing::warn!(
-            overlay = %overlay,
-            min_len = MIN_SECRET_LEN,
-            "WEAK SECRET: this overlay's root secret is short enough to guess, and whoever \
-             guesses it becomes the root (allowed by --allow-weak-secret)"
-        );
-    }
+    warn_weak_secrets(&settings.weak_secrets);
+    let fixed = Fixed::of(&settings);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -805,11 +854,7 @@ fn main() -> ExitCode {
                 }
             });
         }
-        tokio::spawn(reload_on_sighup(
-            state.clone(),
-            settings.addr,
-            settings.metrics_listen,
-        ));
+        tokio::spawn(reload_on_sighup(state.clone(), fixed));
         // Spawned, not run on this (non-worker) thread: the accept loop then spawns
         // each connection's task on its own worker's queue instead of waking a worker
         // for every connection.

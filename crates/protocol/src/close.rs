@@ -6,7 +6,8 @@
 
 /// Normal closure.
 pub const NORMAL: u16 = 1000;
-/// The server is shutting down (SIGINT/SIGTERM).
+/// The server is shutting down (SIGINT/SIGTERM), or a config reload removed the
+/// socket's overlay.
 pub const GOING_AWAY: u16 = 1001;
 /// The peer broke the WebSocket protocol.
 pub const PROTOCOL_ERROR: u16 = 1002;
@@ -27,3 +28,5 @@ pub const ROOT_UNRESPONSIVE: u16 = 4001;
 pub const REASON_ROOT_REPLACED: &str = "replaced by a newer root";
 /// Close reason sent on shutdown.
 pub const REASON_SHUTDOWN: &str = "server shutting down";
+/// Close reason sent to the sockets of an overlay that a config reload removed.
+pub const REASON_OVERLAY_REMOVED: &str = "overlay removed";

@@ -23,6 +23,8 @@ pub(crate) enum Command {
     Heartbeat,
     /// The server is shutting down: close with 1001.
     Shutdown,
+    /// A config reload removed the socket's overlay: close with 1001.
+    Removed,
     /// A newer root replaced this one: close with 4000.
     Replaced,
 }

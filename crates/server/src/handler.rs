@@ -51,7 +51,7 @@ pub(crate) struct Handler {
 impl Handler {
     /// The handler of the socket registered as `registration`, opened at `now`.
     pub(crate) fn new(registration: Registration, now: Instant) -> Self {
-        let config = &registration.shared().config;
+        let config = registration.shared().config();
         Self {
             policy: Policy::new(
                 config.rate_per_second,
@@ -106,6 +106,10 @@ impl Handler {
     ) -> Option<End> {
         match command {
             Command::Shutdown => Some(End::Dismissed(close::GOING_AWAY, close::REASON_SHUTDOWN)),
+            Command::Removed => Some(End::Dismissed(
+                close::GOING_AWAY,
+                close::REASON_OVERLAY_REMOVED,
+            )),
             Command::Replaced => Some(End::Dismissed(
                 close::ROOT_REPLACED,
                 close::REASON_ROOT_REPLACED,
@@ -117,7 +121,7 @@ impl Handler {
     /// The root's heartbeat: a heartbeat message, and a ping unless one is still
     /// unanswered; a ping unanswered for `root_ping_timeout` drops the root.
     fn heartbeat(&mut self, out: &mut Vec<u8>, now: Instant) -> Option<End> {
-        let config = &self.registration.shared().config;
+        let config = self.registration.shared().config();
         if self
             .ping_sent
             .is_some_and(|sent| now.duration_since(sent) >= config.root_ping_timeout)
@@ -383,7 +387,7 @@ mod tests {
         let mut bytes = Vec::new();
         encode_frame(&mut bytes, opcode, payload, Some([1, 2, 3, 4]));
         let mut out = Vec::new();
-        let mut decoder = Decoder::new(handler.registration().shared().config.max_frame_bytes);
+        let mut decoder = Decoder::new(handler.registration().shared().config().max_frame_bytes);
         let end = handler.on_bytes(&mut decoder, &mut bytes, &mut out, now);
         (out, end)
     }

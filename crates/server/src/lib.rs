@@ -22,7 +22,9 @@
 //!   handle.
 //! - `state`: [`AppState`], the registry behind its lock, and each socket's
 //!   `Registration` (admitting a `/join` socket, registering a root, leaving;
-//!   `close_all` on shutdown).
+//!   `close_all` on shutdown). `state::reload`: what a config reload changes
+//!   ([`AppState::reload`]): secrets, overlays and their limits, and the rest of the
+//!   configuration but for what needs a restart.
 //! - `policy`: the IO-free per-socket rate limit and bad-message count.
 //! - `handler`: what a socket's messages mean (relay, pong, heartbeat, offences),
 //!   IO-free: decoded frames and commands in, bytes to write and how to end out.
@@ -83,7 +85,7 @@ use crate::stats::Stats;
 
 pub use config::{Config, ConfigError, JoinAuth, OverlayConfig};
 pub use routes::{metrics_router, router};
-pub use state::{AppState, Health, OverlayHealth};
+pub use state::{AppState, Health, OverlayHealth, Reloaded};
 pub use tls::{TlsError, TlsFiles};
 
 /// Why the server could not start or stopped with an error.
@@ -192,7 +194,7 @@ pub async fn serve(
     shared.close_all(handle::Command::Shutdown);
     watcher.abort();
     shared.tracker.close();
-    if tokio::time::timeout(shared.config.shutdown_grace, shared.tracker.wait())
+    if tokio::time::timeout(shared.config().shutdown_grace, shared.tracker.wait())
         .await
         .is_err()
     {
@@ -212,7 +214,7 @@ const DRAIN_POLL: Duration = Duration::from_millis(50);
 /// and waits until the open ones have ended or `drain_timeout` has passed. The
 /// shutdown token may end it early (a second signal, a caller that stops the server).
 async fn drain(state: &AppState) {
-    let timeout = state.0.config.drain_timeout;
+    let timeout = state.0.config().drain_timeout;
     if timeout.is_zero() {
         return;
     }
@@ -282,7 +284,7 @@ async fn accept_loop(
     token: &CancellationToken,
     shared: &Shared,
 ) -> std::io::Result<()> {
-    let (tracker, write_timeout) = (&shared.tracker, shared.config.write_timeout);
+    let tracker = &shared.tracker;
     let mut accept_errors = AcceptErrors::default();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -331,6 +333,7 @@ async fn accept_loop(
         ));
         let token = token.clone();
         let http = http.clone();
+        let write_timeout = shared.config().write_timeout;
         match shared.tls.as_ref().map(tls::Tls::acceptor) {
             None => tracker.spawn(async move {
                 let _ticket = ticket;

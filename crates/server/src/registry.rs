@@ -57,6 +57,12 @@ impl<T> Registry<T> {
         self.tag = Some(tag);
     }
 
+    /// At most `max` prospects from now on (a config reload); sockets already open
+    /// above it stay.
+    pub(crate) fn set_max_prospects(&mut self, max: usize) {
+        self.max_prospects = max;
+    }
+
     /// The root's ticket, if a root is connected.
     pub(crate) fn root_ticket(&self) -> Option<RootTicket> {
         self.root.as_ref().map(|(ticket, _)| *ticket)

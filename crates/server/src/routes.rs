@@ -24,7 +24,6 @@ use axum::routing::get;
 use bootstrap_protocol::paths::is_standby_query;
 use futures_util::FutureExt as _;
 use futures_util::future::Either;
-use subtle::ConstantTimeEq;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info};
 
@@ -140,8 +139,9 @@ async fn entry(State(state): State<AppState>, request: Request) -> Response {
             overlay,
             credential,
         }) => root(&state.0, overlay, credential, request),
-        None => match state.0.config.public.as_ref() {
-            Some(dir) => files::serve(dir, request).await,
+        // Cloned: the configuration is not held across `.await`.
+        None => match state.0.config().public.clone() {
+            Some(dir) => files::serve(&dir, request).await,
             None => not_found(),
         },
     }
@@ -257,13 +257,14 @@ fn check_join_token(
     ip: IpAddr,
     token: Option<&str>,
 ) -> Result<Option<Claims>, Box<Response>> {
-    if shared.config.join_auth != JoinAuth::Token {
+    let config = shared.config();
+    if config.join_auth != JoinAuth::Token {
         return Ok(None);
     }
     if let Some(response) = throttled(shared, ip) {
         return Err(Box::new(response));
     }
-    let Some(key) = shared.config.token_key.as_deref() else {
+    let Some(key) = config.token_key.as_deref() else {
         return Err(Box::new(unauthorized(shared, ip, TokenError::Missing)));
     };
     let verified = match token {
@@ -285,7 +286,8 @@ fn ice_servers(
     path_token: Option<&str>,
     request: &Request,
 ) -> Response {
-    let Some(turn) = shared.config.turn.as_ref() else {
+    let config = shared.config();
+    let Some(turn) = config.turn.as_ref() else {
         return not_found();
     };
     if request.method() != Method::GET && request.method() != Method::HEAD {
@@ -426,13 +428,13 @@ fn root(shared: &Arc<Shared>, name: &str, credential: &str, mut request: Request
     // Compare the raw (still percent-encoded) path segment, as the JS server does, in
     // constant time. Never log it.
     let known = shared.overlay(name);
-    let by_secret = known.as_ref().is_some_and(|overlay| {
-        !overlay.secret.is_empty()
-            && bool::from(credential.as_bytes().ct_eq(overlay.secret.as_bytes()))
-    });
+    let by_secret = known
+        .as_ref()
+        .is_some_and(|overlay| overlay.secret_matches(credential));
+    let token_key = shared.config().token_key.clone();
     let auth = if by_secret {
         RootAuth::Secret
-    } else if let Some(key) = shared.config.token_key.as_deref() {
+    } else if let Some(key) = token_key.as_deref() {
         let ip = client_ip(shared, &request);
         if let Some(response) = throttled(shared, ip) {
             return response;
@@ -499,7 +501,7 @@ fn root(shared: &Arc<Shared>, name: &str, credential: &str, mut request: Request
         // Stopped (dropped) with the root's task.
         let _heartbeats = AbortOnDropHandle::new(tokio::spawn(heartbeats(
             tx,
-            shared.config.heartbeat_interval,
+            shared.config().heartbeat_interval,
         )));
         drop(shared);
         transport::serve(upgraded, registration, rx).await;

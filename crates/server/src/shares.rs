@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::admission::client_key;
@@ -13,8 +14,9 @@ use crate::admission::client_key;
 /// What each client holds in one root's queue.
 #[derive(Debug)]
 pub(crate) struct Shares {
-    /// Bytes one client may have queued for the root at once.
-    limit: usize,
+    /// Bytes one client may have queued for the root at once (a reload may change it;
+    /// read under the lock of `held`, so relaxed ordering is enough).
+    limit: AtomicUsize,
     held: Mutex<HashMap<IpAddr, usize>>,
 }
 
@@ -30,9 +32,15 @@ impl Shares {
     /// Shares of at most `limit` bytes per client.
     pub(crate) fn new(limit: usize) -> Arc<Self> {
         Arc::new(Self {
-            limit,
+            limit: AtomicUsize::new(limit),
             held: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// From now on, at most `limit` bytes per client (a config reload). What clients
+    /// hold already stays queued.
+    pub(crate) fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Ordering::Relaxed);
     }
 
     /// Takes `bytes` of `client`'s allowance, unless it is spent.
@@ -40,7 +48,7 @@ impl Shares {
         let client = client_key(client);
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         let mine = held.entry(client).or_insert(0);
-        if mine.saturating_add(bytes) > self.limit {
+        if mine.saturating_add(bytes) > self.limit.load(Ordering::Relaxed) {
             if *mine == 0 {
                 held.remove(&client);
             }

@@ -7,6 +7,12 @@
 //! Every critical section is one registry operation. Queueing a message never waits,
 //! so the relay queues it while holding its overlay's lock (no handle is cloned).
 //! Locks nest in one order only: the overlay map, then one overlay's registry.
+//!
+//! What a config reload may change is read without a lock: the server's [`Config`] and
+//! each overlay's [`OverlaySettings`] sit behind an `ArcSwap`, swapped whole by
+//! [`AppState::reload`] (in `reload`, beside this file).
+
+mod reload;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -14,9 +20,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use arc_swap::{ArcSwap, Guard};
 use bootstrap_protocol::paths::{PROMOTED, STANDBY};
 use bootstrap_protocol::{IdGenerator, PeerId};
 use serde::Serialize;
+use subtle::ConstantTimeEq as _;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -36,6 +44,8 @@ use crate::route::DEFAULT_OVERLAY;
 use crate::shares::Shares;
 use crate::stats::{Stats, StatsSnapshot};
 use crate::tls::{Tls, TlsError};
+
+pub use reload::Reloaded;
 
 /// Failed authentications one address may make within [`AUTH_WINDOW`] before it is
 /// answered 429.
@@ -61,7 +71,11 @@ pub struct AppState(pub(crate) Arc<Shared>);
 
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) config: Config,
+    /// The configuration in force, swapped whole by a reload; read it with
+    /// [`Shared::config`] (lock-free) and never keep the guard across `.await`.
+    config: ArcSwap<Config>,
+    /// Held by a reload from start to end, so two reloads never interleave.
+    reloading: Mutex<()>,
     /// Every overlay by name, the default one included. Held only to look one up, add
     /// or remove one.
     overlays: Mutex<HashMap<Arc<str>, Arc<Overlay>>>,
@@ -89,7 +103,8 @@ pub(crate) struct Shared {
     pub(crate) reading: Budget,
     /// Addresses that failed to authenticate, to throttle.
     throttle: Mutex<FailureThrottle>,
-    /// `/ice-servers` requests per address, against `turn.requests_per_minute`.
+    /// `/ice-servers` requests per address, against `turn.requests_per_minute` (a
+    /// reload that changes the rate replaces it).
     ice_rate: Mutex<FailureThrottle>,
     /// Connections not upgraded yet, capped in all and per client.
     pub(crate) pending: Arc<Pending>,
@@ -105,18 +120,51 @@ pub(crate) struct Shared {
 #[derive(Debug)]
 pub(crate) struct Overlay {
     pub(crate) name: Arc<str>,
-    /// Its root's secret; empty when its root presents root tokens only.
-    pub(crate) secret: String,
-    max_prospects: usize,
-    /// Lifetime of its `/join` sockets.
-    pub(crate) timeout: Duration,
-    /// Created by a root token; removed once empty.
-    dynamic: bool,
+    /// Its secret and limits, which a reload may replace.
+    settings: ArcSwap<OverlaySettings>,
+    /// Created by a root token; removed once empty. A reload that configures an overlay
+    /// of the same name makes it a configured one (false).
+    dynamic: AtomicBool,
     /// A std mutex, never held across `.await`.
     registry: Mutex<Slot>,
     pub(crate) stats: Stats,
     /// What each client holds in its root's queue.
     pub(crate) root_shares: Arc<Shares>,
+}
+
+/// What a reload may change of one overlay: what its root presents, and the limits of
+/// its new `/join` sockets.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct OverlaySettings {
+    /// Its root's secret; empty when its root presents root tokens only. Never logged.
+    secret: String,
+    /// Most `/join` sockets open at once in it (also held by its registry, which
+    /// enforces it).
+    max_prospects: usize,
+    /// Lifetime of its `/join` sockets, from the moment each opens.
+    timeout: Duration,
+}
+
+impl OverlaySettings {
+    /// The settings `overlay` gets within the server's `config`: what it leaves out
+    /// comes from the server's.
+    fn of(config: &Config, overlay: &OverlayConfig) -> Self {
+        Self {
+            secret: overlay.secret.clone(),
+            max_prospects: overlay.max_prospects.unwrap_or(config.max_prospects),
+            timeout: overlay.timeout.unwrap_or(config.timeout),
+        }
+    }
+}
+
+impl std::fmt::Debug for OverlaySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OverlaySettings")
+            .field("secret", &"<redacted>")
+            .field("max_prospects", &self.max_prospects)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 /// What an overlay's lock guards.
@@ -275,14 +323,15 @@ impl AppState {
         let tls = config.tls.clone().map(Tls::load).transpose()?;
         let edge = Edge::of(&config);
         let budget = Arc::new(Budget::new(config.max_queued_bytes));
-        let ice_rate = config.turn.as_ref().map_or(1, |t| t.requests_per_minute);
+        let ice_rate = reload::ice_rate(&config);
         let config_reading = config.max_reading_bytes;
         let config_pending = (
             config.max_pending_connections,
             config.max_pending_per_client,
         );
         Ok(Self(Arc::new_cyclic(|weak| Shared {
-            config,
+            config: ArcSwap::from_pointee(config),
+            reloading: Mutex::new(()),
             overlays: Mutex::new(overlays),
             prospects: AtomicUsize::new(0),
             stats: Stats::default(),
@@ -358,67 +407,6 @@ impl AppState {
         }
     }
 
-    /// Applies what of `config` can change while the server runs: allowed origins,
-    /// `require_origin`, trusted proxies, the metrics allow-list, the per-client `/join`
-    /// limits, and the TLS files (read again). Returns, by name, the settings that
-    /// differ from the running ones but need a restart (never their values); a new
-    /// token key in the same file is not detected and needs a restart too.
-    ///
-    /// # Errors
-    /// [`Error::Config`] for an invalid `config` and [`Error::Tls`] for unusable TLS
-    /// files; then nothing changes.
-    pub fn reload(&self, config: &Config) -> Result<Vec<&'static str>, Error> {
-        config.validate()?;
-        let shared = &self.0;
-        if let (Some(tls), Some(files)) = (&shared.tls, &config.tls) {
-            tls.reload(Some(files))?;
-        }
-        shared.set_edge(Edge::of(config));
-        let running = &shared.config;
-        let mut restart = Vec::new();
-        if running.tls.is_some() != config.tls.is_some() {
-            restart.push("tls (on or off)");
-        }
-        if running.secret != config.secret {
-            restart.push("secret");
-        }
-        if running.overlays != config.overlays {
-            restart.push("overlays");
-        }
-        if running.token_key.is_some() != config.token_key.is_some() {
-            restart.push("token_key (on or off)");
-        }
-        let limits = [
-            ("timeout", running.timeout != config.timeout),
-            (
-                "max_prospects",
-                running.max_prospects != config.max_prospects,
-            ),
-            (
-                "max_frame_bytes",
-                running.max_frame_bytes != config.max_frame_bytes,
-            ),
-            (
-                "rate_per_second",
-                running.rate_per_second != config.rate_per_second,
-            ),
-            ("rate_burst", running.rate_burst != config.rate_burst),
-            ("public", running.public != config.public),
-            ("join_auth", running.join_auth != config.join_auth),
-            (
-                "drain_timeout",
-                running.drain_timeout != config.drain_timeout,
-            ),
-        ];
-        restart.extend(
-            limits
-                .iter()
-                .filter(|(_, differs)| *differs)
-                .map(|(name, _)| *name),
-        );
-        Ok(restart)
-    }
-
     /// Whether the server speaks TLS.
     #[must_use]
     pub fn is_tls(&self) -> bool {
@@ -448,13 +436,13 @@ impl AppState {
             status: "ok",
             root_connected,
             prospects: shared.prospects.load(Ordering::Relaxed),
-            max_prospects: shared.config.max_prospects,
+            max_prospects: shared.config().max_prospects,
             uptime_seconds: shared.started.elapsed().as_secs_f64(),
             stats: shared.stats.snapshot(),
             queued_bytes: shared.budget.used(),
             reading_bytes: shared.reading.used(),
             pending_connections: shared.pending.count(),
-            turn_credentials: shared.config.turn.is_some(),
+            turn_credentials: shared.config().turn.is_some(),
             overlays,
             cluster: shared.cluster.as_ref().map(|c| c.health()),
         }
@@ -483,17 +471,15 @@ impl Overlay {
             Some(seed) => IdGenerator::seeded(seed ^ fnv1a(name.as_bytes())),
             None => IdGenerator::from_os()?,
         };
-        let max_prospects = overlay.max_prospects.unwrap_or(config.max_prospects);
-        let mut registry = Registry::new(ids, max_prospects);
+        let settings = OverlaySettings::of(config, overlay);
+        let mut registry = Registry::new(ids, settings.max_prospects);
         if let Some(tag) = tag {
             registry.set_tag(tag);
         }
         Ok(Self {
             name: name.into(),
-            secret: overlay.secret.clone(),
-            max_prospects,
-            timeout: overlay.timeout.unwrap_or(config.timeout),
-            dynamic,
+            settings: ArcSwap::from_pointee(settings),
+            dynamic: AtomicBool::new(dynamic),
             registry: Mutex::new(Slot {
                 registry,
                 retired: false,
@@ -502,8 +488,26 @@ impl Overlay {
                 promoting: false,
             }),
             stats: Stats::default(),
-            root_shares: Shares::new(config.root_bytes_per_client.max(config.max_frame_bytes)),
+            root_shares: Shares::new(root_share(config)),
         })
+    }
+
+    /// Whether `credential` (as sent, still percent-encoded) is its root's secret;
+    /// compared in constant time, and never true for an empty secret.
+    pub(crate) fn secret_matches(&self, credential: &str) -> bool {
+        let settings = self.settings.load();
+        !settings.secret.is_empty()
+            && bool::from(credential.as_bytes().ct_eq(settings.secret.as_bytes()))
+    }
+
+    /// Lifetime of its `/join` sockets opened now.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.settings.load().timeout
+    }
+
+    /// Whether a root token created it (it goes once empty).
+    fn is_dynamic(&self) -> bool {
+        self.dynamic.load(Ordering::Acquire)
     }
 
     /// The overlay's registry, locked.
@@ -534,8 +538,8 @@ impl Overlay {
             name: self.name.to_string(),
             root_connected,
             prospects,
-            max_prospects: self.max_prospects,
-            dynamic: self.dynamic,
+            max_prospects: self.settings.load().max_prospects,
+            dynamic: self.is_dynamic(),
             standby_roots,
             stats: self.stats.snapshot(),
             root_instance,
@@ -560,14 +564,15 @@ impl Shared {
         if let Some(overlay) = overlays.get(name) {
             return Ok(Arc::clone(overlay));
         }
-        if !create || !self.config.dynamic_overlays {
+        let config = self.config();
+        if !create || !config.dynamic_overlays {
             return Err(NoOverlay::Unknown);
         }
-        if overlays.len() >= self.config.max_overlays {
+        if overlays.len() >= config.max_overlays {
             return Err(NoOverlay::TooMany);
         }
         let tag = self.cluster.as_ref().map(|c| c.tag.0);
-        let overlay = Overlay::new(&self.config, name, &OverlayConfig::default(), true, tag)
+        let overlay = Overlay::new(&config, name, &OverlayConfig::default(), true, tag)
             .map_err(|_| NoOverlay::NoSeed)?;
         let overlay = Arc::new(overlay);
         overlays.insert(Arc::clone(&overlay.name), Arc::clone(&overlay));
@@ -617,6 +622,12 @@ impl Shared {
         gauges
     }
 
+    /// The configuration in force now. Lock-free; read what you need and drop the guard
+    /// (never keep it across `.await`: it pins this version of the configuration).
+    pub(crate) fn config(&self) -> Guard<Arc<Config>> {
+        self.config.load()
+    }
+
     /// Whether `ip` may read `/metrics` on the main listener.
     pub(crate) fn metrics_allowed(&self, ip: IpAddr) -> bool {
         self.edge()
@@ -652,14 +663,15 @@ impl Shared {
         self: &Arc<Self>,
         overlay: &Arc<Overlay>,
     ) -> Result<(Registration, Inbox), Refusal> {
-        let (handle, rx) = handle::channel(
-            self.config.join_queue,
-            self.config
-                .join_queue_bytes
-                .max(self.config.max_frame_bytes),
-            Arc::clone(&self.budget),
-        );
-        let max = self.config.max_prospects;
+        let (handle, rx, max) = {
+            let config = self.config();
+            let (handle, rx) = handle::channel(
+                config.join_queue,
+                config.join_queue_bytes.max(config.max_frame_bytes),
+                Arc::clone(&self.budget),
+            );
+            (handle, rx, config.max_prospects)
+        };
         self.prospects
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
@@ -695,13 +707,13 @@ impl Shared {
         overlay: &Arc<Overlay>,
         standby: bool,
     ) -> Option<(Registration, Inbox, Outbox)> {
+        let config = self.config();
         let (handle, rx) = handle::channel(
-            self.config.root_queue,
-            self.config
-                .root_queue_bytes
-                .max(self.config.max_frame_bytes),
+            config.root_queue,
+            config.root_queue_bytes.max(config.max_frame_bytes),
             Arc::clone(&self.budget),
         );
+        drop(config);
         let heartbeats = handle.tx.clone();
         let (ticket, old, active) = {
             let mut slot = overlay.registry();
@@ -760,12 +772,18 @@ impl Shared {
 
     /// Removes a dynamic overlay once its root and its last `/join` socket have left.
     pub(crate) fn remove_if_empty(&self, overlay: &Overlay) {
-        if !overlay.dynamic {
+        if !overlay.is_dynamic() {
             return;
         }
         let mut overlays = self.overlays();
         let mut slot = overlay.registry();
-        if slot.retired || slot.has_root() || slot.standby_count() > 0 || slot.prospect_count() > 0
+        // Dynamic is checked again under the map's lock, which a reload that adopts the
+        // overlay holds.
+        if !overlay.is_dynamic()
+            || slot.retired
+            || slot.has_root()
+            || slot.standby_count() > 0
+            || slot.prospect_count() > 0
         {
             return;
         }
@@ -905,6 +923,12 @@ impl Drop for Registration {
     fn drop(&mut self) {
         self.leave();
     }
+}
+
+/// Bytes of a root's queue one client may hold: `root_bytes_per_client`, raised so that
+/// any message fits.
+fn root_share(config: &Config) -> usize {
+    config.root_bytes_per_client.max(config.max_frame_bytes)
 }
 
 /// FNV-1a, to derive a named overlay's id seed from the server's seed (tests only).
@@ -1084,7 +1108,7 @@ mod tests {
             shared.overlay("b").expect("b"),
         );
         assert_eq!(
-            (a.timeout, b.timeout),
+            (a.timeout(), b.timeout()),
             (Duration::from_secs(5), Duration::from_secs(30))
         );
         let (_root_a, mut root_a_rx, _) = shared.register_root(&a, false).expect("open");

@@ -77,9 +77,20 @@ impl Tls {
     /// one stays and the error says why.
     pub(crate) fn reload(&self, files: Option<&TlsFiles>) -> Result<(), TlsError> {
         let files = files.cloned().unwrap_or_else(|| self.files());
-        let config = server_config(&files)?;
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = (files, config);
+        self.install(Self::prepare(files)?);
         Ok(())
+    }
+
+    /// Reads `files` without using them yet: the first half of a reload that must
+    /// not change anything unless every part of it can be done.
+    pub(crate) fn prepare(files: TlsFiles) -> Result<Prepared, TlsError> {
+        let config = server_config(&files)?;
+        Ok(Prepared(files, config))
+    }
+
+    /// New connections get the certificate `prepared` holds.
+    pub(crate) fn install(&self, prepared: Prepared) {
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = (prepared.0, prepared.1);
     }
 
     /// The files it was loaded from.
@@ -88,6 +99,10 @@ impl Tls {
         current.0.clone()
     }
 }
+
+/// TLS files read and checked by [`Tls::prepare`], not in use yet.
+#[derive(Debug)]
+pub(crate) struct Prepared(TlsFiles, Arc<ServerConfig>);
 
 /// A rustls server configuration for `files`, with ring and ALPN `http/1.1`.
 fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {

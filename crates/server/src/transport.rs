@@ -180,8 +180,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SocketTask<S> {
     /// `rx`, which starts with `early`: bytes the client sent before it saw our answer.
     pub(crate) fn new(io: S, registration: Registration, rx: Inbox, mut early: Vec<u8>) -> Self {
         let now = Instant::now();
-        let timeout = registration.overlay().timeout;
-        let max_frame_bytes = registration.shared().config.max_frame_bytes;
+        let timeout = registration.overlay().timeout();
+        let max_frame_bytes = registration.shared().config().max_frame_bytes;
         let mut socket = Socket {
             decoder: Decoder::new(max_frame_bytes),
             handler: Handler::new(registration, now),
@@ -368,8 +368,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// Whether the write timeout, armed when first needed, has passed.
     fn write_timed_out(&mut self, cx: &mut Context<'_>) -> bool {
-        let timeout = self.socket.shared().config.write_timeout;
-        let stalled = self.stalled.get_or_insert_with(|| Box::pin(sleep(timeout)));
+        let socket = &self.socket;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(sleep(socket.shared().config().write_timeout)));
         stalled.as_mut().poll(cx).is_ready()
     }
 
@@ -385,7 +387,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         // What is left is at most one message and the close frame.
         self.socket.release_in_flight();
         let out = &mut self.socket.out;
-        let config = &self.socket.handler.registration().shared().config;
+        let config = self.socket.handler.registration().shared().config();
         // The goodbye gets one write timeout in all: a peer that is gone or stuck must
         // not hold the task. A close the server ordered gets half the shutdown grace at
         // most, so that every socket has ended before the server stops waiting.
@@ -517,7 +519,7 @@ impl Socket {
         }
         let now = Instant::now();
         let since = *self.full_since.get_or_insert(now);
-        if now.duration_since(since) < self.shared().config.write_timeout {
+        if now.duration_since(since) < self.shared().config().write_timeout {
             return None;
         }
         self.handler.registration().bump(|s| &s.abusive_closes);
