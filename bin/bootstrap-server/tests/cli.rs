@@ -56,13 +56,18 @@ struct Server {
 
 impl Server {
     fn spawn(args: &[&str], port: u16) -> anyhow::Result<Self> {
+        Self::spawn_logging(args, port, "warn", Stdio::inherit())
+    }
+
+    /// Like [`Server::spawn`], logging at `level` to `stderr`.
+    fn spawn_logging(args: &[&str], port: u16, level: &str, stderr: Stdio) -> anyhow::Result<Self> {
         let child = Command::new(BIN)
             .args(args)
             .env_remove("SECRET")
             .env_remove("PORT")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", level)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -981,5 +986,176 @@ async fn sighup_rereads_the_config_file() -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(status("https://b.example")?, "101");
     assert_eq!(status("https://a.example")?, "403");
+    Ok(())
+}
+
+/// The close frame's code and reason, skipping whatever comes before it.
+async fn next_close(ws: &mut Ws) -> anyhow::Result<(u16, String)> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await? {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                return Ok((u16::from(frame.code), frame.reason.to_string()));
+            }
+            Some(Ok(Message::Close(None))) => bail!("a close frame without a code"),
+            Some(Ok(_)) => {}
+            other => bail!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+/// The HTTP status a WebSocket upgrade to `url` is refused with.
+async fn refused_with(url: &str) -> anyhow::Result<String> {
+    let attempt = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::connect_async(url),
+    )
+    .await?;
+    match attempt {
+        Ok(_) => bail!("{url} was accepted"),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Ok(response.status().as_str().to_owned())
+        }
+        Err(error) => bail!("{url}: {error}"),
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds, for at most 5 s.
+async fn eventually(
+    what: &str,
+    mut condition: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !condition()? {
+        anyhow::ensure!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_secrets_overlays_and_limits() -> anyhow::Result<()> {
+    use futures_util::SinkExt as _;
+    const OLD: &str = "old-default-secret-0123";
+    const NEW: &str = "new-default-secret-4567";
+    const SECRET_A: &str = "overlay-a-secret-0123";
+    const SECRET_B: &str = "overlay-b-secret-4567";
+    let dir = tempdir()?;
+    let port = free_port()?;
+    let config = dir.join("reload.json");
+    let log = dir.join("server.log");
+    let write = |secret: &str, overlays: &str, max_prospects: usize| {
+        std::fs::write(
+            &config,
+            format!(
+                r#"{{"secret":"{secret}","host":"127.0.0.1","port":{port},"max_prospects":{max_prospects},"overlays":{{{overlays}}}}}"#
+            ),
+        )
+    };
+    write(OLD, &format!(r#""a":{{"secret":"{SECRET_A}"}}"#), 10)?;
+    let server = Server::spawn_logging(
+        &[config.to_str().context("path")?],
+        port,
+        "debug",
+        Stdio::from(std::fs::File::create(&log)?),
+    )?;
+    let addr = server.addr;
+    let url = |path: &str| format!("ws://{addr}{path}");
+    let health = move || http_get(addr, "/healthz");
+
+    // Before: a root under the old secret with two /join sockets, and overlay a with
+    // its root and a /join socket.
+    let mut root = ws(&url(&format!("/{OLD}/webrtc-bootstrap-root"))).await?;
+    let mut joins = vec![ws(&url("/join")).await?, ws(&url("/join")).await?];
+    let mut root_a = ws(&url(&format!("/o/a/{SECRET_A}/webrtc-bootstrap-root"))).await?;
+    let mut join_a = ws(&url("/o/a/join")).await?;
+    assert!(health()?.contains(r#""prospects":3,"max_prospects":10"#));
+
+    // After: a new default secret, b instead of a, at most 3 /join sockets in all.
+    write(NEW, &format!(r#""b":{{"secret":"{SECRET_B}"}}"#), 3)?;
+    signal(&server, "HUP")?;
+    eventually("overlay b", || Ok(health()?.contains(r#""name":"b""#))).await?;
+
+    // a's sockets are closed as on shutdown, and a is unknown.
+    for socket in [&mut root_a, &mut join_a] {
+        assert_eq!(
+            next_close(socket).await.context("a's sockets closed")?,
+            (1001, "overlay removed".to_owned())
+        );
+    }
+    assert_eq!(refused_with(&url("/o/a/join")).await?, "404");
+    assert_eq!(
+        refused_with(&url(&format!("/o/a/{SECRET_A}/webrtc-bootstrap-root"))).await?,
+        "404"
+    );
+    let now = health()?;
+    assert!(!now.contains(r#""name":"a""#), "{now}");
+    // b is served: its root, and a /join socket.
+    let _root_b = ws(&url(&format!("/o/b/{SECRET_B}/webrtc-bootstrap-root"))).await?;
+    let _join_b = ws(&url("/o/b/join")).await?;
+    // The new cap: two default /join sockets and b's are open, so a fourth is refused
+    // (the old cap was 10), while the open ones stay.
+    assert_eq!(refused_with(&url("/join")).await?, "503");
+    assert!(health()?.contains(r#""prospects":3,"max_prospects":3"#));
+
+    // The root admitted under the old secret still gets offers, and the /join sockets
+    // opened before the reload still relay to each other (an answerer's answer).
+    let offer =
+        r#"{"origin":null,"destination":null,"signal":{"type":"offer","sdp":"o"},"rank":0}"#;
+    joins[0].send(Message::text(offer)).await?;
+    let relayed: serde_json::Value =
+        serde_json::from_str(&next_text(&mut root).await.context("relayed to the root")?)?;
+    assert_eq!(relayed["signal"]["type"], "offer");
+    let origin = relayed["origin"].as_str().context("origin")?.to_owned();
+    let answer = format!(
+        r#"{{"origin":null,"destination":"{origin}","signal":{{"type":"answer","sdp":"a"}},"rank":0}}"#
+    );
+    joins[1].send(Message::text(answer)).await?;
+    let answered: serde_json::Value = serde_json::from_str(
+        &next_text(&mut joins[0])
+            .await
+            .context("relayed to the newcomer")?,
+    )?;
+    assert_eq!(answered["signal"]["type"], "answer");
+
+    // A new root with the old secret is refused; with the new one it is the root, and
+    // the old root is replaced (newest root wins).
+    assert_eq!(
+        refused_with(&url(&format!("/{OLD}/webrtc-bootstrap-root"))).await?,
+        "404"
+    );
+    let _new_root = ws(&url(&format!("/{NEW}/webrtc-bootstrap-root"))).await?;
+    assert_eq!(next_close(&mut root).await.context("replaced")?.0, 4000);
+
+    // An invalid file changes nothing: the log says so, and everything stays.
+    let refusals = || -> anyhow::Result<usize> {
+        Ok(std::fs::read_to_string(&log)?
+            .matches("configuration NOT reloaded")
+            .count())
+    };
+    std::fs::write(
+        &config,
+        format!(r#"{{"secret":"{OLD}","host":"127.0.0.1","port":{port},"timeout":0}}"#),
+    )?;
+    signal(&server, "HUP")?;
+    eventually("the refused reload", || Ok(refusals()? == 1)).await?;
+    let now = health()?;
+    assert!(
+        now.contains(r#""name":"b""#) && now.contains(r#""max_prospects":3"#),
+        "{now}"
+    );
+    assert_eq!(
+        refused_with(&url(&format!("/{OLD}/webrtc-bootstrap-root"))).await?,
+        "404"
+    );
+
+    // The log names what changed, and no secret.
+    let logged = std::fs::read_to_string(&log)?;
+    for needle in ["overlay added", "overlay removed", "root secret changed"] {
+        assert!(logged.contains(needle), "{needle:?} not in {logged}");
+    }
+    for secret in [OLD, NEW, SECRET_A, SECRET_B] {
+        assert!(!logged.contains(secret), "{secret} in {logged}");
+    }
+    drop(joins);
     Ok(())
 }
