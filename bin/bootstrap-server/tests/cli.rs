@@ -953,7 +953,13 @@ async fn sighup_rereads_the_config_file() -> anyhow::Result<()> {
         )
     };
     write(r#""https://a.example""#, port)?;
-    let server = Server::spawn(&[config.to_str().context("path")?], port)?;
+    let log = dir.join("server.log");
+    let server = Server::spawn_logging(
+        &[config.to_str().context("path")?],
+        port,
+        "warn",
+        Stdio::from(std::fs::File::create(&log)?),
+    )?;
     let addr = server.addr;
     let status = move |origin: &'static str| -> anyhow::Result<String> {
         use std::io::{Read, Write};
@@ -980,10 +986,21 @@ async fn sighup_rereads_the_config_file() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(status("https://a.example")?, "403");
-    // A broken file changes nothing.
+    // The port is named as needing a restart (at `warn`, by name only).
+    eventually("the restart warning", || {
+        Ok(std::fs::read_to_string(&log)?.contains("apply only after a restart"))
+    })
+    .await?;
+    let logged = std::fs::read_to_string(&log)?;
+    assert!(logged.contains("host and port"), "{logged}");
+    assert!(!logged.contains("reload-secret-0123456789"), "{logged}");
+    // A broken file changes nothing (once the log says it was refused).
     std::fs::write(&config, "{ not json")?;
     signal(&server, "HUP")?;
-    std::thread::sleep(Duration::from_millis(300));
+    eventually("the refused reload", || {
+        Ok(std::fs::read_to_string(&log)?.contains("configuration NOT reloaded"))
+    })
+    .await?;
     assert_eq!(status("https://b.example")?, "101");
     assert_eq!(status("https://a.example")?, "403");
     Ok(())
