@@ -323,7 +323,7 @@ impl AppState {
         let tls = config.tls.clone().map(Tls::load).transpose()?;
         let edge = Edge::of(&config);
         let budget = Arc::new(Budget::new(config.max_queued_bytes));
-        let ice_rate = reload::ice_rate(&config);
+        let ice_rate = ice_throttle(&config);
         let config_reading = config.max_reading_bytes;
         let config_pending = (
             config.max_pending_connections,
@@ -349,11 +349,7 @@ impl AppState {
                 AUTH_WINDOW,
                 AUTH_TRACKED_ADDRESSES,
             )),
-            ice_rate: Mutex::new(FailureThrottle::new(
-                ice_rate,
-                Duration::from_secs(60),
-                AUTH_TRACKED_ADDRESSES,
-            )),
+            ice_rate: Mutex::new(ice_rate),
             started: Instant::now(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -923,6 +919,13 @@ impl Drop for Registration {
     fn drop(&mut self) {
         self.leave();
     }
+}
+
+/// The rate limit of `/ice-servers` requests per address that `config` asks for
+/// (`turn.requests_per_minute`; unused without TURN).
+fn ice_throttle(config: &Config) -> FailureThrottle {
+    let per_minute = config.turn.as_ref().map_or(1, |t| t.requests_per_minute);
+    FailureThrottle::new(per_minute, Duration::from_secs(60), AUTH_TRACKED_ADDRESSES)
 }
 
 /// Bytes of a root's queue one client may hold: `root_bytes_per_client`, raised so that

@@ -22,9 +22,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 
-use super::{AUTH_TRACKED_ADDRESSES, AppState, Overlay, OverlaySettings, root_share};
+use super::{AppState, Overlay, OverlaySettings, ice_throttle, root_share};
 use crate::Error;
-use crate::auth::FailureThrottle;
 use crate::config::{Config, OverlayConfig};
 use crate::edge::Edge;
 use crate::handle::Command;
@@ -142,11 +141,6 @@ pub(crate) fn plan(running: &Config, new: &Config) -> (Config, Vec<&'static str>
     (next, restart)
 }
 
-/// The `/ice-servers` requests per minute of `config` (1 when TURN is off, unused).
-pub(super) fn ice_rate(config: &Config) -> u32 {
-    config.turn.as_ref().map_or(1, |t| t.requests_per_minute)
-}
-
 impl AppState {
     /// Applies `config` to the running server.
     ///
@@ -197,12 +191,10 @@ impl AppState {
             current.install(prepared);
         }
         shared.set_edge(Edge::of(&next));
+        let ice_rate = |config: &Config| config.turn.as_ref().map(|t| t.requests_per_minute);
         if ice_rate(&next) != ice_rate(&shared.config()) {
-            *shared.ice_rate() = FailureThrottle::new(
-                ice_rate(&next),
-                std::time::Duration::from_secs(60),
-                AUTH_TRACKED_ADDRESSES,
-            );
+            // Counts start afresh: at worst a client gets one more minute's worth.
+            *shared.ice_rate() = ice_throttle(&next);
         }
         let next = Arc::new(next);
         shared.config.store(Arc::clone(&next));

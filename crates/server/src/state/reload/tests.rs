@@ -289,3 +289,34 @@ async fn the_token_key_and_the_root_share_follow_the_reload() {
     assert!(shared.config().token_key.is_none());
     assert!(default.root_shares.take(client, 4 * 1024 * 1024).is_none());
 }
+
+#[tokio::test]
+async fn a_new_ice_servers_rate_starts_afresh() {
+    let with_rate = |per_minute| {
+        let mut config = config();
+        let mut turn =
+            crate::turn::TurnConfig::new("turn-secret", vec!["turn:127.0.0.1:3478".into()]);
+        turn.requests_per_minute = per_minute;
+        config.turn = Some(turn);
+        config
+    };
+    let state = state(with_rate(1));
+    let shared = &state.0;
+    let client = std::net::IpAddr::from([192, 0, 2, 7]);
+    let now = tokio::time::Instant::now();
+    assert!(shared.ice_rate().admit(client, now).is_ok());
+    assert!(
+        shared.ice_rate().admit(client, now).is_err(),
+        "one a minute"
+    );
+    // The same rate keeps the counts; a new one starts afresh with its own.
+    state.reload(&with_rate(1)).expect("valid");
+    assert!(shared.ice_rate().admit(client, now).is_err());
+    state.reload(&with_rate(2)).expect("valid");
+    assert!(shared.ice_rate().admit(client, now).is_ok());
+    assert!(shared.ice_rate().admit(client, now).is_ok());
+    assert!(
+        shared.ice_rate().admit(client, now).is_err(),
+        "two a minute"
+    );
+}
