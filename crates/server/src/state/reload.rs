@@ -11,7 +11,8 @@
 //!
 //! What applies to what:
 //! - A secret is checked when a root connects. From the reload on, a new root must
-//!   present the new secret. A root already connected stays connected.
+//!   present the new secret. A root already connected stays connected, and so do
+//!   standby roots, which may still be promoted.
 //! - A limit of `/join` sockets (`timeout`, `max_prospects`, queue sizes,
 //!   `max_frame_bytes`, the rates) applies to sockets admitted after the reload. Sockets
 //!   already open keep theirs, and are never closed for being above a lowered cap.
@@ -152,7 +153,8 @@ impl AppState {
     /// they differ, they keep their running values and [`Reloaded::restart`] names
     /// them.
     ///
-    /// A new secret is asked of roots that connect from now on; a connected root stays.
+    /// A new secret is asked of roots that connect from now on; a connected root stays,
+    /// and so do standby roots (which may still be promoted).
     /// New limits apply to sockets admitted from now on; open sockets stay, even above
     /// a lowered cap. An overlay no longer configured is removed at once (its paths
     /// answer 404) and its sockets are closed with 1001 "overlay removed". A dynamic
@@ -261,10 +263,11 @@ impl Overlay {
         let mut slot = self.registry();
         slot.registry.set_max_prospects(max_prospects);
         if secret_changed {
-            if slot.has_root() {
+            if slot.has_root() || slot.standby_count() > 0 {
                 tracing::info!(
                     overlay = %self.name,
-                    "root secret changed: new roots must present the new one; the connected root, admitted under the previous credentials, stays connected"
+                    standby_roots = slot.standby_count(),
+                    "root secret changed: new roots must present the new one; the connected root and standby roots, admitted under the previous credentials, stay connected"
                 );
             } else {
                 tracing::info!(overlay = %self.name, "root secret changed");
