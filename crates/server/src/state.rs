@@ -181,6 +181,13 @@ pub(crate) struct Slot {
     pub(crate) promoting: bool,
 }
 
+impl Slot {
+    /// Whether the overlay was removed from the server.
+    pub(crate) fn is_retired(&self) -> bool {
+        self.retired
+    }
+}
+
 impl std::ops::Deref for Slot {
     type Target = Registry<SocketHandle>;
 
@@ -889,9 +896,10 @@ impl Registration {
             Role::Root(ticket) => {
                 let promoted = {
                     let mut slot = self.overlay.registry();
-                    // A draining server promotes no one: its standbys reconnect
-                    // elsewhere (or after the restart) like its root.
-                    let may_promote = slot.remote_root.get().is_none() && self.shared.is_ready();
+                    // A draining server, or a removed overlay, promotes no one: its
+                    // standbys reconnect elsewhere (or later) like its root.
+                    let may_promote =
+                        slot.remote_root.get().is_none() && !slot.retired && self.shared.is_ready();
                     slot.registry
                         .root_left(ticket, may_promote)
                         .map(|(promoted, handle)| {

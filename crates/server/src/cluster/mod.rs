@@ -299,6 +299,7 @@ pub(crate) fn promote_standby(shared: &Arc<Shared>, overlay: &Arc<Overlay>) {
     {
         let mut slot = overlay.registry();
         if slot.promoting
+            || slot.is_retired()
             || slot.has_root()
             || slot.standby_count() == 0
             || slot.remote_root.get().is_some()

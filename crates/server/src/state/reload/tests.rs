@@ -148,7 +148,13 @@ async fn a_removed_overlay_closes_its_sockets_and_a_new_one_is_served() {
     assert!(shared.register_root(&a, false).is_none());
     assert!(shared.register_root(&a, true).is_none());
     assert_eq!(shared.admit_join(&a).err(), Some(Refusal::OverlayFull));
-    drop((root, standby, join));
+    // The root leaving a removed overlay promotes no standby.
+    drop(root);
+    assert!(
+        standby_rx.recv().now_or_never().is_none(),
+        "a standby of a removed overlay was promoted"
+    );
+    drop((standby, join));
     assert_eq!(shared.prospects.load(Ordering::Acquire), 0);
     let names: Vec<_> = state
         .health()
