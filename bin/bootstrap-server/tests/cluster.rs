@@ -322,6 +322,11 @@ async fn recv(ws: &mut Ws) -> anyhow::Result<Value> {
 }
 
 async fn recv_within(ws: &mut Ws, wait: Duration) -> anyhow::Result<Value> {
+    Ok(serde_json::from_str(&text_within(ws, wait).await?)?)
+}
+
+/// The next text frame as sent, heartbeats skipped; `Err` on close or timeout.
+async fn text_within(ws: &mut Ws, wait: Duration) -> anyhow::Result<String> {
     let deadline = Instant::now() + wait;
     loop {
         let message = tokio::time::timeout_at(deadline, ws.next())
@@ -330,7 +335,7 @@ async fn recv_within(ws: &mut Ws, wait: Duration) -> anyhow::Result<Value> {
             .context("socket ended")??;
         match message {
             Message::Text(text) if text.as_str() != "\"heartbeat\"" => {
-                return Ok(serde_json::from_str(text.as_str())?);
+                return Ok(text.to_string());
             }
             Message::Close(frame) => bail!("closed: {frame:?}"),
             _ => {}
@@ -758,22 +763,9 @@ async fn a_killed_instances_root_lease_lapses_and_the_root_reconnects_elsewhere(
     Ok(())
 }
 
-/// The next text frame as sent (heartbeats included), for the standby words.
+/// The next text frame as sent (heartbeats skipped), for the standby words.
 async fn next_text(ws: &mut Ws) -> anyhow::Result<String> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let message = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .context("no message in time")?
-            .context("socket ended")??;
-        match message {
-            Message::Text(text) if text.as_str() != "\"heartbeat\"" => {
-                return Ok(text.to_string());
-            }
-            Message::Close(frame) => bail!("closed: {frame:?}"),
-            _ => {}
-        }
-    }
+    text_within(ws, WAIT).await
 }
 
 #[tokio::test]

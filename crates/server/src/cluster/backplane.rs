@@ -144,6 +144,18 @@ struct HubState {
 }
 
 impl HubState {
+    /// Gives `overlay`'s lease to `holder` with the next epoch, whoever held it.
+    fn take_lease(&mut self, overlay: String, holder: InstanceTag, ttl: Duration) -> RootAt {
+        let epoch = self.epochs.entry(overlay.clone()).or_default();
+        *epoch += 1;
+        let at = RootAt {
+            instance: holder,
+            epoch: *epoch,
+        };
+        self.leases.insert(overlay, (at, Instant::now() + ttl));
+        at
+    }
+
     fn lease(&mut self, overlay: &str) -> Option<RootAt> {
         let (at, expires) = *self.leases.get(overlay)?;
         if Instant::now() >= expires {
@@ -285,14 +297,7 @@ impl Backplane for InProcess {
             self.check()?;
             let mut state = self.hub.state();
             let old = state.lease(&overlay);
-            let epoch = state.epochs.entry(overlay.clone()).or_default();
-            *epoch += 1;
-            let at = RootAt {
-                instance: holder,
-                epoch: *epoch,
-            };
-            state.leases.insert(overlay, (at, Instant::now() + ttl));
-            Ok((at, old))
+            Ok((state.take_lease(overlay, holder, ttl), old))
         })
     }
 
@@ -309,14 +314,7 @@ impl Backplane for InProcess {
             if state.lease(&overlay).is_some() {
                 return Ok(None);
             }
-            let epoch = state.epochs.entry(overlay.clone()).or_default();
-            *epoch += 1;
-            let at = RootAt {
-                instance: holder,
-                epoch: *epoch,
-            };
-            state.leases.insert(overlay, (at, Instant::now() + ttl));
-            Ok(Some(at))
+            Ok(Some(state.take_lease(overlay, holder, ttl)))
         })
     }
 

@@ -188,6 +188,28 @@ impl RedisBackplane {
         })
     }
 
+    /// Runs one of the two claim scripts for `overlay`'s lease, for `holder`; its answer.
+    async fn run_claim(
+        &self,
+        script: &redis::Script,
+        overlay: &str,
+        holder: InstanceTag,
+        ttl: Duration,
+    ) -> Result<String, BackplaneError> {
+        let (key, epoch_key) = (self.root_key(overlay), self.epoch_key(overlay));
+        let mut conn = self.conn.clone();
+        let ttl = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        self.run(
+            script
+                .key(&key)
+                .key(&epoch_key)
+                .arg(holder.to_string())
+                .arg(ttl)
+                .invoke_async(&mut conn),
+        )
+        .await
+    }
+
     fn channel(&self, tag: InstanceTag) -> String {
         format!("{}:to:{tag}", self.prefix)
     }
@@ -250,6 +272,17 @@ impl RedisBackplane {
         BackplaneStats::bump(&started.stats.dropped_unreachable);
         false
     }
+}
+
+/// The lease of `holder` with the epoch a claim script answered (`answer`, for errors).
+fn lease_of(holder: InstanceTag, epoch: &str, answer: &str) -> Result<RootAt, BackplaneError> {
+    let epoch = epoch
+        .parse()
+        .map_err(|_| BackplaneError::Protocol(format!("claim answered {answer:?}")))?;
+    Ok(RootAt {
+        instance: holder,
+        epoch,
+    })
 }
 
 impl Backplane for RedisBackplane {
@@ -344,34 +377,15 @@ impl Backplane for RedisBackplane {
         holder: InstanceTag,
         ttl: Duration,
     ) -> BoxFuture<'_, Result<(RootAt, Option<RootAt>), BackplaneError>> {
-        let (key, epoch_key) = (self.root_key(overlay), self.epoch_key(overlay));
+        let overlay = overlay.to_owned();
         Box::pin(async move {
-            let mut conn = self.conn.clone();
-            let ttl = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-            let answer: String = self
-                .run(
-                    self.scripts
-                        .claim
-                        .key(&key)
-                        .key(&epoch_key)
-                        .arg(holder.to_string())
-                        .arg(ttl)
-                        .invoke_async(&mut conn),
-                )
+            let answer = self
+                .run_claim(&self.scripts.claim, &overlay, holder, ttl)
                 .await?;
             let (epoch, old) = answer
                 .split_once(' ')
                 .ok_or_else(|| BackplaneError::Protocol(format!("claim answered {answer:?}")))?;
-            let epoch = epoch
-                .parse()
-                .map_err(|_| BackplaneError::Protocol(format!("claim answered {answer:?}")))?;
-            Ok((
-                RootAt {
-                    instance: holder,
-                    epoch,
-                },
-                RootAt::parse(old),
-            ))
+            Ok((lease_of(holder, epoch, &answer)?, RootAt::parse(old)))
         })
     }
 
@@ -381,31 +395,15 @@ impl Backplane for RedisBackplane {
         holder: InstanceTag,
         ttl: Duration,
     ) -> BoxFuture<'_, Result<Option<RootAt>, BackplaneError>> {
-        let (key, epoch_key) = (self.root_key(overlay), self.epoch_key(overlay));
+        let overlay = overlay.to_owned();
         Box::pin(async move {
-            let mut conn = self.conn.clone();
-            let ttl = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-            let answer: String = self
-                .run(
-                    self.scripts
-                        .claim_free
-                        .key(&key)
-                        .key(&epoch_key)
-                        .arg(holder.to_string())
-                        .arg(ttl)
-                        .invoke_async(&mut conn),
-                )
+            let answer = self
+                .run_claim(&self.scripts.claim_free, &overlay, holder, ttl)
                 .await?;
             if answer.is_empty() {
                 return Ok(None);
             }
-            let epoch = answer
-                .parse()
-                .map_err(|_| BackplaneError::Protocol(format!("claim answered {answer:?}")))?;
-            Ok(Some(RootAt {
-                instance: holder,
-                epoch,
-            }))
+            lease_of(holder, &answer, &answer).map(Some)
         })
     }
 
