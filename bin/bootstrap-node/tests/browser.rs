@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, ensure};
 use bootstrap_testkit::{Proc, TestServer};
 use chromium::{
-    CHROMIUM, DRIVE_WAIT, SETUP, harness, missing, next_step, node_unit_tests, workspace,
+    CHROMIUM, DRIVE_WAIT, SETUP, harness, missing, next_step, node_unit_tests, reported, workspace,
 };
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -236,19 +236,18 @@ async fn demo_scenario() -> anyhow::Result<()> {
         steps.push(step);
     }
     drive.exit_ok().await?;
-    for expected in [
-        "pages-joined",
-        "joined",
-        "messages",
-        "failures",
-        "screenshot",
-        "done",
-    ] {
-        ensure!(
-            steps.iter().any(|s| s["step"] == expected),
-            "drive.mjs never reported {expected:?}"
-        );
-    }
+    reported(
+        &steps,
+        &[
+            "pages-joined",
+            "joined",
+            "messages",
+            "failures",
+            "screenshot",
+            "done",
+        ],
+        "drive.mjs",
+    )?;
     if std::env::var_os("BOOTSTRAP_UPDATE_DEMO_PNG").is_some() {
         let target = workspace().join("docs/demo.png");
         std::fs::copy(&screenshot, &target).context("copying the screenshot")?;

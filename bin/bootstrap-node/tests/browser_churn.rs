@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use bootstrap_testkit::{Proc, TestServer};
-use chromium::{CHROMIUM, DRIVE_WAIT, SETUP, harness, missing, next_step, workspace};
+use chromium::{CHROMIUM, DRIVE_WAIT, SETUP, harness, missing, next_step, reported, workspace};
 use serde_json::Value;
 use tokio::process::Command;
 
@@ -161,12 +161,11 @@ async fn churn_scenario() -> anyhow::Result<()> {
         steps.push(step);
     }
     drive.exit_ok().await?;
-    for expected in ["joined", "rejoined", "crashed", "done"] {
-        ensure!(
-            steps.iter().any(|s| s["step"] == expected),
-            "churn.mjs never reported {expected:?}"
-        );
-    }
+    reported(
+        &steps,
+        &["joined", "rejoined", "crashed", "done"],
+        "churn.mjs",
+    )?;
     for proc in kid.iter_mut().chain(std::iter::once(&mut root)) {
         proc.type_line("/quit").await?;
         let _ = tokio::time::timeout(Duration::from_secs(10), proc.child.wait()).await;

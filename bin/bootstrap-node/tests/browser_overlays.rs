@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, ensure};
 use bootstrap_testkit::tokens::{join_token, key};
 use bootstrap_testkit::{Proc, TestServer};
-use chromium::{CHROMIUM, DRIVE_WAIT, harness, missing, next_step, workspace};
+use chromium::{CHROMIUM, DRIVE_WAIT, harness, missing, next_step, reported, workspace};
 use serde_json::Value;
 use tokio::process::Command;
 use webrtc_bootstrap_server::{JoinAuth, OverlayConfig};
@@ -145,12 +145,11 @@ async fn overlays_scenario() -> anyhow::Result<()> {
         steps.push(step);
     }
     drive.exit_ok().await?;
-    for expected in ["joined", "messages", "failures", "done"] {
-        ensure!(
-            steps.iter().any(|s| s["step"] == expected),
-            "overlays.mjs never reported {expected:?}"
-        );
-    }
+    reported(
+        &steps,
+        &["joined", "messages", "failures", "done"],
+        "overlays.mjs",
+    )?;
     for proc in [&mut chat_root, &mut default_root] {
         proc.type_line("/quit").await?;
         let _ = tokio::time::timeout(Duration::from_secs(10), proc.child.wait()).await;

@@ -24,7 +24,9 @@ use std::time::Instant;
 use anyhow::{Context as _, ensure};
 use bootstrap_testkit::turn::Coturn;
 use bootstrap_testkit::{Proc, TestServer, report, skip_or_fail};
-use chromium::{CHROMIUM, DRIVE_WAIT, harness, missing, next_step, node_unit_tests, workspace};
+use chromium::{
+    CHROMIUM, DRIVE_WAIT, harness, missing, next_step, node_unit_tests, reported, workspace,
+};
 use tokio::process::Command;
 use webrtc_bootstrap_server::turn::TurnConfig;
 
@@ -140,12 +142,11 @@ async fn relay_scenario() -> anyhow::Result<()> {
         steps.push(step);
     }
     drive.exit_ok().await?;
-    for expected in ["connected", "messages", "from-root", "done"] {
-        ensure!(
-            steps.iter().any(|s| s["step"] == expected),
-            "turn.mjs never reported {expected:?}"
-        );
-    }
+    reported(
+        &steps,
+        &["connected", "messages", "from-root", "done"],
+        "turn.mjs",
+    )?;
     let log = coturn.log();
     let permissions = successes(&log, "CREATE_PERMISSION");
     ensure!(

@@ -83,6 +83,18 @@ pub fn node_unit_tests(test: &str, file: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Checks that the browser driver `script` reported every step of `expected` among
+/// `steps`.
+pub fn reported(steps: &[Value], expected: &[&str], script: &str) -> anyhow::Result<()> {
+    for expected in expected {
+        anyhow::ensure!(
+            steps.iter().any(|s| s["step"] == *expected),
+            "{script} never reported {expected:?}"
+        );
+    }
+    Ok(())
+}
+
 /// The next `DRIVE <json>` step of a browser driver (its other lines are echoed), or
 /// `None` once it exited.
 pub async fn next_step(driver: &mut Proc, deadline: Instant) -> anyhow::Result<Option<Value>> {
