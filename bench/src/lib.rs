@@ -30,6 +30,7 @@
 //! - `ws`, `script`, `root`, `handshake`, `verify`: the generator's WebSocket client,
 //!   message content, root task, handshake task and failure bookkeeping.
 
+pub mod alloc;
 pub mod auth;
 mod chart;
 pub mod churn;

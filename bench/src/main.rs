@@ -56,6 +56,9 @@ enum Command {
     /// Kill 10 % of a tree's nodes at once; time until it is whole, with and without
     /// heartbeats.
     Churn(ChurnArgs),
+    /// Join storms under glibc's malloc and under mimalloc (preloaded), alternating,
+    /// each storm in a fresh process.
+    Allocators(AllocatorsArgs),
     /// Kill the active root of a tree while a standby root waits; time until the
     /// standby is promoted and the tree is whole under it.
     Standby(StandbyArgs),
@@ -268,6 +271,25 @@ struct ChurnNodeArgs {
     /// Be the tree's root instead of joining it.
     #[arg(long)]
     root: bool,
+}
+
+#[derive(Debug, Args)]
+struct AllocatorsArgs {
+    /// Node counts of the storms, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    storms: Vec<usize>,
+    /// `max_degree` of the storms' nodes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "4,10")]
+    degrees: Vec<usize>,
+    /// Storms per allocator and point.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// The mimalloc library to preload (Debian's libmimalloc2.0).
+    #[arg(long, default_value = bootstrap_bench::alloc::MIMALLOC)]
+    mimalloc: PathBuf,
+    /// Where to write allocators.json and allocators.md; nothing is written without it.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -493,6 +515,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Turn(args) => run_turn(&args),
         Command::Churn(args) => run_churn(&args),
         Command::Standby(args) => run_standby(&args),
+        Command::Allocators(args) => run_allocators(&args),
         Command::ChurnNode(args) => {
             let heartbeat = (args.heartbeat_ms > 0).then(|| {
                 (
@@ -719,6 +742,29 @@ fn run_churn(args: &ChurnArgs) -> anyhow::Result<ExitCode> {
     println!("{markdown}");
     if let Some(dir) = &args.out {
         write_report(dir, "churn", &report, &markdown)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_allocators(args: &AllocatorsArgs) -> anyhow::Result<ExitCode> {
+    let config = bootstrap_bench::alloc::AllocConfig {
+        exe: std::env::current_exe()?,
+        mimalloc: args.mimalloc.clone(),
+        storms: args.storms.clone(),
+        degrees: args.degrees.clone(),
+        runs: args.runs,
+    };
+    let mut report = bootstrap_bench::alloc::run(&config)?;
+    report.command = format!(
+        "bootstrap-bench allocators --storms {} --degrees {} --runs {}",
+        list(&args.storms),
+        list(&args.degrees),
+        args.runs
+    );
+    let markdown = bootstrap_bench::alloc::markdown(&report);
+    println!("{markdown}");
+    if let Some(dir) = &args.out {
+        write_report(dir, "allocators", &report, &markdown)?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -242,3 +242,34 @@ async fn standby_takes_the_tree_over_when_the_root_is_killed() -> anyhow::Result
     assert!(bootstrap_bench::standby::markdown(&report).contains("| the standby is promoted |"));
     Ok(())
 }
+
+/// The allocator comparison on a small scale: a 6-node storm in a fresh process under
+/// glibc's malloc, then under mimalloc (Debian's libmimalloc2.0, preloaded); both
+/// connect every node and the report compares them. Timing is not asserted.
+#[test]
+fn allocators_run_each_storm_in_its_own_process() -> anyhow::Result<()> {
+    let config = bootstrap_bench::alloc::AllocConfig {
+        exe: env!("CARGO_BIN_EXE_bootstrap-bench").into(),
+        mimalloc: bootstrap_bench::alloc::MIMALLOC.into(),
+        storms: vec![6],
+        degrees: vec![2],
+        runs: 1,
+    };
+    if !config.mimalloc.exists() {
+        bootstrap_testkit::skip_or_fail(
+            "allocators_run_each_storm_in_its_own_process",
+            "libmimalloc2.0 is not installed",
+            "bash .ci/setup-services",
+        )?;
+        return Ok(());
+    }
+    let report = bootstrap_bench::alloc::run(&config)?;
+    let allocators: Vec<&str> = report.runs.iter().map(|r| r.allocator.as_str()).collect();
+    assert_eq!(allocators, ["glibc", "mimalloc"]);
+    assert!(
+        report.runs.iter().all(|r| r.storm.connected == 6),
+        "{report:?}"
+    );
+    assert!(bootstrap_bench::alloc::markdown(&report).contains("| 6 | 2 | mimalloc | 1 | 6 |"));
+    Ok(())
+}
