@@ -418,8 +418,8 @@ fn join(
 
 /// How a root proved itself.
 enum RootAuth {
-    /// With its overlay's secret.
-    Secret,
+    /// With its overlay's secret (kept to check it again once upgraded; never logged).
+    Secret(String),
     /// With a root token (which may create a dynamic overlay).
     Token(Option<String>),
 }
@@ -433,7 +433,7 @@ fn root(shared: &Arc<Shared>, name: &str, credential: &str, mut request: Request
         .is_some_and(|overlay| overlay.secret_matches(credential));
     let token_key = shared.config().token_key.clone();
     let auth = if by_secret {
-        RootAuth::Secret
+        RootAuth::Secret(credential.to_owned())
     } else if let Some(key) = token_key.as_deref() {
         let ip = client_ip(shared, &request);
         if let Some(response) = throttled(shared, ip) {
@@ -489,8 +489,16 @@ fn root(shared: &Arc<Shared>, name: &str, credential: &str, mut request: Request
             shared.remove_if_empty(&overlay);
             return;
         };
-        if let RootAuth::Token(sub) = &auth {
-            info!(overlay = %overlay.name, ?sub, "root token accepted");
+        match &auth {
+            RootAuth::Token(sub) => info!(overlay = %overlay.name, ?sub, "root token accepted"),
+            // A reload changed the secret while the upgrade completed: from the reload
+            // on, only the new secret opens the root.
+            RootAuth::Secret(secret) if !overlay.secret_matches(secret) => {
+                info!(overlay = %overlay.name, "the root secret changed while this root connected; closing it");
+                shared.remove_if_empty(&overlay);
+                return;
+            }
+            RootAuth::Secret(_) => {}
         }
         let Some((registration, rx, tx)) = shared.register_root(&overlay, standby) else {
             // A dynamic overlay emptied and removed meanwhile (the root reconnects), or
