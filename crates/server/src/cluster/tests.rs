@@ -29,6 +29,15 @@ async fn instance(hub: &InProcess) -> (AppState, InProcess) {
     (state, backplane)
 }
 
+/// Three instances on `hub`.
+async fn three(hub: &InProcess) -> (AppState, AppState, AppState) {
+    (
+        instance(hub).await.0,
+        instance(hub).await.0,
+        instance(hub).await.0,
+    )
+}
+
 fn rand_seed() -> u16 {
     use std::sync::atomic::AtomicU16;
     static NEXT: AtomicU16 = AtomicU16::new(1);
@@ -41,6 +50,12 @@ fn overlay(state: &AppState) -> Arc<crate::state::Overlay> {
 
 fn root(state: &AppState) -> (Registration, Inbox) {
     let (registration, rx, _) = state.0.register_root(&overlay(state), false).expect("open");
+    (registration, rx)
+}
+
+/// A standby root registered on `state`.
+fn standby(state: &AppState) -> (Registration, Inbox) {
+    let (registration, rx, _) = state.0.register_root(&overlay(state), true).expect("open");
     (registration, rx)
 }
 
@@ -103,9 +118,7 @@ fn root_instance(state: &AppState) -> Option<String> {
 #[tokio::test(start_paused = true)]
 async fn a_handshake_crosses_three_instances_verbatim_with_one_publish_per_message() {
     let hub = InProcess::new();
-    let (a, _) = instance(&hub).await;
-    let (b, _) = instance(&hub).await;
-    let (c, _) = instance(&hub).await;
+    let (a, b, c) = three(&hub).await;
     let (_root, mut root_rx) = root(&a);
     settle().await;
     assert_eq!(root_instance(&c), a.instance());
@@ -170,9 +183,7 @@ async fn a_handshake_crosses_three_instances_verbatim_with_one_publish_per_messa
 #[tokio::test(start_paused = true)]
 async fn the_newest_root_wins_across_instances_and_the_old_one_is_closed_as_replaced() {
     let hub = InProcess::new();
-    let (a, _) = instance(&hub).await;
-    let (b, _) = instance(&hub).await;
-    let (c, _) = instance(&hub).await;
+    let (a, b, c) = three(&hub).await;
     let (_first, mut first_rx) = root(&a);
     settle().await;
     let (_second, mut second_rx) = root(&b);
@@ -292,14 +303,12 @@ async fn a_graceful_shutdown_hands_the_root_lease_over_at_once() {
 async fn a_standby_on_another_instance_takes_over_when_the_root_leaves_and_only_it() {
     use bootstrap_protocol::paths::{PROMOTED, STANDBY};
     let hub = InProcess::new();
-    let (a, _) = instance(&hub).await;
-    let (b, _) = instance(&hub).await;
-    let (c, _) = instance(&hub).await;
+    let (a, b, c) = three(&hub).await;
     let (active, _active_rx) = root(&a);
     settle().await;
     // B and C know the root is on A: their standbys wait.
-    let (_b_standby, mut b_rx, _) = b.0.register_root(&overlay(&b), true).expect("open");
-    let (a_standby, mut a_rx, _) = a.0.register_root(&overlay(&a), true).expect("open");
+    let (_b_standby, mut b_rx) = standby(&b);
+    let (a_standby, mut a_rx) = standby(&a);
     assert_eq!(text(&mut b_rx).as_deref(), Some(STANDBY));
     assert_eq!(text(&mut a_rx).as_deref(), Some(STANDBY));
     // The root on A leaves: A's own standby takes over and claims the lease; B hears no
@@ -327,13 +336,11 @@ async fn a_standby_on_another_instance_takes_over_when_the_root_leaves_and_only_
 async fn when_the_root_is_gone_everywhere_exactly_one_standby_takes_over() {
     use bootstrap_protocol::paths::{PROMOTED, STANDBY};
     let hub = InProcess::new();
-    let (a, _) = instance(&hub).await;
-    let (b, _) = instance(&hub).await;
-    let (c, _) = instance(&hub).await;
+    let (a, b, c) = three(&hub).await;
     let (active, _active_rx) = root(&a);
     settle().await;
-    let (_b_standby, mut b_rx, _) = b.0.register_root(&overlay(&b), true).expect("open");
-    let (_c_standby, mut c_rx, _) = c.0.register_root(&overlay(&c), true).expect("open");
+    let (_b_standby, mut b_rx) = standby(&b);
+    let (_c_standby, mut c_rx) = standby(&c);
     settle().await;
     assert_eq!(text(&mut b_rx).as_deref(), Some(STANDBY));
     assert_eq!(text(&mut c_rx).as_deref(), Some(STANDBY));
