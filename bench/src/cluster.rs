@@ -6,14 +6,14 @@
 use std::io::{Read as _, Write as _};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use serde::{Deserialize, Serialize};
 
 use crate::load::{self, LoadConfig, LoadReport};
-use crate::servers::{Kind, Programs, Spawned};
+use crate::servers::{Kind, Programs, Reaped, Spawned};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -53,7 +53,7 @@ pub struct ClusterReport {
 
 /// `redis-server` on a Unix socket in a temp dir; killed on drop.
 struct Redis {
-    child: Child,
+    child: Reaped,
     dir: PathBuf,
 }
 
@@ -72,7 +72,10 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("cannot start {program} (Debian's redis-server)"))?;
-        let redis = Self { child, dir };
+        let redis = Self {
+            child: Reaped(child),
+            dir,
+        };
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(mut stream) = UnixStream::connect(&socket) {
@@ -98,8 +101,7 @@ impl Redis {
 
 impl Drop for Redis {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // The child is killed first: its field drops after this.
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -14,7 +14,7 @@
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::idle::{self, IdleConfig, IdleReport};
 use crate::pairs::{self, PairsConfig, PairsReport, Protocol};
-use crate::servers;
+use crate::servers::{self, Reaped};
 
 /// The root's secret for our server.
 const SECRET: &str = "bench-secret-0123456789";
@@ -408,7 +408,7 @@ pub struct Process {
     pub addr: SocketAddr,
     /// Its output.
     pub log: PathBuf,
-    child: Child,
+    child: Reaped,
 }
 
 impl Process {
@@ -463,7 +463,7 @@ impl Process {
         let mut process = Self {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             log,
-            child,
+            child: Reaped(child),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -492,23 +492,12 @@ impl Process {
 
     /// Whether it still runs.
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.child.is_running()
     }
 
     /// Kills it and waits.
-    pub fn stop(mut self) {
-        self.kill();
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.kill();
+    pub fn stop(self) {
+        drop(self);
     }
 }
 

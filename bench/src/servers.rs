@@ -78,6 +78,38 @@ pub struct Programs {
     pub server_workers: Option<usize>,
 }
 
+/// A child process, killed and reaped when dropped.
+#[derive(Debug)]
+pub struct Reaped(pub Child);
+
+impl Reaped {
+    /// The process id.
+    #[must_use]
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Its exit status, if it has exited.
+    ///
+    /// # Errors
+    /// When the status cannot be read.
+    pub fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.0.try_wait()
+    }
+
+    /// Whether it still runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A server process; killed when dropped.
 #[derive(Debug)]
 pub struct Spawned {
@@ -87,7 +119,7 @@ pub struct Spawned {
     pub addr: SocketAddr,
     /// Its stderr and stdout.
     pub log: PathBuf,
-    child: Child,
+    child: Reaped,
 }
 
 impl Spawned {
@@ -149,7 +181,7 @@ impl Spawned {
             kind,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             log,
-            child,
+            child: Reaped(child),
         };
         spawned.wait_ready(Duration::from_secs(20))?;
         Ok(spawned)
@@ -188,23 +220,12 @@ impl Spawned {
 
     /// Whether the process is still running (a crash during a run invalidates it).
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.child.is_running()
     }
 
     /// Kills the process and waits for it.
-    pub fn stop(mut self) {
-        self.kill();
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        self.kill();
+    pub fn stop(self) {
+        drop(self);
     }
 }
 
