@@ -768,15 +768,7 @@ fn expected_frame(
 
 /// `"destination":…,"signal":PAYLOAD,"rank":seq}`, as the JS client orders the keys.
 fn ours_body(out: &mut Vec<u8>, to: Option<&[u8]>, payload: &[u8], seq: u32) {
-    out.extend_from_slice(b"\"destination\":");
-    match to {
-        None => out.extend_from_slice(b"null"),
-        Some(id) => {
-            out.push(b'"');
-            out.extend_from_slice(id);
-            out.push(b'"');
-        }
-    }
+    crate::script::destination_field(out, to);
     out.extend_from_slice(b",\"signal\":");
     out.extend_from_slice(payload);
     out.extend_from_slice(format!(",\"rank\":{seq}}}").as_bytes());

@@ -169,15 +169,7 @@ impl Script {
         rank: u32,
         destination: Option<&Id>,
     ) {
-        out.extend_from_slice(b"\"destination\":");
-        match destination {
-            None => out.extend_from_slice(b"null"),
-            Some(id) => {
-                out.push(b'"');
-                out.extend_from_slice(id);
-                out.push(b'"');
-            }
-        }
+        destination_field(out, destination.map(|id| &id[..]));
         out.extend_from_slice(b",\"signal\":");
         let number = padded(handshake);
         if rank == 0 {
@@ -333,6 +325,19 @@ fn sdp_template(len: usize) -> (Vec<u8>, Vec<usize>, Vec<usize>) {
         i += 1;
     }
     (escaped, number_at, side_at)
+}
+
+/// `"destination":null`, or `"destination":"ID"` with the id as given.
+pub(crate) fn destination_field(out: &mut Vec<u8>, to: Option<&[u8]>) {
+    out.extend_from_slice(b"\"destination\":");
+    match to {
+        None => out.extend_from_slice(b"null"),
+        Some(id) => {
+            out.push(b'"');
+            out.extend_from_slice(id);
+            out.push(b'"');
+        }
+    }
 }
 
 #[cfg(test)]
