@@ -112,18 +112,38 @@ struct SoakArgs {
     /// How often to sample the server under load, e.g. 5s or 500ms.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     sample_every: Duration,
-    /// Our server binary [default: next to this binary].
-    #[arg(long)]
-    server_bin: Option<PathBuf>,
-    /// Worker threads of our server (0: one per core).
-    #[arg(long, default_value_t = 1)]
-    server_workers: usize,
+    #[command(flatten)]
+    server: OurServer,
     /// Where to write soak.json, soak.md and soak.svg; nothing is written without it.
     #[arg(long)]
     out: Option<PathBuf>,
     /// Only redraw soak.md and soak.svg from the soak.json in --out (no measurement).
     #[arg(long, requires = "out")]
     render: bool,
+}
+
+/// Our server binary to run, and its worker threads.
+#[derive(Debug, Args)]
+struct OurServer {
+    /// Our server binary [default: next to this binary, else target/release].
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Worker threads of each server process (0: one per core).
+    #[arg(long, default_value_t = 1)]
+    server_workers: usize,
+}
+
+impl OurServer {
+    /// How to start our server alone (no JS server).
+    fn programs(self) -> Programs {
+        Programs {
+            server_bin: self.server_bin.unwrap_or_else(default_server_bin),
+            node: "node".into(),
+            js_dir: PathBuf::from("bench/js"),
+            node_heap_mib: 0,
+            server_workers: (self.server_workers > 0).then_some(self.server_workers),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -140,12 +160,8 @@ struct AuthArgs {
     /// Runs per mode.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-    /// Our server binary [default: next to this binary].
-    #[arg(long)]
-    server_bin: Option<PathBuf>,
-    /// Worker threads of our server (0: one per core).
-    #[arg(long, default_value_t = 1)]
-    server_workers: usize,
+    #[command(flatten)]
+    server: OurServer,
     /// Output directory for auth.json and auth.md [default: docs/bench].
     #[arg(long, default_value = "docs/bench")]
     out: PathBuf,
@@ -178,12 +194,8 @@ struct TlsArgs {
     /// each run.
     #[arg(long, default_value_t = 60)]
     quiet_wait: u64,
-    /// Our server binary [default: next to this binary].
-    #[arg(long)]
-    server_bin: Option<PathBuf>,
-    /// Worker threads of our server (0: one per core).
-    #[arg(long, default_value_t = 1)]
-    server_workers: usize,
+    #[command(flatten)]
+    server: OurServer,
     /// Output directory for tls.json and tls.md [default: docs/bench].
     #[arg(long, default_value = "docs/bench")]
     out: PathBuf,
@@ -229,9 +241,8 @@ struct ChurnArgs {
 
 #[derive(Debug, Args)]
 struct ClusterArgs {
-    /// Our server binary [default: next to this one, else target/release].
-    #[arg(long)]
-    server_bin: Option<PathBuf>,
+    #[command(flatten)]
+    server: OurServer,
     /// Instances in the cluster (2 or 3).
     #[arg(long, default_value_t = 3)]
     instances: usize,
@@ -244,9 +255,6 @@ struct ClusterArgs {
     /// Unmeasured handshakes first.
     #[arg(long, default_value_t = 500)]
     warmup: u32,
-    /// Worker threads of each server process (0: one per core).
-    #[arg(long, default_value_t = 1)]
-    server_workers: usize,
     /// The redis-server program.
     #[arg(long, default_value = "redis-server")]
     redis_server: String,
@@ -577,13 +585,7 @@ fn run_soak(args: SoakArgs) -> anyhow::Result<ExitCode> {
         println!("{}", soak::markdown(&report));
         return Ok(ExitCode::SUCCESS);
     }
-    let programs = Programs {
-        server_bin: args.server_bin.unwrap_or_else(default_server_bin),
-        node: "node".into(),
-        js_dir: PathBuf::from("bench/js"),
-        node_heap_mib: 0,
-        server_workers: (args.server_workers > 0).then_some(args.server_workers),
-    };
+    let programs = args.server.programs();
     let mut server = Spawned::start(Kind::Ours, &programs, SECRET)?;
     let mut config = SoakConfig::new(server.addr, SECRET, server.pid());
     config.handshakes = args.handshakes;
@@ -646,13 +648,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 fn run_auth(args: AuthArgs) -> anyhow::Result<ExitCode> {
     let config = bootstrap_bench::auth::AuthConfig {
-        programs: Programs {
-            server_bin: args.server_bin.unwrap_or_else(default_server_bin),
-            node: "node".into(),
-            js_dir: PathBuf::from("bench/js"),
-            node_heap_mib: 0,
-            server_workers: (args.server_workers > 0).then_some(args.server_workers),
-        },
+        programs: args.server.programs(),
         concurrency: args.concurrency,
         handshakes: args.handshakes,
         warmup: args.warmup,
@@ -669,13 +665,7 @@ fn run_tls(args: TlsArgs) -> anyhow::Result<ExitCode> {
         bail!("--scrape-every must be more than 0");
     }
     let config = bootstrap_bench::tls::TlsConfig {
-        programs: Programs {
-            server_bin: args.server_bin.unwrap_or_else(default_server_bin),
-            node: "node".into(),
-            js_dir: PathBuf::from("bench/js"),
-            node_heap_mib: 0,
-            server_workers: (args.server_workers > 0).then_some(args.server_workers),
-        },
+        programs: args.server.programs(),
         concurrency: args.concurrency,
         handshakes: args.handshakes,
         warmup: args.warmup,
@@ -809,13 +799,7 @@ fn run_turn(args: &TurnArgs) -> anyhow::Result<ExitCode> {
 
 fn run_cluster(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     let config = bootstrap_bench::cluster::ClusterConfig {
-        programs: Programs {
-            server_bin: args.server_bin.unwrap_or_else(default_server_bin),
-            node: "node".into(),
-            js_dir: PathBuf::from("bench/js"),
-            node_heap_mib: 0,
-            server_workers: (args.server_workers > 0).then_some(args.server_workers),
-        },
+        programs: args.server.programs(),
         instances: args.instances,
         handshakes: args.handshakes,
         concurrency: args.concurrency,
