@@ -96,6 +96,27 @@ async fn expect_after(
     }
 }
 
+/// Broadcasts numbered lines from `root` until `kid` prints one (the tab may not have
+/// taken kid as its child yet when the first ones pass), for up to 10 s.
+async fn heard_through_the_tab(root: &mut Proc, kid: &mut Proc) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut n = 0;
+    loop {
+        n += 1;
+        let line = format!("check {n}: is kid under the tab");
+        let from = kid.seen.len();
+        root.type_line(&line).await?;
+        let within = (Instant::now() + Duration::from_millis(500)).min(deadline);
+        if expect_after(kid, from, &line, within).await.is_ok() {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "kid never got a broadcast of the root through the tab"
+        );
+    }
+}
+
 async fn churn_scenario() -> anyhow::Result<()> {
     let started = Instant::now();
     let public = workspace().join("web").canonicalize().context("web/")?;
@@ -140,6 +161,12 @@ async fn churn_scenario() -> anyhow::Result<()> {
                 // The root is full again (the tab): the tab answers this newcomer.
                 let mut node = node_process(&url, "kid", &["join"], "1", "node").await?;
                 node.expect("parent connected").await?;
+                // kid watches its parent from the parent's first heartbeat on (a JS
+                // parent sends none), and the tab sends it when the channel opens. A
+                // broadcast from the root reaches kid through the tab, behind that
+                // heartbeat on the same ordered channel: once kid prints one, it is
+                // watching, and crashing the tab is noticed through heartbeats.
+                heard_through_the_tab(&mut root, &mut node).await?;
                 kid = Some(node);
                 drive.type_line("kid").await?;
             }
